@@ -1,0 +1,147 @@
+"""Encoders backed by transformers classes: CLIP, SigLIP, ViT, DINOv2 vision; Whisper, wav2vec2, HuBERT audio.
+
+Each registered name maps to an :class:`HFEncoderSpec` (classes, where the blocks live, the input
+keyword, the prefix-token count). Loading uses the checked loader (no silent random weights);
+``meta=True`` builds the same module tree from ``config.json`` alone, on the meta device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import transformers
+from torch import nn
+
+from cotune.adapters.sites import find_blocks
+from cotune.backbones.loading import LoadError, load_config_only, load_pretrained, meta_device
+from cotune.config.model import EncoderConfig
+from cotune.encoders.base import Encoder
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class HFEncoderSpec:
+    """How to load and read one transformers encoder family.
+
+    Blocks are found generically: the list of identical modules whose length is the config's
+    layer count (transformers moves them between releases, so no attribute paths are hard-coded).
+
+    ``sub_model``: attribute of the loaded model that is the encoder (Whisper's ``encoder``); the
+    checkpoint is loaded through ``model_class`` so its key prefixes match.
+    """
+
+    model_class: str
+    config_class: str
+    input_name: str
+    modality: str
+    prefix_tokens: Callable[[object], int]
+    sub_model: str | None = None
+    model_kwargs: tuple[tuple[str, object], ...] = ()
+
+    def tokens(self, config) -> int | None:
+        if self.modality == "image":
+            return (config.image_size // config.patch_size) ** 2 + self.prefix_tokens(config)
+        if hasattr(config, "max_source_positions"):  # Whisper: fixed 30 s windows
+            return config.max_source_positions
+        return None
+
+
+HF_ENCODER_SPECS: dict[str, HFEncoderSpec] = {
+    "clip": HFEncoderSpec("CLIPVisionModel", "CLIPVisionConfig", "pixel_values", "image", lambda c: 1),
+    "siglip": HFEncoderSpec("SiglipVisionModel", "SiglipVisionConfig", "pixel_values", "image", lambda c: 0),
+    "vit": HFEncoderSpec("ViTModel", "ViTConfig", "pixel_values", "image", lambda c: 1, model_kwargs=(("add_pooling_layer", False),)),
+    "dinov2": HFEncoderSpec("Dinov2Model", "Dinov2Config", "pixel_values", "image", lambda c: 1),
+    "whisper": HFEncoderSpec("WhisperModel", "WhisperConfig", "input_features", "audio", lambda c: 0, sub_model="encoder"),
+    "wav2vec2": HFEncoderSpec("Wav2Vec2Model", "Wav2Vec2Config", "input_values", "audio", lambda c: 0),
+    "hubert": HFEncoderSpec("HubertModel", "HubertConfig", "input_values", "audio", lambda c: 0),
+}
+
+
+def _load_processor(spec: HFEncoderSpec, config: EncoderConfig):
+    """The encoder's image processor or feature extractor, or None if the path has none."""
+    auto = transformers.AutoImageProcessor if spec.modality == "image" else transformers.AutoFeatureExtractor
+    try:
+        processor = auto.from_pretrained(
+            config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        log.warning("no %s processor found for %s (%s); raw inputs cannot be prepared", spec.modality, config.name_or_path, err)
+        return None
+    if config.image_norm == "imagenet" and hasattr(processor, "image_mean"):
+        # LaVIN normalises CLIP inputs with ImageNet statistics, not CLIP's own.
+        processor.image_mean, processor.image_std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return processor
+
+
+class HFEncoder(Encoder):
+    """A transformers encoder read through ``output_hidden_states`` (hidden_states[k] = after block k)."""
+
+    def __init__(self, spec: HFEncoderSpec, backbone: nn.Module, processor=None) -> None:
+        config = backbone.config
+        self_blocks = find_blocks(backbone, getattr(config, "num_hidden_layers", None) or config.encoder_layers)
+        num_blocks = len(self_blocks[1])
+        super().__init__(
+            backbone,
+            hidden_size=getattr(config, "hidden_size", None) or config.d_model,
+            num_blocks=num_blocks,
+            num_prefix_tokens=spec.prefix_tokens(config),
+            processor=processor,
+        )
+        self.spec = spec
+        self.blocks_path = self_blocks[0]
+        self.modality = spec.modality
+        self.input_name = spec.input_name
+
+    @classmethod
+    def load(cls, spec: HFEncoderSpec, config: EncoderConfig, meta: bool = False) -> "HFEncoder":
+        model_class = getattr(transformers, spec.model_class)
+        hub = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+        if meta:
+            hf_config = load_config_only(getattr(transformers, spec.config_class), config.name_or_path, **hub)
+            with meta_device():
+                model = model_class._from_config(hf_config, dtype=torch.float32, **dict(spec.model_kwargs))
+            processor = None
+        else:
+            model = load_pretrained(model_class, config.name_or_path, dtype=config.dtype, **hub, **dict(spec.model_kwargs))
+            processor = _load_processor(spec, config)
+        if spec.sub_model is not None:
+            model = getattr(model, spec.sub_model)  # the rest (e.g. Whisper's decoder) is dropped
+        return cls(spec, model, processor)
+
+    def block_sites(self) -> list[tuple[nn.Module, str]]:
+        blocks = self.backbone.get_submodule(self.blocks_path)
+        return [(blocks, str(i)) for i in range(len(blocks))]
+
+    def num_tokens(self) -> int | None:
+        return self.spec.tokens(self.backbone.config)
+
+    def hidden_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """inputs: pixel_values [B, 3, H, W] / input_features [B, mels, frames] / input_values [B, samples]."""
+        dtype = next(self.backbone.parameters()).dtype
+        if inputs.is_floating_point():
+            inputs = inputs.to(dtype)
+        out = self.backbone(**{self.input_name: inputs}, output_hidden_states=True)
+        hidden = out.hidden_states
+        if hidden is None or len(hidden) != self.num_blocks + 1:
+            raise LoadError(
+                f"{type(self.backbone).__name__} returned {0 if hidden is None else len(hidden)} hidden states, "
+                f"expected {self.num_blocks + 1}"
+            )
+        return hidden
+
+
+def make_loader(name: str):
+    spec = HF_ENCODER_SPECS[name]
+
+    def load(config: EncoderConfig, meta: bool = False) -> HFEncoder:
+        return HFEncoder.load(spec, config, meta)
+
+    load.__doc__ = f"Loads a {spec.model_class} encoder ({spec.modality})."
+    return load

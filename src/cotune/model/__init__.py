@@ -1,0 +1,9 @@
+"""The assembled model: build, forward, trainable state, save and load."""
+
+from cotune.model.build import apply_trainability, build_model
+from cotune.model.fused import IGNORE_INDEX, CotuneModel, CotuneOutput, next_token_loss
+from cotune.model.splice import SpliceError
+
+__all__ = [
+    "IGNORE_INDEX", "CotuneModel", "CotuneOutput", "SpliceError", "apply_trainability", "build_model", "next_token_loss",
+]

@@ -1,0 +1,276 @@
+"""CotuneModel: named encoders -> feature selection -> connectors -> spliced into a causal LM,
+with mixture-of-modality routing driven by a learned modality embedding.
+
+Trainable parameters: adapter modules in the LLM and encoders (unless their component is frozen),
+connectors (unless frozen), the modality embedding (when the LLM's MM-Adapters train), and whole
+backbones trained ``full``. Everything else is frozen and stays in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cotune.adapters.bottleneck import MMAdapter, RepAdapter
+from cotune.adapters.routing import RoutingState
+from cotune.config.model import ModelConfig
+from cotune.model.splice import SpliceError, inline_attention_mask, modality_codes, splice_features
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CotuneOutput:
+    """Forward result.
+
+    loss: mean cross-entropy over supervised next-token positions (None without labels).
+    loss_sum / num_tokens: the sum and the count behind ``loss`` (for token-normalised accumulation).
+    logits: [B, S, V]. routing_weights: [B, L, E] for LLM MM-Adapters, else None.
+    modality_index: [B] row of the modality embedding used by each sample.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    loss_sum: torch.Tensor | None = None
+    num_tokens: torch.Tensor | None = None
+    routing_weights: torch.Tensor | None = None
+    modality_index: torch.Tensor | None = None
+    cache: object = None
+
+
+class CotuneModel(nn.Module):
+    """The assembled multimodal model; build it with :func:`cotune.model.build_model`."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        llm: nn.Module,
+        tokenizer,
+        encoders: Mapping[str, nn.Module],
+        selectors: Mapping[str, nn.Module],
+        connectors: Mapping[str, nn.Module],
+        modality_embedding: nn.Embedding | None,
+        routing_state: RoutingState | None,
+        adapter_modules: Mapping[str, Sequence[nn.Module]],
+        placeholder_ids: Mapping[str, int] | None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.selectors = nn.ModuleDict(dict(selectors))
+        self.connectors = nn.ModuleDict(dict(connectors))
+        self.modality_embedding = modality_embedding
+        self.routing_state = routing_state
+        self.adapter_modules = {k: list(v) for k, v in adapter_modules.items()}
+        self.placeholder_ids = dict(placeholder_ids or {})
+        self.modality_keys = config.resolved_modality_keys()
+        self._code_to_row = self._modality_lookup()
+
+    # ----------------------------------------------------------------- structure
+    def _modality_lookup(self) -> list[int]:
+        names = list(self.config.encoders)
+        table = []
+        for code in range(2 ** len(names)):
+            present = {n for bit, n in enumerate(names) if code >> bit & 1}
+            key = "+".join(sorted(present)) if present else "text"
+            table.append(self.modality_keys.index(key) if key in self.modality_keys else -1)
+        return table
+
+    def components(self) -> dict[str, nn.Module]:
+        """Named components: ``llm``, ``encoder.<name>``, ``connector.<name>``, ``modality_embedding``."""
+        parts: dict[str, nn.Module] = {"llm": self.llm}
+        for name in self.encoders:
+            parts[f"encoder.{name}"] = self.encoders[name]
+            parts[f"connector.{name}"] = self.connectors[name]
+        if self.modality_embedding is not None:
+            parts["modality_embedding"] = self.modality_embedding
+        return parts
+
+    def parameter_counts(self) -> dict[str, dict[str, int]]:
+        """Per component {total, trainable} parameter counts (adapters count with their host)."""
+        return {
+            name: {
+                "total": sum(p.numel() for p in module.parameters()),
+                "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            }
+            for name, module in self.components().items()
+        }
+
+    def train(self, mode: bool = True) -> "CotuneModel":
+        """Frozen or adapted backbones stay in eval mode (no dropout, no batch-norm drift);
+        adapters, connectors and fully trained backbones follow ``mode``."""
+        super().train(mode)
+        backbones = {"llm": (self.llm, self.config.llm.trainable)}
+        for name, enc in self.encoders.items():
+            backbones[f"encoder.{name}"] = (enc, self.config.encoders[name].trainable)
+        for module, trainable in backbones.values():
+            if trainable != "full":
+                module.eval()
+                for sub in module.modules():
+                    if _is_adapter_module(sub):
+                        sub.train(mode)
+        return self
+
+    def num_media_tokens(self, name: str) -> int | None:
+        """LLM tokens one item of encoder ``name`` becomes (None if it depends on the input length)."""
+        n = self.encoders[name].num_tokens()
+        if n is None:
+            return None
+        return self.connectors[name].num_tokens(self.selectors[name].num_tokens(n))
+
+    # ----------------------------------------------------------------- state
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Exactly the parameters with ``requires_grad`` (detached, by their model key)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Loads a :meth:`trainable_state_dict`; keys must match the trainable keys exactly."""
+        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise KeyError(
+                f"trainable state does not match this model: {len(missing)} missing (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+        with torch.no_grad():
+            for name, p in params.items():
+                value = state[name]
+                if value.shape != p.shape:
+                    raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model shape {tuple(p.shape)}")
+                p.copy_(value.to(p.dtype))
+
+    # ----------------------------------------------------------------- forward pieces
+    def modality_index(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Row of the modality embedding per sample [B], from which placeholders occur in it."""
+        ids = [self.placeholder_ids[n] for n in self.config.encoders]
+        codes = modality_codes(input_ids, ids)
+        table = torch.tensor(self._code_to_row, device=input_ids.device)
+        rows = table[codes]
+        if (rows < 0).any():
+            code = int(codes[rows < 0][0])
+            names = [n for bit, n in enumerate(self.config.encoders) if code >> bit & 1]
+            raise SpliceError(
+                f"a sample holds {'+'.join(names)} inputs, which routing.modality_keys {self.modality_keys} does not list"
+            )
+        return rows
+
+    def encode_media(self, media: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per encoder: processed inputs [items, ...] -> LLM tokens [items, n, D_llm]."""
+        out = {}
+        for name, inputs in media.items():
+            if name not in self.encoders:
+                raise KeyError(f"media for unknown encoder {name!r}; encoders: {', '.join(self.encoders)}")
+            encoder = self.encoders[name]
+            needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+            with torch.set_grad_enabled(needs_grad):
+                hidden = encoder.hidden_states(inputs)
+            features = self.selectors[name](hidden)
+            connector = self.connectors[name]
+            out[name] = connector(features.to(next(connector.parameters()).dtype))
+        return out
+
+    def embed(self, input_ids: torch.Tensor, media: Mapping[str, torch.Tensor] | None = None, sample_ids: Sequence | None = None) -> torch.Tensor:
+        """Token embeddings [B, S, D_llm] with encoder tokens spliced in at their placeholders."""
+        features = self.encode_media(media or {})
+        unknown = set(features) - set(self.placeholder_ids)
+        if unknown:
+            raise SpliceError(f"no placeholder token id for encoders {sorted(unknown)} (model built without a tokenizer?)")
+        safe_ids = input_ids
+        for token_id in self.placeholder_ids.values():
+            # Placeholder ids may lie beyond the LLM's vocabulary; their rows are overwritten anyway.
+            safe_ids = safe_ids.masked_fill(input_ids == token_id, 0)
+        embeds = self.llm.get_input_embeddings()(safe_ids)
+        for name, token_id in self.placeholder_ids.items():
+            embeds = splice_features(embeds, input_ids, token_id, features.get(name), name, sample_ids)
+        return embeds
+
+    def compute_routing(self, modality_index: torch.Tensor) -> torch.Tensor:
+        """Routing weights [L, B, E] from the modality rows run alone through the LLM (separate mode)."""
+        per_sample = self.config.routing.rows == "per_sample"
+        rows_index, inverse = (modality_index, None) if per_sample else modality_index.unique(return_inverse=True)
+        rows = self.modality_embedding(rows_index)[:, None].to(self.llm.get_input_embeddings().weight.dtype)
+        with self.routing_state.computing(use_dropout=per_sample and self.training) as recorded:
+            self.llm(inputs_embeds=rows, use_cache=False)
+        weights = self.routing_state.stacked(recorded)
+        return weights if inverse is None else weights[:, inverse]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        media: Mapping[str, torch.Tensor] | None = None,
+        sample_ids: Sequence | None = None,
+        **llm_kwargs,
+    ) -> CotuneOutput:
+        """input_ids / attention_mask / labels [B, S] (labels -100 where unsupervised); media: encoder
+        name -> processed inputs of the items in batch order. Returns logits [B, S, V] and the loss."""
+        embeds = self.embed(input_ids, media, sample_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        routing = None
+        modality_index = None
+        if self.routing_state is None:
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
+            logits = out.logits
+        else:
+            modality_index = self.modality_index(input_ids)
+            if self.config.routing.mode == "inline":
+                logits, routing, out = self._forward_inline(embeds, attention_mask, modality_index, llm_kwargs)
+            else:
+                routing = self.compute_routing(modality_index)
+                with self.routing_state.applying(routing):
+                    out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
+                logits = out.logits
+        result = CotuneOutput(
+            logits=logits,
+            routing_weights=None if routing is None else routing.transpose(0, 1),
+            modality_index=modality_index,
+            cache=out.get("cache", out.get("past_key_values")) if out.get("cache") is not None else None,
+        )
+        if labels is not None:
+            placeholders = torch.tensor(list(self.placeholder_ids.values()), device=input_ids.device)
+            labels = labels.masked_fill(torch.isin(input_ids, placeholders), IGNORE_INDEX)
+            result.loss_sum, result.num_tokens = next_token_loss(logits, labels)
+            result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
+        return result
+
+    def _forward_inline(self, embeds, attention_mask, modality_index, llm_kwargs):
+        """LaVIN's reference layout: modality row at position 0, masked from every text token."""
+        if llm_kwargs.get("use_cache"):
+            raise ValueError("routing.mode 'inline' does not support cached decoding; use 'separate'")
+        rows = self.modality_embedding(modality_index)[:, None].to(embeds.dtype)
+        sequence = torch.cat([rows, embeds], 1)
+        mask = inline_attention_mask(attention_mask, embeds.dtype)
+        positions = torch.arange(sequence.shape[1], device=sequence.device)[None].expand(sequence.shape[0], -1)
+        with self.routing_state.computing(use_dropout=True) as recorded:
+            out = self.llm(inputs_embeds=sequence, attention_mask=mask, position_ids=positions, use_cache=False, **llm_kwargs)
+        return out.logits[:, 1:], self.routing_state.stacked(recorded), out
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of logits [B, S, V] predicting labels [B, S] shifted by one, and the
+    number of supervised positions (labels != -100). Computed in float32."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    loss_sum = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss_sum, (shift_labels != IGNORE_INDEX).sum()
+
+
+def _is_adapter_module(module: nn.Module) -> bool:
+    if isinstance(module, (MMAdapter, RepAdapter)):
+        return True
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a core dependency
+        return False
+    return isinstance(module, LoraLayer)

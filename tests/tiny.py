@@ -1,0 +1,122 @@
+"""Tiny random backbones saved with ``save_pretrained`` so tests load them through the real code.
+
+Nothing here downloads anything: configs are built in code, tokenizers from a word-level vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+WORDS = "the a an is of and to in what colour shape image sound answer yes no red blue green circle square loud quiet".split()
+SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+VOCAB_SIZE = 96  # > len(SPECIAL) + len(WORDS); the rest of the rows are unused embeddings
+
+LLM_CONFIGS = {
+    "llama": lambda: transformers.LlamaConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        tie_word_embeddings=False,
+    ),
+    "qwen2": lambda: transformers.Qwen2Config(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        tie_word_embeddings=True,
+    ),
+    "mistral": lambda: transformers.MistralConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        sliding_window=None,
+    ),
+    "gpt2": lambda: transformers.GPT2Config(
+        vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=2, eos_token_id=3,
+    ),
+    "phi": lambda: transformers.PhiConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3, partial_rotary_factor=0.5,
+    ),
+}
+
+
+def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def save_llm(root: Path, family: str = "llama", seed: int = 0) -> Path:
+    """A tiny random causal LM of ``family`` plus tokenizer, saved under ``root/family``."""
+    path = Path(root) / f"llm-{family}"
+    if not (path / "config.json").exists():
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(LLM_CONFIGS[family]())
+        model.save_pretrained(path)
+        make_tokenizer().save_pretrained(path)
+    return path
+
+
+ENCODER_MODELS = {
+    "clip": lambda: transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, image_size=30, patch_size=6,
+    )),
+    "siglip": lambda: transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, image_size=30, patch_size=6,
+    )),
+    "vit": lambda: transformers.ViTModel(transformers.ViTConfig(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, image_size=30, patch_size=6,
+    ), add_pooling_layer=False),
+    "dinov2": lambda: transformers.Dinov2Model(transformers.Dinov2Config(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, image_size=30, patch_size=6,
+    )),
+    "whisper": lambda: transformers.WhisperModel(transformers.WhisperConfig(
+        d_model=24, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=48, decoder_ffn_dim=48, num_mel_bins=8, max_source_positions=16, vocab_size=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )),
+    "wav2vec2": lambda: transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, conv_dim=(16, 16),
+        conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2, num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2, vocab_size=32,
+    )),
+    "hubert": lambda: transformers.HubertModel(transformers.HubertConfig(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, conv_dim=(16, 16),
+        conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2, num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2, vocab_size=32,
+    )),
+}
+
+PROCESSORS = {
+    "clip": lambda: transformers.CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}),
+    "whisper": lambda: transformers.WhisperFeatureExtractor(feature_size=8, chunk_length=1, hop_length=500, n_samples=16000),
+}
+
+
+def save_encoder(root: Path, kind: str, seed: int = 0) -> Path:
+    """A tiny random encoder of ``kind`` (and its processor where one is defined) under ``root``."""
+    path = Path(root) / f"enc-{kind}"
+    if not (path / "config.json").exists():
+        torch.manual_seed(seed)
+        ENCODER_MODELS[kind]().save_pretrained(path)
+        if kind in PROCESSORS:
+            PROCESSORS[kind]().save_pretrained(path)
+    return path
+
+
+def media_input(kind: str, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random processed inputs for a tiny encoder of ``kind`` ([B, 3, 30, 30], [B, 8, 32] or [B, 400])."""
+    if kind in ("clip", "siglip", "vit", "dinov2"):
+        return torch.randn(batch, 3, 30, 30, generator=generator)
+    if kind == "whisper":
+        return torch.randn(batch, 8, 32, generator=generator)
+    return torch.randn(batch, 400, generator=generator)
+
+
+def model_config(llm_path: Path, encoders: dict | None = None, **llm_fields) -> dict:
+    """Raw config mapping for load_config(data=...)."""
+    return {"model": {"llm": {"name_or_path": str(llm_path), **llm_fields}, "encoders": encoders or {}}}
