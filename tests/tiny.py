@@ -120,3 +120,48 @@ def media_input(kind: str, batch: int, generator: torch.Generator | None = None)
 def model_config(llm_path: Path, encoders: dict | None = None, **llm_fields) -> dict:
     """Raw config mapping for load_config(data=...)."""
     return {"model": {"llm": {"name_or_path": str(llm_path), **llm_fields}, "encoders": encoders or {}}}
+
+
+def build(root: Path, llm: str = "llama", encoders: dict | None = None, overrides=(), **llm_fields):
+    """Builds a CotuneModel over tiny saved backbones. ``encoders``: name -> dict with ``kind``
+    (a key of ENCODER_MODELS) and any EncoderConfig fields."""
+    from cotune.config import load_config
+    from cotune.model import build_model
+
+    enc_cfg = {}
+    for name, spec in (encoders or {}).items():
+        spec = dict(spec)
+        kind = spec.pop("kind")
+        enc_cfg[name] = {"type": kind, "name_or_path": str(save_encoder(root, kind)), **spec}
+    config = load_config(data=model_config(save_llm(root, llm), enc_cfg, **llm_fields), overrides=overrides)
+    return build_model(config)
+
+
+def randomise_trainables(model, seed: int = 0, std: float = 0.2) -> None:
+    """Gives every trainable tensor random values (so zero-initialised adapters do something)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _name, p in sorted(model.named_parameters()):
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def encode(model, text: str, placeholders: dict[str, int] | None = None) -> torch.Tensor:
+    """Token ids [1, T]: BOS, ``n`` placeholder tokens per encoder name, then the words of ``text``."""
+    tok = model.tokenizer
+    ids = [tok.bos_token_id]
+    for name, count in (placeholders or {}).items():
+        ids += [model.placeholder_ids[name]] * count
+    ids += tok(text, add_special_tokens=False).input_ids
+    return torch.tensor([ids])
+
+
+def pad_batch(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads [1, T_i] rows -> (ids [B, T], attention_mask [B, T])."""
+    width = max(r.shape[1] for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : r.shape[1]] = r[0]
+        mask[i, : r.shape[1]] = 1
+    return ids, mask

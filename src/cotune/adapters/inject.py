@@ -35,7 +35,6 @@ class AdapterHost:
     widths: list[int]
     conv: bool = False
     router: str = "per_token"
-    side: str = "encoder"
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -88,7 +87,11 @@ def inject_rep_adapter(host: AdapterHost, cfg: AdapterConfig, routing_state: Rou
 
 @ADAPTERS.register("lora")
 def inject_lora(host: AdapterHost, cfg: AdapterConfig, routing_state: RoutingState | None = None) -> list[nn.Module]:
-    """Injects LoRA through PEFT in place (no PeftModel wrapper) and returns the LoRA weight holders."""
+    """Injects LoRA through PEFT in place (no PeftModel wrapper) and returns the LoRA weight holders.
+
+    LoRA goes into the host's blocks only, so ``all-linear`` never reaches an LM head, a
+    projection outside the blocks, or blocks whose output no selected feature depends on.
+    """
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
@@ -99,11 +102,13 @@ def inject_lora(host: AdapterHost, cfg: AdapterConfig, routing_state: RoutingSta
         lora_dropout=cfg.lora_dropout,
         target_modules="all-linear" if targets == ("all-linear",) else list(targets),
     )
-    try:
-        inject_adapter_in_model(lora_config, host.module)
-    except ValueError as err:
-        raise ValueError(f"adapter.target_modules {list(targets)}: {err}") from None
     holders: list[nn.Module] = []
+    for parent, child in host.blocks:
+        block = getattr(parent, child)
+        try:
+            inject_adapter_in_model(lora_config, block)
+        except ValueError as err:
+            raise ValueError(f"adapter.target_modules {list(targets)} in {type(block).__name__}: {err}") from None
     for module in host.module.modules():
         if isinstance(module, LoraLayer):
             for attr in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):

@@ -36,7 +36,11 @@ def _build_encoder(name: str, cfg: EncoderConfig, d_llm: int, meta: bool):
     router = "per_token" if cfg.adapter.router == "auto" else cfg.adapter.router
     if cfg.adapter.type == "mm_adapter" and router == "cls" and encoder.num_prefix_tokens < 1:
         raise ConfigError(f"{key}.adapter.router: 'cls' needs a [cls] token, but {cfg.type} has none; use mean")
-    adapters = _inject(key, encoder.adapter_host(router), cfg.adapter)
+    host = encoder.adapter_host(router)
+    # Blocks after the deepest selected hidden state never influence the features: no adapters there.
+    deepest = max(selector.layers)
+    host.blocks, host.widths = host.blocks[:deepest], host.widths[:deepest]
+    adapters = _inject(key, host, cfg.adapter)
     with meta_device() if meta else _nullcontext():
         connector = CONNECTORS.get(cfg.connector.type, key=f"{key}.connector.type")(cfg.connector, selector.width, d_llm)
     return encoder, selector, connector, adapters
@@ -65,15 +69,12 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False) -> Co
     adapter_modules: dict[str, list[nn.Module]] = {}
     routing_state = None
     llm_adapter = config.llm.adapter
-    if llm_adapter.type in ("mm_adapter", "rep_adapter"):
+    if llm_adapter.type != "none":
         _path, blocks = find_blocks(llm, n_layers)
-        router = "modality"
         if llm_adapter.type == "mm_adapter":
             routing_state = RoutingState(n_layers)
-        host = AdapterHost(llm, [(blocks, str(i)) for i in range(len(blocks))], [d_llm] * len(blocks), router=router, side="llm")
+        host = AdapterHost(llm, [(blocks, str(i)) for i in range(len(blocks))], [d_llm] * len(blocks), router="modality")
         adapter_modules["llm"] = _inject("model.llm", host, llm_adapter, routing_state)
-    elif llm_adapter.type == "lora":
-        adapter_modules["llm"] = _inject("model.llm", AdapterHost(llm, [], []), llm_adapter)
 
     encoders, selectors, connectors = {}, {}, {}
     for name, enc_cfg in config.encoders.items():

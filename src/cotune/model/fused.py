@@ -233,7 +233,7 @@ class CotuneModel(nn.Module):
             logits=logits,
             routing_weights=None if routing is None else routing.transpose(0, 1),
             modality_index=modality_index,
-            cache=out.get("cache", out.get("past_key_values")) if out.get("cache") is not None else None,
+            cache=out.get("cache"),
         )
         if labels is not None:
             placeholders = torch.tensor(list(self.placeholder_ids.values()), device=input_ids.device)

@@ -1,0 +1,1 @@
+"""Command-line interface: ``cotune <command> ...`` (see :mod:`cotune.cli.main`)."""

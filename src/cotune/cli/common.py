@@ -1,0 +1,64 @@
+"""Pieces shared by the CLI commands: the command contract, config arguments, user errors, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cotune.adapters import SiteError
+from cotune.backbones import LoadError
+from cotune.config import ConfigError, CotuneConfig, load_config
+from cotune.registry import UnknownNameError
+
+#: Errors caused by the user's input (config, paths, names); the CLI reports them in one line, exit 2.
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, LoadError, UnknownNameError, SiteError)
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One CLI command: ``add_arguments(parser)`` declares its options, ``run(args) -> int`` executes it.
+
+    The first line of ``run``'s docstring is the command's one-line help in ``cotune --help``.
+    """
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+    @property
+    def help(self) -> str:
+        doc = (self.run.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the positional CONFIG (a YAML file) and repeated ``--set KEY=VALUE`` overrides."""
+    parser.add_argument("config", metavar="CONFIG", help="YAML config file (e.g. recipes/lavin-7b-scienceqa.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by its dotted key, e.g. --set model.llm.dtype=bfloat16 "
+        "(VALUE is parsed as YAML; repeatable, applied in order)",
+    )
+
+
+def load_cli_config(args: argparse.Namespace) -> CotuneConfig:
+    """The validated config named by ``args.config`` with ``args.overrides`` applied."""
+    return load_config(args.config, args.overrides)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message collapsed onto one line (library messages may span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def setup_logging(level: str) -> None:
+    """Logs to stderr: cotune's loggers at ``level``, everything else at warning and above."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cotune").setLevel(level.upper())
