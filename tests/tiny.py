@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 WORDS = "the a an is of and to in what colour shape image sound answer yes no red blue green circle square loud quiet".split()
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
-VOCAB_SIZE = 96  # > len(SPECIAL) + len(WORDS); the rest of the rows are unused embeddings
+TOKENIZER_SIZE = 300  # byte-level BPE: 256 bytes + specials + merges
+VOCAB_SIZE = 320  # LLM rows: room for placeholder tokens added after the tokenizer's vocabulary
 
 LLM_CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(
@@ -42,9 +43,15 @@ LLM_CONFIGS = {
 
 
 def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    """A byte-level BPE tokenizer trained on WORDS; every family's tokenizer class loads it alike."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_SIZE, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator([" ".join(WORDS)] * 10, trainer)
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
