@@ -59,6 +59,15 @@ def one_line(err: BaseException) -> str:
 
 
 def setup_logging(level: str) -> None:
-    """Logs to stderr: cotune's loggers at ``level``, everything else at warning and above."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cotune").setLevel(level.upper())
+    """Sends cotune's log records at ``level`` and above to stderr (libraries keep their own handlers).
+
+    Idempotent: repeated calls (several ``main()`` calls in one process) only change the level.
+    """
+    logger = logging.getLogger("cotune")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_cotune_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._cotune_cli = True
+        logger.addHandler(handler)
+        logger.propagate = False

@@ -136,7 +136,9 @@ class EncoderConfig:
     block k (before any final norm), negative values count from the end (-1 = last block).
     ``reduce`` turns each selected layer [B, N, D_enc] into tokens: ``cls`` (first token),
     ``patches`` (all but the prefix tokens), ``all``, ``mean`` (one token), ``windows``
-    (average pool of ``window`` tokens, stride ``window``). Layers are concatenated on the token axis.
+    (average pool of ``window`` tokens, stride ``window``). ``layer_merge`` joins several layers on
+    the token axis (``tokens``, LaVIN's 6 [cls] tokens) or the feature axis (``features``, LLaVA's
+    multi-layer features: D_enc x n_layers wide).
     """
 
     type: str
@@ -145,6 +147,7 @@ class EncoderConfig:
     layers: tuple[int, ...] = (-1,)
     reduce: str = "patches"
     window: int = 1
+    layer_merge: str = "tokens"
     dtype: str = "float32"
     trainable: str = "frozen"
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -156,6 +159,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         _check_registered("encoder", "type", self.type)
         check_choice("reduce", self.reduce, REDUCTIONS)
+        check_choice("layer_merge", self.layer_merge, ("tokens", "features"))
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("image_norm", self.image_norm, ("encoder", "imagenet"))
         check_choice("adapter.router", self.adapter.router, ENCODER_ROUTERS)

@@ -111,7 +111,8 @@ def reduced_count(n: int, reduce: str, num_prefix_tokens: int, window: int) -> i
 class FeatureSelector(nn.Module):
     """Selects and reduces hidden states of an :class:`Encoder` (no parameters).
 
-    Output: tokens [B, n_layers * n, D_enc], layers concatenated on the token axis in config order.
+    Output: tokens [B, n_layers * n, D_enc] (``layer_merge: tokens``) or [B, n, n_layers * D_enc]
+    (``features``), layers in config order.
     """
 
     def __init__(self, encoder: Encoder, config: EncoderConfig) -> None:
@@ -120,14 +121,16 @@ class FeatureSelector(nn.Module):
         widths = {encoder.layer_width(i) for i in self.layers}
         if len(widths) != 1:
             raise ValueError(f"layers: selected hidden states have different widths {sorted(widths)}")
-        self.width = widths.pop()
+        self.merge_features = config.layer_merge == "features"
+        self.width = widths.pop() * (len(self.layers) if self.merge_features else 1)
         if config.reduce == "cls" and encoder.num_prefix_tokens < 1:
             raise ValueError(f"reduce: 'cls' needs a [cls] token, but {config.type} has none; use 'mean'")
         self.reduce, self.window, self.prefix = config.reduce, config.window, encoder.num_prefix_tokens
 
     def num_tokens(self, encoder_tokens: int) -> int:
-        return len(self.layers) * reduced_count(encoder_tokens, self.reduce, self.prefix, self.window)
+        per_layer = reduced_count(encoder_tokens, self.reduce, self.prefix, self.window)
+        return per_layer if self.merge_features else len(self.layers) * per_layer
 
     def forward(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         parts = [reduce_tokens(hidden_states[i], self.reduce, self.prefix, self.window) for i in self.layers]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1 if self.merge_features else 1)
