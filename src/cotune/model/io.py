@@ -1,0 +1,69 @@
+"""Saving and loading an assembled model as a small directory: resolved config + trainable weights.
+
+Layout: ``config.yaml`` (the full resolved CotuneConfig), ``trainable.safetensors`` (exactly the
+trainable parameters) and ``manifest.json`` (config hash, counts, format version). Backbones are
+not copied: they are re-read from the config's ``name_or_path`` entries. Files are written to a
+temporary name, fsynced and renamed, so an interrupted save never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from cotune.config import CotuneConfig, config_hash, dump_yaml, load_config
+from cotune.model.build import build_model
+from cotune.model.fused import CotuneModel
+
+WEIGHTS = "trainable.safetensors"
+CONFIG = "config.yaml"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write) -> None:
+    """Calls ``write(tmp_path)``, fsyncs the file and renames it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_model(model: CotuneModel, config: CotuneConfig, directory: str | Path) -> Path:
+    """Writes config, trainable weights and manifest of ``model`` to ``directory``."""
+    if config.model != model.config:
+        raise ValueError("config.model differs from the configuration the model was built from")
+    directory = Path(directory)
+    state = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"config_hash": config_hash(config)}))
+    atomic_write(directory / CONFIG, lambda tmp: tmp.write_text(dump_yaml(config)))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "config_hash": config_hash(config),
+        "trainable_params": sum(v.numel() for v in state.values()),
+        "components": model.parameter_counts(),
+    }
+    atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+    return directory
+
+
+def load_model(directory: str | Path) -> tuple[CotuneModel, CotuneConfig]:
+    """Rebuilds the model from ``directory``'s config and loads its trainable weights."""
+    directory = Path(directory)
+    for name in (CONFIG, WEIGHTS):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory} is not a saved cotune model: {name} is missing")
+    config = load_config(directory / CONFIG)
+    model = build_model(config)
+    model.load_trainable_state_dict(load_file(directory / WEIGHTS))
+    return model, config
