@@ -28,14 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multimodal instruction tuning: any Hugging Face encoder x any LLM.",
     )
     parser.add_argument("--version", action="version", version=f"cotune {__version__}")
-    parser.add_argument(
-        "--log-level", choices=LOG_LEVELS, default="info", help="verbosity of cotune's messages on stderr (default: info)"
-    )
+    _add_global_options(parser, default="info")
+    # Global options are accepted after the command too; SUPPRESS keeps the subparser from
+    # overwriting a value given before the command.
+    shared = argparse.ArgumentParser(add_help=False)
+    _add_global_options(shared, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
     for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=command.help, description=command.help)
+        sub = commands.add_parser(name, help=command.help, description=command.help, parents=[shared])
         command.add_arguments(sub)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default=default, help="verbosity of cotune's messages on stderr (default: info)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,8 +132,9 @@ class ConnectorConfig:
 class EncoderConfig:
     """One feature encoder, its feature selection, adapter and connector.
 
-    ``layers`` index the encoder's hidden states: 0 is the embedding output, k the output of
-    block k (before any final norm), negative values count from the end (-1 = last block).
+    ``layers`` index the encoder's hidden states as transformers reports them: 0 is the embedding
+    output, k the output of block k (before any final norm, except Whisper, whose last hidden
+    state includes the encoder's final LayerNorm), negative values count from the end (-1 = last).
     ``reduce`` turns each selected layer [B, N, D_enc] into tokens: ``cls`` (first token),
     ``patches`` (all but the prefix tokens), ``all``, ``mean`` (one token), ``windows``
     (average pool of ``window`` tokens, stride ``window``). ``layer_merge`` joins several layers on

@@ -54,8 +54,8 @@ class _nullcontext:
         return False
 
 
-def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False) -> CotuneModel:
-    """Loads the backbones named in ``config`` and assembles the model.
+def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, device: str | torch.device | None = None) -> CotuneModel:
+    """Loads the backbones named in ``config`` and assembles the model, on ``device`` if given.
 
     ``meta=True`` reads only config.json files and builds every module on the meta device (for
     parameter counts of models that do not fit in memory); such a model cannot run forward.
@@ -70,7 +70,10 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False) -> Co
     routing_state = None
     llm_adapter = config.llm.adapter
     if llm_adapter.type != "none":
-        _path, blocks = find_blocks(llm, n_layers)
+        try:
+            _path, blocks = find_blocks(llm, n_layers)
+        except ValueError as err:
+            raise ConfigError(f"model.llm.adapter: {err}") from None
         if llm_adapter.type == "mm_adapter":
             routing_state = RoutingState(n_layers)
         host = AdapterHost(llm, [(blocks, str(i)) for i in range(len(blocks))], [d_llm] * len(blocks), router="modality")
@@ -102,6 +105,8 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False) -> Co
     )
     apply_trainability(model)
     model.train(False)
+    if device is not None and not meta:
+        model.to(device)
     return model
 
 

@@ -168,6 +168,7 @@ class CotuneModel(nn.Module):
             if name not in self.encoders:
                 raise KeyError(f"media for unknown encoder {name!r}; encoders: {', '.join(self.encoders)}")
             encoder = self.encoders[name]
+            inputs = inputs.to(next(encoder.parameters()).device)
             needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
             with torch.set_grad_enabled(needs_grad):
                 hidden = encoder.hidden_states(inputs)
