@@ -28,7 +28,7 @@ def mixed_batch(model, n_image=3):
     return ids, mask, media
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "mistral", "phi"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "mistral", "phi", "gemma"])
 def test_zero_initialised_adapters_leave_base_logits_unchanged(tiny_root, family):
     model = lavin(tiny_root, family)
     plain = tiny.build(tiny_root, family, {"image": {**LAVIN_IMAGE, "trainable": "frozen", "adapter": {"type": "none"}}})
@@ -116,6 +116,32 @@ def test_training_step_moves_only_trainable_weights(tiny_root):
             assert not torch.equal(p, start[name]), f"trainable {name} did not change"
     for name, b in model.named_buffers():
         assert torch.equal(b, buffers[name]), f"buffer {name} changed"
+
+
+def test_one_step_from_random_adapters_moves_every_trainable_tensor(tiny_root):
+    model = lavin(tiny_root)
+    tiny.randomise_trainables(model, seed=5, std=0.05)
+    model.train()
+    ids, mask, media = mixed_batch(model)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
+    model(ids, mask, labels=ids.masked_fill(mask == 0, -100), media=media).loss.backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name
+        else:
+            assert not torch.equal(p, start[name]), name
+
+
+def test_frozen_adapters_stay_in_eval_mode(tiny_root):
+    model = tiny.build(tiny_root, "llama", {"image": {**LAVIN_IMAGE, "trainable": "frozen"}}, **MMA_LLM)
+    model.train()
+    assert all(a.training for a in model.adapter_modules["llm"])
+    assert not any(a.training for a in model.adapter_modules["encoder.image"])
+    assert not model.llm.training and not model.encoders["image"].backbone.training
+    assert model.connectors["image"].training
 
 
 def test_trainable_state_round_trip_is_bit_exact(tiny_root, tmp_path):

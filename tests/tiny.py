@@ -35,6 +35,10 @@ LLM_CONFIGS = {
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=2, eos_token_id=3,
     ),
+    "gemma": lambda: transformers.GemmaConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    ),
     "phi": lambda: transformers.PhiConfig(
         vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3, partial_rotary_factor=0.5,

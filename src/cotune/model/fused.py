@@ -104,7 +104,7 @@ class CotuneModel(nn.Module):
 
     def train(self, mode: bool = True) -> "CotuneModel":
         """Frozen or adapted backbones stay in eval mode (no dropout, no batch-norm drift);
-        adapters, connectors and fully trained backbones follow ``mode``."""
+        trained adapters, connectors and fully trained backbones follow ``mode``."""
         super().train(mode)
         backbones = {"llm": (self.llm, self.config.llm.trainable)}
         for name, enc in self.encoders.items():
@@ -114,7 +114,7 @@ class CotuneModel(nn.Module):
                 module.eval()
                 for sub in module.modules():
                     if _is_adapter_module(sub):
-                        sub.train(mode)
+                        sub.train(mode and trainable != "frozen")
         return self
 
     def num_media_tokens(self, name: str) -> int | None:
