@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from cotune.config.data import DataConfig, DatasetConfig
 from cotune.config.io import (
     ConfigError,
     apply_overrides,
@@ -50,7 +51,8 @@ def save_config(config: CotuneConfig, path: str | Path) -> Path:
 
 
 __all__ = [
-    "TEXT_KEY", "AdapterConfig", "ConfigError", "ConnectorConfig", "CotuneConfig", "EncoderConfig",
+    "TEXT_KEY", "AdapterConfig", "ConfigError", "ConnectorConfig", "CotuneConfig", "DataConfig", "DatasetConfig",
+    "EncoderConfig",
     "LLMConfig", "ModelConfig", "RoutingConfig", "apply_overrides", "config_hash", "dump_yaml",
     "from_dict", "load_config", "modality_key", "read_yaml", "save_config", "to_dict",
 ]

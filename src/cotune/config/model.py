@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
+from cotune.config.data import DataConfig
 from cotune.config.io import ConfigError, check_choice
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -280,7 +281,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CotuneConfig:
-    """Root configuration. Later sections (data, train, balance, eval) join this one."""
+    """Root configuration. Later sections (train, balance, eval) join this one."""
 
     model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0

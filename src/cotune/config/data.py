@@ -1,0 +1,92 @@
+"""Typed configuration of the instruction data: datasets, mixture weights, template, loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cotune.config.io import ConfigError, check_choice
+
+
+def _check_reader(key: str, name: str) -> None:
+    from cotune.data.readers import READERS  # lazy: readers import this module for type hints
+
+    if name not in READERS:
+        raise ConfigError(READERS.unknown_message(name, key))
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One dataset read by a registered reader (``kind``).
+
+    ``path``: the dataset directory or file; ``split``: which split (readers that have splits);
+    ``weight``: relative sampling weight in a mixture; ``media_root``: where relative media paths
+    point (default: the reader's convention, e.g. ScienceQA's ``images/<split>``, else ``path``'s
+    directory); ``prompt_format``: ScienceQA's LaVIN format (e.g. ``QCM-ALE``); ``prompt``: the
+    instruction for caption datasets; ``limit``: read at most this many records.
+    """
+
+    kind: str
+    path: str
+    split: str = "train"
+    weight: float = 1.0
+    name: str | None = None
+    media_root: str | None = None
+    prompt_format: str = "QCM-ALE"
+    use_caption: bool = False
+    prompt: str | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_reader("kind", self.kind)
+        if self.weight <= 0:
+            raise ConfigError(f"weight: must be > 0, got {self.weight}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit: must be >= 1, got {self.limit}")
+        if self.name is None:
+            object.__setattr__(self, "name", f"{self.kind}:{self.split}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training and evaluation data and how it is turned into batches.
+
+    ``template``: ``auto`` (the tokenizer's chat template if it has one, else ``lavin``), ``chat``
+    or ``lavin`` (LaVIN's plain layout: BOS, ``Image: `` + image tokens or ``Image: N/A``, prompt,
+    answer, EOS). ``max_length``: tokens after media expansion; longer samples are skipped, never cut.
+    ``max_skip_fraction``: stop with an error when more of a dataset than this is unusable.
+    ``image_transform``: ``processor`` (the encoder's own) or ``square`` (LaVIN: bicubic resize to a
+    square, no crop, the processor's mean/std). ``audio_seconds``: crop/pad every clip to this length
+    (default: the feature extractor's own chunk, e.g. Whisper's 30 s).
+    """
+
+    train: tuple[DatasetConfig, ...] = ()
+    eval: tuple[DatasetConfig, ...] = ()
+    template: str = "auto"
+    system_prompt: str | None = None
+    max_length: int = 512
+    max_skip_fraction: float = 0.01
+    image_transform: str = "processor"
+    audio_seconds: float | None = None
+    batch_size: int = 4
+    num_workers: int = 0
+    group_by_length: bool = False
+    epoch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("template", self.template, ("auto", "chat", "lavin"))
+        check_choice("image_transform", self.image_transform, ("processor", "square"))
+        for name in ("max_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ConfigError(f"max_skip_fraction: must be in [0, 1], got {self.max_skip_fraction}")
+        if self.audio_seconds is not None and self.audio_seconds <= 0:
+            raise ConfigError(f"audio_seconds: must be > 0, got {self.audio_seconds}")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise ConfigError(f"epoch_size: must be >= 1, got {self.epoch_size}")
+        names = [d.name for d in (*self.train, *self.eval)]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"train/eval: dataset names must be unique, repeated: {duplicates}; set name: on each")

@@ -1,0 +1,1 @@
+"""Instruction data: readers, templates and label masks, media, datasets, sampling, collation."""

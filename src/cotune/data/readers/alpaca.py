@@ -1,0 +1,1 @@
+"""Placeholder: the alpaca reader is being written."""

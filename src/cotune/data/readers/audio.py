@@ -1,0 +1,1 @@
+"""Placeholder: the audio reader is being written."""

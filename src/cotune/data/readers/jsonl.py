@@ -1,0 +1,1 @@
+"""Placeholder: the jsonl reader is being written."""

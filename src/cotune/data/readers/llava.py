@@ -1,0 +1,1 @@
+"""Placeholder: the llava reader is being written."""

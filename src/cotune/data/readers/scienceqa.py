@@ -1,0 +1,1 @@
+"""Placeholder: the scienceqa reader is being written."""
