@@ -24,11 +24,18 @@ def load_llm(config: LLMConfig, meta: bool = False):
     if config.attn_implementation is not None:
         extra["attn_implementation"] = config.attn_implementation
     model = load_pretrained(transformers.AutoModelForCausalLM, config.name_or_path, dtype=config.dtype, **hub, **extra)
+    return model, load_tokenizer(config)
+
+
+def load_tokenizer(config: LLMConfig):
+    """The LLM's tokenizer (from the same path, revision and remote-code setting)."""
+    extra = {"gguf_file": config.gguf_file} if config.gguf_file else {}
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(config.name_or_path, **hub, **({"gguf_file": config.gguf_file} if config.gguf_file else {}))
+        return transformers.AutoTokenizer.from_pretrained(
+            config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code, **extra
+        )
     except (OSError, ValueError) as err:
         raise LoadError(f"cannot load the tokenizer of {config.name_or_path!r}: {err}") from None
-    return model, tokenizer
 
 
 def add_placeholders(tokenizer, placeholders: dict[str, str]) -> dict[str, int]:

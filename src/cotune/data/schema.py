@@ -66,6 +66,7 @@ SKIP_REASONS = (
     "no_supervised_tokens",  # the template left no supervised token (LLaVA's tokenization mismatch)
     "template_mismatch",     # the template's renderings are not prefixes of each other
     "marker_mismatch",       # media markers in the text and media files disagree
+    "unsupported_media",     # the sample has a media kind that no encoder of the model reads
 )
 
 

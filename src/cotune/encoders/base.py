@@ -55,8 +55,9 @@ class Encoder(nn.Module):
         """D of hidden state ``layer`` (non-negative index)."""
         return self.hidden_size
 
-    def num_tokens(self) -> int | None:
-        """Tokens per item in every hidden state for fixed-size inputs, None if input-dependent."""
+    def num_tokens(self, input_length: int | None = None) -> int | None:
+        """Tokens per item in every hidden state: fixed for fixed-size inputs, else computed from
+        ``input_length`` (samples or frames of one item), None if that is not given."""
         return None
 
     def adapter_host(self, router: str) -> AdapterHost:

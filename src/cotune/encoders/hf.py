@@ -64,7 +64,7 @@ HF_ENCODER_SPECS: dict[str, HFEncoderSpec] = {
 }
 
 
-def _load_processor(spec: HFEncoderSpec, config: EncoderConfig):
+def _load_processor(spec: HFEncoderSpec, config: EncoderConfig, quiet: bool = False):
     """The encoder's image processor or feature extractor, or None if the path has none."""
     auto = transformers.AutoImageProcessor if spec.modality == "image" else transformers.AutoFeatureExtractor
     try:
@@ -72,7 +72,7 @@ def _load_processor(spec: HFEncoderSpec, config: EncoderConfig):
             config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
     except (OSError, ValueError) as err:
-        log.warning("no %s processor found for %s (%s); raw inputs cannot be prepared", spec.modality, config.name_or_path, err)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "no %s processor found for %s (%s); raw inputs cannot be prepared", spec.modality, config.name_or_path, err)
         return None
     if config.image_norm == "imagenet" and hasattr(processor, "image_mean"):
         # LaVIN normalises CLIP inputs with ImageNet statistics, not CLIP's own.
@@ -107,7 +107,7 @@ class HFEncoder(Encoder):
             hf_config = load_config_only(getattr(transformers, spec.config_class), config.name_or_path, **hub)
             with meta_device():
                 model = model_class._from_config(hf_config, dtype=torch.float32, **dict(spec.model_kwargs))
-            processor = None
+            processor = _load_processor(spec, config, quiet=True)  # data checks need it; dry runs may lack it
         else:
             model = load_pretrained(model_class, config.name_or_path, dtype=config.dtype, **hub, **dict(spec.model_kwargs))
             processor = _load_processor(spec, config)
@@ -119,8 +119,13 @@ class HFEncoder(Encoder):
         blocks = self.backbone.get_submodule(self.blocks_path)
         return [(blocks, str(i)) for i in range(len(blocks))]
 
-    def num_tokens(self) -> int | None:
-        return self.spec.tokens(self.backbone.config)
+    def num_tokens(self, input_length: int | None = None) -> int | None:
+        fixed = self.spec.tokens(self.backbone.config)
+        if fixed is not None or input_length is None:
+            return fixed
+        # wav2vec2 / HuBERT: the convolutional front end's output length for input_length samples.
+        lengths = self.backbone._get_feat_extract_output_lengths(torch.tensor([input_length]))
+        return int(lengths[0])
 
     def hidden_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """inputs: pixel_values [B, 3, H, W] / input_features [B, mels, frames] / input_values [B, samples]."""

@@ -122,7 +122,7 @@ class MobileNetEncoder(Encoder):
         weights = path / "model.safetensors"
         if meta:
             with meta_device():
-                return cls(MobileNetV2(**options), image_size)
+                return cls(MobileNetV2(**options), image_size, _imagenet_processor(image_size))
         if not weights.is_file():
             raise LoadError(f"{config.name_or_path}: no model.safetensors with torchvision MobileNetV2 weights")
         from safetensors.torch import load_file
@@ -143,7 +143,7 @@ class MobileNetEncoder(Encoder):
     def layer_width(self, layer: int) -> int:
         return _block_out_channels(self.backbone.features[layer])
 
-    def num_tokens(self) -> int:
+    def num_tokens(self, input_length: int | None = None) -> int:
         size = self.image_size
         for block in self.backbone.features:
             stride = [m for m in block.modules() if isinstance(m, nn.Conv2d)]

@@ -117,9 +117,10 @@ class CotuneModel(nn.Module):
                         sub.train(mode and trainable != "frozen")
         return self
 
-    def num_media_tokens(self, name: str) -> int | None:
-        """LLM tokens one item of encoder ``name`` becomes (None if it depends on the input length)."""
-        n = self.encoders[name].num_tokens()
+    def num_media_tokens(self, name: str, input_length: int | None = None) -> int | None:
+        """LLM tokens one item of encoder ``name`` becomes; for encoders whose token count depends
+        on the input, pass ``input_length`` (samples/frames per item), else None is returned."""
+        n = self.encoders[name].num_tokens(input_length)
         if n is None:
             return None
         return self.connectors[name].num_tokens(self.selectors[name].num_tokens(n))

@@ -1,0 +1,48 @@
+"""Putting it together: prepared datasets -> mixture -> seeded sampler -> DataLoader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cotune.config import DataConfig
+from cotune.data.collate import Collator
+from cotune.data.dataset import PreparedDataset, prepare_datasets
+from cotune.data.report import DataReport
+from cotune.data.sampler import MixtureDataset, MixtureSampler
+from cotune.data.spec import DataSpec
+
+
+@dataclass
+class TrainData:
+    """The training loader with the pieces the trainer needs for resuming and reporting."""
+
+    loader: torch.utils.data.DataLoader
+    sampler: MixtureSampler
+    mixture: MixtureDataset
+    report: DataReport
+
+
+def make_loader(datasets: list[PreparedDataset], weights: list[float], data: DataConfig, spec: DataSpec, seed: int, report: DataReport) -> TrainData:
+    mixture = MixtureDataset(datasets)
+    sampler = MixtureSampler(mixture, weights, seed, data.epoch_size, data.batch_size, data.group_by_length)
+    loader = torch.utils.data.DataLoader(
+        mixture,
+        batch_size=data.batch_size,
+        sampler=sampler,
+        collate_fn=Collator(spec.pad_id),
+        num_workers=data.num_workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return TrainData(loader, sampler, mixture, report)
+
+
+def build_train_data(data: DataConfig, spec: DataSpec, seed: int, report: DataReport | None = None) -> TrainData:
+    """Prepares ``data.train`` and returns its loader (skips counted in the returned report)."""
+    if not data.train:
+        raise ValueError("data.train: no training datasets configured")
+    report = report or DataReport()
+    datasets = prepare_datasets(data.train, spec, data, report)
+    return make_loader(datasets, [d.weight for d in data.train], data, spec, seed, report)

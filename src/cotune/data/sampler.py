@@ -1,0 +1,106 @@
+"""Deterministic, resumable ordering of a mixture of datasets.
+
+The order of epoch e is a pure function of (seed, e, sizes, weights, lengths): nothing depends on
+how far a previous run got, so a resumed run sees exactly the remaining order. The sampler does
+not advance itself while iterating (DataLoader prefetching would make that wrong): the trainer
+knows how many samples it consumed and sets the position with :meth:`set_position`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from cotune.data.dataset import PreparedDataset
+
+MEGABATCH_FACTOR = 32
+
+
+class MixtureDataset(torch.utils.data.Dataset):
+    """Several prepared datasets behind one global index (dataset after dataset)."""
+
+    def __init__(self, datasets: Sequence[PreparedDataset]) -> None:
+        if not datasets:
+            raise ValueError("a mixture needs at least one dataset")
+        self.datasets = list(datasets)
+        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
+        self.lengths = np.concatenate([d.lengths for d in self.datasets])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(dataset number, index inside it) of global ``index``."""
+        which = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return which, int(index - self.offsets[which])
+
+    def __getitem__(self, index: int) -> dict:
+        which, local = self.locate(index)
+        return self.datasets[which][local]
+
+
+class MixtureSampler(torch.utils.data.Sampler[int]):
+    """Global indices of one epoch at a time, mixing datasets by weight, optionally length-grouped.
+
+    Epoch composition: E = ``epoch_size`` or the sum of dataset sizes; dataset i contributes
+    round(E * w_i / sum(w)) samples (a fresh permutation, repeated whole when it needs more than
+    one pass). All are shuffled together, so text-only and multimodal samples share batches.
+    ``group_by_length`` sorts each window of ``batch_size * 32`` by length (descending) so batches
+    waste little padding while the window order stays random.
+    """
+
+    def __init__(
+        self,
+        mixture: MixtureDataset,
+        weights: Sequence[float],
+        seed: int,
+        epoch_size: int | None = None,
+        batch_size: int = 1,
+        group_by_length: bool = False,
+    ) -> None:
+        if len(weights) != len(mixture.datasets):
+            raise ValueError(f"{len(weights)} weights for {len(mixture.datasets)} datasets")
+        self.mixture, self.weights = mixture, np.asarray(weights, dtype=np.float64)
+        self.seed, self.batch_size, self.group_by_length = seed, batch_size, group_by_length
+        self.epoch_size = epoch_size or len(mixture)
+        self.epoch, self.position = 0, 0
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        shares = np.round(self.epoch_size * self.weights / self.weights.sum()).astype(np.int64)
+        parts = []
+        for which, count in enumerate(shares):
+            size = len(self.mixture.datasets[which])
+            passes = [rng.permutation(size) for _ in range(-(-int(count) // size))]
+            parts.append(np.concatenate(passes)[:count] + self.mixture.offsets[which])
+        order = rng.permutation(np.concatenate(parts))
+        if self.group_by_length:
+            window = self.batch_size * MEGABATCH_FACTOR
+            lengths = self.mixture.lengths
+            order = np.concatenate([
+                chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in np.array_split(order, max(1, -(-len(order) // window)))
+            ])
+        return order
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
+
+    def set_position(self, position: int) -> None:
+        """Start the current epoch at sample ``position`` (samples already consumed)."""
+        self.position = position
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"sampler state was saved with seed {state['seed']}, this run uses {self.seed}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __len__(self) -> int:
+        return max(0, int(sum(np.round(self.epoch_size * self.weights / self.weights.sum()))) - self.position)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order(self.epoch)[self.position:].tolist())
