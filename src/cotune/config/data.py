@@ -19,9 +19,9 @@ class DatasetConfig:
     """One dataset read by a registered reader (``kind``).
 
     ``path``: the dataset directory or file; ``split``: which split (readers that have splits);
-    ``weight``: relative sampling weight in a mixture; ``media_root``: where relative media paths
-    point (default: the reader's convention, e.g. ScienceQA's ``images/<split>``, else ``path``'s
-    directory); ``prompt_format``: ScienceQA's LaVIN format (e.g. ``QCM-ALE``); ``prompt``: the
+    ``weight``: per-sample sampling rate in a mixture (1: each sample once per epoch, 2: twice);
+    ``media_root``: where relative media paths point (default: the reader's convention, e.g.
+    ScienceQA's ``<path>/images`` with ``<split>/<pid>/`` below it, else ``path``'s directory); ``prompt_format``: ScienceQA's LaVIN format (e.g. ``QCM-ALE``); ``prompt``: the
     instruction for caption datasets; ``limit``: read at most this many records.
     """
 
@@ -38,6 +38,10 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         _check_reader("kind", self.kind)
+        if self.kind == "scienceqa":
+            from cotune.data.scienceqa_prompt import PROMPT_FORMATS
+
+            check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         if self.weight <= 0:
             raise ConfigError(f"weight: must be > 0, got {self.weight}")
         if self.limit is not None and self.limit < 1:

@@ -44,9 +44,12 @@ class MixtureDataset(torch.utils.data.Dataset):
 class MixtureSampler(torch.utils.data.Sampler[int]):
     """Global indices of one epoch at a time, mixing datasets by weight, optionally length-grouped.
 
-    Epoch composition: E = ``epoch_size`` or the sum of dataset sizes; dataset i contributes
-    round(E * w_i / sum(w)) samples (a fresh permutation, repeated whole when it needs more than
-    one pass). All are shuffled together, so text-only and multimodal samples share batches.
+    Epoch composition: a weight is a per-sample rate, so dataset i's natural share is
+    size_i * w_i (all weights 1: every sample once per epoch, as LaVIN trains; weight 2: each
+    sample of that dataset twice). E = ``epoch_size`` or the sum of the shares; dataset i
+    contributes round(E * share_i / sum(shares)) samples (fresh permutations, repeated whole when it
+    needs more than one pass). All are shuffled together, so text-only and multimodal samples
+    share batches.
     ``group_by_length`` sorts each window of ``batch_size * 32`` by length (descending) so batches
     waste little padding while the window order stays random.
     """
@@ -62,16 +65,17 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
     ) -> None:
         if len(weights) != len(mixture.datasets):
             raise ValueError(f"{len(weights)} weights for {len(mixture.datasets)} datasets")
-        self.mixture, self.weights = mixture, np.asarray(weights, dtype=np.float64)
+        self.mixture = mixture
+        shares = np.asarray([len(d) for d in mixture.datasets], dtype=np.float64) * np.asarray(weights, dtype=np.float64)
+        total = epoch_size or int(round(shares.sum()))
+        self.counts = np.round(total * shares / shares.sum()).astype(np.int64)
         self.seed, self.batch_size, self.group_by_length = seed, batch_size, group_by_length
-        self.epoch_size = epoch_size or len(mixture)
         self.epoch, self.position = 0, 0
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
-        shares = np.round(self.epoch_size * self.weights / self.weights.sum()).astype(np.int64)
         parts = []
-        for which, count in enumerate(shares):
+        for which, count in enumerate(self.counts):
             size = len(self.mixture.datasets[which])
             passes = [rng.permutation(size) for _ in range(-(-int(count) // size))]
             parts.append(np.concatenate(passes)[:count] + self.mixture.offsets[which])
@@ -100,7 +104,7 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def __len__(self) -> int:
-        return max(0, int(sum(np.round(self.epoch_size * self.weights / self.weights.sum()))) - self.position)
+        return max(0, int(self.counts.sum()) - self.position)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_order(self.epoch)[self.position:].tolist())
