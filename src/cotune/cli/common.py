@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from cotune.adapters import SiteError
 from cotune.backbones import LoadError
 from cotune.config import ConfigError, CotuneConfig, load_config
+from cotune.data.dataset import DataError
 from cotune.registry import UnknownNameError
 
 #: Errors caused by the user's input (config, paths, names); the CLI reports them in one line, exit 2.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, LoadError, UnknownNameError, SiteError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, LoadError, UnknownNameError, SiteError, DataError, FileNotFoundError)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

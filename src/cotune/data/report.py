@@ -22,6 +22,15 @@ class DatasetReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    dropped_at_load: set[str] = field(default_factory=set)
+
+    def skip_at_load(self, sample_id: str, reason: str, detail: str) -> None:
+        """A kept sample whose media failed to decode while loading; counted once per sample
+        however many epochs meet it."""
+        if sample_id not in self.dropped_at_load:
+            self.dropped_at_load.add(sample_id)
+            self.kept -= 1
+            self.skip(reason, detail)
 
     def skip(self, reason: str, detail: str) -> None:
         self.skipped[reason] += 1
@@ -54,6 +63,11 @@ class DataReport:
 
     def dataset(self, name: str) -> DatasetReport:
         return self.datasets.setdefault(name, DatasetReport(name))
+
+    def record_batch(self, batch: dict) -> None:
+        """Counts the items a collated batch dropped (``batch["skipped"]``)."""
+        for dataset, sample_id, reason, detail in batch.get("skipped", ()):
+            self.dataset(dataset).skip_at_load(sample_id, reason, detail)
 
     def as_dict(self) -> dict:
         total = DatasetReport("all")
