@@ -1,0 +1,161 @@
+"""End to end: readers -> template -> media -> mixture loader -> model, plus `cotune data check`."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from PIL import Image
+
+import tiny
+from cotune.cli.main import main
+from cotune.config import load_config
+from cotune.data.dataset import DataError
+from cotune.data.loader import build_train_data
+from cotune.data.report import DataReport
+from cotune.data.spec import data_spec_from_model
+from cotune.model import build_model
+
+
+def write_scienceqa(root, n_image=3, n_text=2, corrupt=()):
+    problems, split = {}, []
+    for i in range(n_image + n_text):
+        pid = str(100 + i)
+        has_image = i < n_image
+        problems[pid] = {
+            "question": "What shape is it?", "choices": ["circle", "square"], "answer": i % 2, "hint": "" if has_image else "A hint.",
+            "image": "image.png" if has_image else None, "lecture": "Shapes.", "solution": "Look.",
+            "subject": "natural science", "grade": "grade3", "split": "train",
+        }
+        split.append(pid)
+        if has_image:
+            folder = root / "images" / "train" / pid
+            folder.mkdir(parents=True)
+            if pid in corrupt:
+                (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+            else:
+                Image.new("RGB", (40, 36), (40 * i, 90, 200)).save(folder / "image.png")
+    (root / "problems.json").write_text(json.dumps(problems))
+    (root / "pid_splits.json").write_text(json.dumps({"train": split, "test": []}))
+    return root
+
+
+def write_alpaca(path, n=4):
+    path.write_text(json.dumps([{"instruction": "the answer is", "input": "", "output": f"yes {i}"} for i in range(n)]))
+    return path
+
+
+def write_audioqa(root, n=3):
+    rows = ["file_name,QuestionText,answer"]
+    for i in range(n):
+        t = np.arange(8000 + 1000 * i) / 16000
+        soundfile.write(root / f"clip{i}.wav", 0.3 * np.sin(2 * np.pi * 440 * (i + 1) * t), 16000)
+        rows.append(f"clip{i}.wav,is it loud,{'yes' if i % 2 else 'no'}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def model_and_config(tiny_root, data):
+    encoders = {
+        "image": {"type": "clip", "name_or_path": str(tiny.save_encoder(tiny_root, "clip")), "layers": [1, 2, 3], "reduce": "cls",
+                  "trainable": "adapter", "adapter": {"type": "mm_adapter"}, "connector": {"type": "lavin-neck", "hidden": 16}},
+        "audio": {"type": "whisper", "name_or_path": str(tiny.save_encoder(tiny_root, "whisper")), "reduce": "all",
+                  "connector": {"type": "audio-pool", "stride": 4}},
+    }
+    raw = tiny.model_config(tiny.save_llm(tiny_root), encoders, trainable="adapter", adapter={"type": "mm_adapter"})
+    raw["data"] = data
+    config = load_config(data=raw)
+    return build_model(config), config, raw
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    (tmp_path / "sqa").mkdir()
+    (tmp_path / "aqa").mkdir()
+    return {
+        "scienceqa": write_scienceqa(tmp_path / "sqa", corrupt=("101",)),
+        "alpaca": write_alpaca(tmp_path / "alpaca.json"),
+        "audioqa": write_audioqa(tmp_path / "aqa"),
+    }
+
+
+def data_section(corpus, **extra):
+    return {
+        "train": [
+            {"kind": "scienceqa", "path": str(corpus["scienceqa"]), "split": "train"},
+            {"kind": "alpaca", "path": str(corpus["alpaca"])},
+            {"kind": "audioqa", "path": str(corpus["audioqa"]), "split": "train"},
+        ],
+        "template": "lavin", "batch_size": 3, "max_skip_fraction": 0.5, **extra,
+    }
+
+
+def test_mixed_batches_train_and_labels_are_exactly_the_answers(tiny_root, corpus):
+    model, config, _ = model_and_config(tiny_root, data_section(corpus))
+    spec = data_spec_from_model(model, config.data)
+    assert {e.name: e.tokens for e in spec.encoders} == {"image": 3, "audio": 4}
+    train = build_train_data(config.data, spec, seed=0)
+    tok = model.tokenizer
+
+    sqa = train.mixture.datasets[0]
+    for index in range(len(sqa)):
+        ids, labels = sqa.tokens(index)
+        answer = tok.decode(ids[labels != -100].tolist())
+        assert answer.startswith("The answer is ") and answer.endswith(" BECAUSE: Shapes. Look." + tok.eos_token)
+    alpaca_ids, alpaca_labels = train.mixture.datasets[1].tokens(2)
+    assert tok.decode(alpaca_ids[alpaca_labels != -100].tolist()) == "yes 2" + tok.eos_token
+
+    model.train()
+    seen_kinds = set()
+    for batch in train.loader:
+        train.report.record_batch(batch)
+        if not batch["sample_ids"]:
+            continue
+        out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], media=batch["media"], sample_ids=batch["sample_ids"])
+        assert torch.isfinite(out.loss) and int(out.num_tokens) == batch["num_supervised"]
+        out.loss.backward()
+        seen_kinds.update(out.modality_index.tolist())
+    assert seen_kinds == {0, 1, 2}  # text, image and audio samples all trained
+    report = train.report.as_dict()
+    sqa_report = report["datasets"]["scienceqa:train"]
+    assert sqa_report["skipped"] == {"unreadable_media": 1} and sqa_report["kept"] == 4 and sqa_report["total"] == 5
+    assert report["total"] == 5 + 4 + 3 and report["kept"] == 4 + 4 + 3
+
+
+def test_workers_give_the_same_batches(tiny_root, corpus):
+    model, config, _ = model_and_config(tiny_root, data_section(corpus))
+    spec = data_spec_from_model(model, config.data)
+    single = build_train_data(config.data, spec, seed=1)
+    parallel = build_train_data(config.data.__class__(**{**config.data.__dict__, "num_workers": 2}), spec, seed=1)
+    for a, b in zip(single.loader, parallel.loader, strict=True):
+        assert a["sample_ids"] == b["sample_ids"] and torch.equal(a["input_ids"], b["input_ids"])
+        assert a["media"].keys() == b["media"].keys()
+        for name in a["media"]:
+            assert torch.equal(a["media"][name], b["media"][name])
+
+
+def test_too_many_bad_samples_stop_before_training(tiny_root, corpus, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps([{"instruction": "q", "output": ""}] * 3 + [{"instruction": "q", "output": "a"}]))
+    data = data_section(corpus, max_skip_fraction=0.01)
+    data["train"] = [{"kind": "alpaca", "path": str(broken)}]
+    model, config, _ = model_and_config(tiny_root, data)
+    with pytest.raises(DataError, match=r"3 of 4 records unusable .*empty_answer.*broken.json record 0"):
+        build_train_data(config.data, data_spec_from_model(model, config.data), seed=0, report=DataReport())
+
+
+def test_data_check_command(tiny_root, corpus, tmp_path, capsys):
+    _, _, raw = model_and_config(tiny_root, data_section(corpus))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["data", "check", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["total"], report["kept"], report["skipped"]) == (12, 11, {"unreadable_media": 1})
+    # The same file checked alone, with a strict threshold, fails the check.
+    assert main(["data", "check", str(corpus["scienceqa"]), "--kind", "scienceqa", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["skipped"] == {"unreadable_media": 1} and report["kept"] == 4
+    assert main(["data", "check", str(corpus["scienceqa"])]) == 2
+    assert "needs --kind" in capsys.readouterr().err
