@@ -159,3 +159,48 @@ def test_data_check_command(tiny_root, corpus, tmp_path, capsys):
     assert report["skipped"] == {"unreadable_media": 1} and report["kept"] == 4
     assert main(["data", "check", str(corpus["scienceqa"])]) == 2
     assert "needs --kind" in capsys.readouterr().err
+
+
+def test_frozen_encoder_features_come_from_the_cache(tiny_root, corpus, tmp_path):
+    cache_dir = tmp_path / "features"
+    model, config, _ = model_and_config(tiny_root, data_section(corpus, feature_cache=str(cache_dir)))
+    spec = data_spec_from_model(model, config.data)
+    # The image encoder trains adapters (not cacheable); the frozen audio encoder is cached.
+    train = build_train_data(config.data, spec, seed=0, model=model)
+    caches = train.mixture.datasets[2].feature_caches
+    assert list(caches) == ["audio"]
+    entries = sorted(cache_dir.rglob("*.safetensors"))
+    assert len(entries) == 3  # one per distinct clip
+
+    plain = build_train_data(config.data.__class__(**{**config.data.__dict__, "feature_cache": None}), spec, seed=0)
+    model.eval()
+    compared = 0
+    with torch.no_grad():
+        for cached, raw in zip(train.loader, plain.loader, strict=True):
+            assert cached["sample_ids"] == raw["sample_ids"]
+            if "audio" not in raw["media"]:
+                continue
+            assert "audio" not in cached["media"] and cached["features"]["audio"].shape[0] == raw["media"]["audio"].shape[0]
+            common = dict(attention_mask=raw["attention_mask"], labels=raw["labels"])
+            media_without_audio = {k: v for k, v in raw["media"].items() if k != "audio"}
+            a = model(cached["input_ids"], media=media_without_audio, features=cached["features"], **common)
+            b = model(raw["input_ids"], media=raw["media"], **common)
+            torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+            compared += 1
+    assert compared > 0
+
+    # A copy of a clip under another name hits the same entry; other encoder settings use another folder.
+    from cotune.data.feature_cache import FeatureCache, encoder_cache_key
+
+    key = encoder_cache_key(config.model.encoders["audio"], config.data)
+    copy = tmp_path / "copy.wav"
+    copy.write_bytes((corpus["audioqa"] / "clip1.wav").read_bytes())
+    assert FeatureCache(cache_dir, key).get(copy, "copy").shape[-1] == 24
+    other = load_config(data=config_dict_with(config, "model.encoders.audio.layers=[-2]"))
+    assert encoder_cache_key(other.model.encoders["audio"], other.data) != key
+
+
+def config_dict_with(config, override):
+    from cotune.config import apply_overrides, to_dict
+
+    return apply_overrides(to_dict(config), [override])

@@ -60,7 +60,9 @@ class DataConfig:
     ``max_skip_fraction``: stop with an error when more of a dataset than this is unusable.
     ``image_transform``: ``processor`` (the encoder's own) or ``square`` (LaVIN: bicubic resize to a
     square, no crop, the processor's mean/std). ``audio_seconds``: crop/pad every clip to this length
-    (default: the feature extractor's own chunk, e.g. Whisper's 30 s).
+    (default: the feature extractor's own chunk, e.g. Whisper's 30 s). ``feature_cache``: a
+    directory where the selected features of encoders without trainable parameters are stored once
+    and read back instead of decoding and encoding the media every epoch.
     """
 
     train: tuple[DatasetConfig, ...] = ()
@@ -71,6 +73,7 @@ class DataConfig:
     max_skip_fraction: float = 0.01
     image_transform: str = "processor"
     audio_seconds: float | None = None
+    feature_cache: str | None = None
     batch_size: int = 4
     num_workers: int = 0
     group_by_length: bool = False

@@ -11,7 +11,8 @@ class Collator:
     """Items from :class:`PreparedDataset` -> a batch for :meth:`CotuneModel.forward`.
 
     Batch: ``input_ids``/``attention_mask``/``labels`` [B, T] (right padded; labels -100 on padding),
-    ``media`` {encoder name: [items, ...]} in batch order, ``sample_ids`` and ``datasets`` [B],
+    ``media`` {encoder name: [items, ...]} in batch order, ``features`` {encoder name: [items, n,
+    D_enc]} for cached encoders, ``sample_ids`` and ``datasets`` [B],
     ``num_supervised`` (tokens with a label, for token-normalised loss), and ``skipped``: a list of
     (dataset, sample id, reason, detail) for items whose media failed to decode (dropped here).
     """
@@ -27,6 +28,7 @@ class Collator:
         labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)
         media: dict[str, list[torch.Tensor]] = {}
+        features: dict[str, list[torch.Tensor]] = {}
         for row, item in enumerate(items):
             n = len(item["input_ids"])
             input_ids[row, :n] = item["input_ids"]
@@ -34,11 +36,14 @@ class Collator:
             attention_mask[row, :n] = 1
             for name, tensors in item["media"].items():
                 media.setdefault(name, []).extend(tensors)
+            for name, tensors in item.get("features", {}).items():
+                features.setdefault(name, []).extend(tensors)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "media": {name: torch.stack(tensors) for name, tensors in media.items()},
+            "features": {name: torch.stack(tensors) for name, tensors in features.items()},
             "sample_ids": [it["id"] for it in items],
             "datasets": [it["dataset"] for it in items],
             "num_supervised": int((labels[:, 1:] != IGNORE_INDEX).sum()),

@@ -31,7 +31,9 @@ class DataError(ValueError):
 
 class PreparedDataset(torch.utils.data.Dataset):
     """One dataset's kept samples. Item: ``{"id", "dataset", "input_ids" [T], "labels" [T],
-    "media": {encoder name: [tensor per item]}}`` or ``{"id", "dataset", "skip": (reason, detail)}``."""
+    "media": {encoder name: [input tensor per item]}, "features": {encoder name: [features
+    [n, D_enc] per item]}}`` (features for encoders read from a feature cache), or
+    ``{"id", "dataset", "skip": (reason, detail)}``."""
 
     def __init__(self, name: str, samples: list[Sample], token_ids: list[list[int]], labels: list[list[int]], spec: DataSpec) -> None:
         self.name = name
@@ -46,6 +48,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         self._encoders_by_kind: dict[str, list] = {}
         for encoder in spec.encoders:
             self._encoders_by_kind.setdefault(encoder.kind, []).append(encoder)
+        self.feature_caches: dict = {}  # encoder name -> FeatureCache, set by the loader
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -61,16 +64,21 @@ class PreparedDataset(torch.utils.data.Dataset):
         sample_id = self.sample_ids[index]
         item = {"id": sample_id, "dataset": self.name}
         media: dict[str, list[torch.Tensor]] = {}
+        features: dict[str, list[torch.Tensor]] = {}
         try:
             for kind, paths in self.media[index].items():
                 for path in paths:
                     for encoder in self._encoders_by_kind[kind]:
-                        media.setdefault(encoder.name, []).append(encoder.preprocess(Path(path), sample_id))
+                        cache = self.feature_caches.get(encoder.name)
+                        if cache is not None:
+                            features.setdefault(encoder.name, []).append(cache.get(path, sample_id))
+                        else:
+                            media.setdefault(encoder.name, []).append(encoder.preprocess(Path(path), sample_id))
         except SkipSample as skip:
             item["skip"] = (skip.reason, skip.detail)
             return item
         item["input_ids"], item["labels"] = self.tokens(index)
-        item["media"] = media
+        item["media"], item["features"] = media, features
         return item
 
 

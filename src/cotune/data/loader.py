@@ -39,10 +39,20 @@ def make_loader(datasets: list[PreparedDataset], weights: list[float], data: Dat
     return TrainData(loader, sampler, mixture, report)
 
 
-def build_train_data(data: DataConfig, spec: DataSpec, seed: int, report: DataReport | None = None) -> TrainData:
-    """Prepares ``data.train`` and returns its loader (skips counted in the returned report)."""
+def build_train_data(data: DataConfig, spec: DataSpec, seed: int, report: DataReport | None = None, model=None) -> TrainData:
+    """Prepares ``data.train`` and returns its loader (skips counted in the returned report).
+
+    With ``data.feature_cache`` and a ``model``, features of encoders without trainable parameters
+    are computed once into the cache (missing entries only) and read from it while loading.
+    """
     if not data.train:
         raise ValueError("data.train: no training datasets configured")
     report = report or DataReport()
     datasets = prepare_datasets(data.train, spec, data, report)
+    if data.feature_cache is not None and model is not None:
+        from cotune.data.feature_cache import fill_feature_cache
+
+        caches = fill_feature_cache(model, spec, datasets, data, data.feature_cache)
+        for dataset in datasets:
+            dataset.feature_caches = caches
     return make_loader(datasets, [d.weight for d in data.train], data, spec, seed, report)

@@ -162,10 +162,19 @@ class CotuneModel(nn.Module):
             )
         return rows
 
-    def encode_media(self, media: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per encoder: processed inputs [items, ...] -> LLM tokens [items, n, D_llm]."""
+    def encode_media(self, media: Mapping[str, torch.Tensor], features: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Per encoder: processed inputs [items, ...] (``media``) or precomputed selected features
+        [items, n, D_enc] (``features``, e.g. from a feature cache) -> LLM tokens [items, n', D_llm]."""
         out = {}
+        for name, selected in (features or {}).items():
+            if name not in self.connectors:
+                raise KeyError(f"features for unknown encoder {name!r}; encoders: {', '.join(self.encoders)}")
+            connector = self.connectors[name]
+            parameter = next(connector.parameters())
+            out[name] = connector(selected.to(device=parameter.device, dtype=parameter.dtype))
         for name, inputs in media.items():
+            if name in out:
+                raise ValueError(f"encoder {name!r} got both raw inputs and precomputed features")
             if name not in self.encoders:
                 raise KeyError(f"media for unknown encoder {name!r}; encoders: {', '.join(self.encoders)}")
             encoder = self.encoders[name]
@@ -178,9 +187,15 @@ class CotuneModel(nn.Module):
             out[name] = connector(features.to(next(connector.parameters()).dtype))
         return out
 
-    def embed(self, input_ids: torch.Tensor, media: Mapping[str, torch.Tensor] | None = None, sample_ids: Sequence | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        media: Mapping[str, torch.Tensor] | None = None,
+        sample_ids: Sequence | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Token embeddings [B, S, D_llm] with encoder tokens spliced in at their placeholders."""
-        features = self.encode_media(media or {})
+        features = self.encode_media(media or {}, features)
         unknown = set(features) - set(self.placeholder_ids)
         if unknown:
             raise SpliceError(f"no placeholder token id for encoders {sorted(unknown)} (model built without a tokenizer?)")
@@ -210,11 +225,13 @@ class CotuneModel(nn.Module):
         labels: torch.Tensor | None = None,
         media: Mapping[str, torch.Tensor] | None = None,
         sample_ids: Sequence | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
         **llm_kwargs,
     ) -> CotuneOutput:
         """input_ids / attention_mask / labels [B, S] (labels -100 where unsupervised); media: encoder
-        name -> processed inputs of the items in batch order. Returns logits [B, S, V] and the loss."""
-        embeds = self.embed(input_ids, media, sample_ids)
+        name -> processed inputs of the items in batch order; features: encoder name -> selected
+        features [items, n, D_enc] instead of inputs. Returns logits [B, S, V] and the loss."""
+        embeds = self.embed(input_ids, media, sample_ids, features)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         routing = None
