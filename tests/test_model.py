@@ -223,3 +223,24 @@ def test_placeholder_count_mismatch_names_the_sample(tiny_root):
         model(ids, mask)
     with pytest.raises(KeyError, match="unknown encoder 'audio'"):
         model(ids, mask, media={**media, "audio": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("routing", ["separate", "inline"])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_root, routing):
+    """Recomputation runs in backward, after the routing context closed; it must see the same weights."""
+    model = lavin(tiny_root, overrides=[f"model.routing.mode={routing}", "model.routing.rows=per_sample"])
+    tiny.randomise_trainables(model)
+    ids, mask, media = mixed_batch(model)
+    model.train()
+    torch.manual_seed(0)
+    model(ids, mask, labels=ids, media=media).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    model.enable_gradient_checkpointing()
+    assert all(layer.training for layer in model.llm.model.layers)
+    assert not model.llm.model.layers[0].self_attn.module.training  # dropouts and attention stay eval
+    torch.manual_seed(0)
+    model(ids, mask, labels=ids, media=media).loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, plain[name], atol=1e-6, rtol=1e-5)

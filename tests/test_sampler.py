@@ -77,3 +77,16 @@ def test_mixture_locates_items(mixture):
     item = mixture[41]
     assert item["id"] == "text-1" and item["dataset"] == "text"
     assert item["labels"].tolist()[-1] == 5 and item["labels"].tolist()[0] == -100
+
+
+def test_processes_split_each_global_batch_and_pad_to_whole_batches(mixture):
+    single = list(MixtureSampler(mixture, [1, 1], seed=0, batch_size=6))
+    ranks = [list(MixtureSampler(mixture, [1, 1], seed=0, batch_size=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 33  # 65 samples padded to 66
+    for k in range(11):
+        global_batch = ranks[0][3 * k : 3 * k + 3] + ranks[1][3 * k : 3 * k + 3]
+        expected = (single + single[:1])[6 * k : 6 * k + 6]
+        assert global_batch == expected
+    resumed = MixtureSampler(mixture, [1, 1], seed=0, batch_size=3, num_replicas=2, rank=1)
+    resumed.set_position(12)
+    assert list(resumed) == ranks[1][6:] and len(resumed) == 27

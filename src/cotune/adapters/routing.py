@@ -53,6 +53,23 @@ class RoutingState:
         finally:
             self.mode, self.weights = "idle", None
 
+    def checkpoint_contexts(self):
+        """``context_fn`` for ``torch.utils.checkpoint``: activation recomputation runs in the backward
+        pass, after the forward's routing context has closed, so the recompute context restores the
+        routing mode and weights the block saw in its forward."""
+        snapshot = (self.mode, self.use_dropout, self.recorded, self.weights)
+
+        @contextlib.contextmanager
+        def restored():
+            saved = (self.mode, self.use_dropout, self.recorded, self.weights)
+            self.mode, self.use_dropout, self.recorded, self.weights = snapshot
+            try:
+                yield
+            finally:
+                self.mode, self.use_dropout, self.recorded, self.weights = saved
+
+        return contextlib.nullcontext(), restored()
+
     def stacked(self, recorded: dict[int, torch.Tensor]) -> torch.Tensor:
         """Recorded per-layer weights as one tensor [L, R, E]; every layer must have recorded."""
         missing = [i for i in range(self.num_layers) if i not in recorded]

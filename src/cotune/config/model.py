@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from cotune.config.data import DataConfig
 from cotune.config.io import ConfigError, check_choice
+from cotune.config.train import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 TRAINABILITY = ("frozen", "adapter", "lora", "full")
@@ -281,8 +282,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CotuneConfig:
-    """Root configuration. Later sections (train, balance, eval) join this one."""
+    """Root configuration. Later sections (balance, eval) join this one."""
 
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0

@@ -24,9 +24,12 @@ class TrainData:
     report: DataReport
 
 
-def make_loader(datasets: list[PreparedDataset], weights: list[float], data: DataConfig, spec: DataSpec, seed: int, report: DataReport) -> TrainData:
+def make_loader(
+    datasets: list[PreparedDataset], weights: list[float], data: DataConfig, spec: DataSpec, seed: int, report: DataReport,
+    num_replicas: int = 1, rank: int = 0,
+) -> TrainData:
     mixture = MixtureDataset(datasets)
-    sampler = MixtureSampler(mixture, weights, seed, data.epoch_size, data.batch_size, data.group_by_length)
+    sampler = MixtureSampler(mixture, weights, seed, data.epoch_size, data.batch_size, data.group_by_length, num_replicas, rank)
     loader = torch.utils.data.DataLoader(
         mixture,
         batch_size=data.batch_size,
@@ -39,7 +42,9 @@ def make_loader(datasets: list[PreparedDataset], weights: list[float], data: Dat
     return TrainData(loader, sampler, mixture, report)
 
 
-def build_train_data(data: DataConfig, spec: DataSpec, seed: int, report: DataReport | None = None, model=None) -> TrainData:
+def build_train_data(
+    data: DataConfig, spec: DataSpec, seed: int, report: DataReport | None = None, model=None, num_replicas: int = 1, rank: int = 0,
+) -> TrainData:
     """Prepares ``data.train`` and returns its loader (skips counted in the returned report).
 
     With ``data.feature_cache`` and a ``model``, features of encoders without trainable parameters
@@ -55,4 +60,4 @@ def build_train_data(data: DataConfig, spec: DataSpec, seed: int, report: DataRe
         caches = fill_feature_cache(model, spec, datasets, data, data.feature_cache)
         for dataset in datasets:
             dataset.feature_caches = caches
-    return make_loader(datasets, [d.weight for d in data.train], data, spec, seed, report)
+    return make_loader(datasets, [d.weight for d in data.train], data, spec, seed, report, num_replicas, rank)

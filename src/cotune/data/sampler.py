@@ -62,6 +62,8 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         epoch_size: int | None = None,
         batch_size: int = 1,
         group_by_length: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if len(weights) != len(mixture.datasets):
             raise ValueError(f"{len(weights)} weights for {len(mixture.datasets)} datasets")
@@ -70,6 +72,9 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         total = epoch_size or int(round(shares.sum()))
         self.counts = np.round(total * shares / shares.sum()).astype(np.int64)
         self.seed, self.batch_size, self.group_by_length = seed, batch_size, group_by_length
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.position = 0, 0
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -92,8 +97,17 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
         self.epoch, self.position = epoch, 0
 
     def set_position(self, position: int) -> None:
-        """Start the current epoch at sample ``position`` (samples already consumed)."""
+        """Start the current epoch at global sample ``position`` (consumed by all processes)."""
         self.position = position
+
+    def global_order(self, epoch: int) -> np.ndarray:
+        """The epoch's order over all processes; with several, padded (from its start) to whole
+        global batches so every process runs the same number of steps (no collective hangs)."""
+        order = self.epoch_order(epoch)
+        stride = self.batch_size * self.num_replicas
+        if self.num_replicas > 1 and len(order) % stride:
+            order = np.concatenate([order, order[: stride - len(order) % stride]])
+        return order
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
@@ -103,8 +117,20 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
             raise ValueError(f"sampler state was saved with seed {state['seed']}, this run uses {self.seed}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
+    def global_length(self) -> int:
+        """Samples per epoch over all processes (after padding)."""
+        stride = self.batch_size * self.num_replicas
+        total = int(self.counts.sum())
+        return -(-total // stride) * stride if self.num_replicas > 1 else total
+
     def __len__(self) -> int:
-        return max(0, int(self.counts.sum()) - self.position)
+        return max(0, self.global_length() - self.position) // self.num_replicas
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_order(self.epoch)[self.position:].tolist())
+        remaining = self.global_order(self.epoch)[self.position:]
+        if self.num_replicas == 1:
+            return iter(remaining.tolist())
+        # Global batch k holds batch_size samples per process; this process takes its slice.
+        b = self.batch_size
+        batches = remaining.reshape(-1, self.num_replicas, b)[:, self.rank]
+        return iter(batches.reshape(-1).tolist())

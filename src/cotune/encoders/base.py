@@ -60,6 +60,11 @@ class Encoder(nn.Module):
         ``input_length`` (samples or frames of one item), None if that is not given."""
         return None
 
+    def dummy_input(self) -> torch.Tensor:
+        """One all-zero item of the encoder's input shape (keeps the encoder in a step's graph
+        when a process's batch has none of its media; see CotuneModel.forward ``touch_all``)."""
+        raise NotImplementedError
+
     def adapter_host(self, router: str) -> AdapterHost:
         return AdapterHost(self.backbone, self.block_sites(), self.block_widths(), conv=self.conv, router=router)
 

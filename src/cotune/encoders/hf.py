@@ -127,6 +127,15 @@ class HFEncoder(Encoder):
         lengths = self.backbone._get_feat_extract_output_lengths(torch.tensor([input_length]))
         return int(lengths[0])
 
+    def dummy_input(self) -> torch.Tensor:
+        config = self.backbone.config
+        device = next(self.backbone.parameters()).device
+        if self.modality == "image":
+            return torch.zeros(1, getattr(config, "num_channels", 3), config.image_size, config.image_size, device=device)
+        if self.input_name == "input_features":  # Whisper: mel bins x 2 * positions frames
+            return torch.zeros(1, config.num_mel_bins, 2 * config.max_source_positions, device=device)
+        return torch.zeros(1, 16000, device=device)  # one second of raw audio
+
     def hidden_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """inputs: pixel_values [B, 3, H, W] / input_features [B, mels, frames] / input_values [B, samples]."""
         dtype = next(self.backbone.parameters()).dtype

@@ -151,6 +151,10 @@ class MobileNetEncoder(Encoder):
                 size = (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
         return size * size
 
+    def dummy_input(self) -> torch.Tensor:
+        device = next(self.backbone.parameters()).device
+        return torch.zeros(1, 3, self.image_size, self.image_size, device=device)
+
     def hidden_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """pixel_values [B, 3, H, W] -> 19 x [B, H_k * W_k, C_k]."""
         x = inputs.to(next(self.backbone.parameters()).dtype)

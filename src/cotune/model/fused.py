@@ -115,7 +115,23 @@ class CotuneModel(nn.Module):
                 for sub in module.modules():
                     if _is_adapter_module(sub):
                         sub.train(mode and trainable != "frozen")
+                    elif getattr(sub, "gradient_checkpointing", False) is True:
+                        # transformers checkpoints a layer only when the layer itself is in training
+                        # mode; flip that flag alone so its dropouts and attention stay in eval mode.
+                        sub.training = mode
         return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the blocks of the LLM and of encoders with trainable parameters in backward."""
+        llm_kwargs = {"use_reentrant": False}
+        if self.routing_state is not None:
+            llm_kwargs["context_fn"] = self.routing_state.checkpoint_contexts
+        self.llm.activation_checkpointing_enable(llm_kwargs)
+        for encoder in self.encoders.values():
+            trainable = any(p.requires_grad for p in encoder.parameters())
+            if trainable and hasattr(encoder.backbone, "activation_checkpointing_enable"):
+                encoder.backbone.activation_checkpointing_enable({"use_reentrant": False})
+        self.train(self.training)
 
     def num_media_tokens(self, name: str, input_length: int | None = None) -> int | None:
         """LLM tokens one item of encoder ``name`` becomes; for encoders whose token count depends
@@ -226,12 +242,20 @@ class CotuneModel(nn.Module):
         media: Mapping[str, torch.Tensor] | None = None,
         sample_ids: Sequence | None = None,
         features: Mapping[str, torch.Tensor] | None = None,
+        touch_all: bool = False,
         **llm_kwargs,
     ) -> CotuneOutput:
         """input_ids / attention_mask / labels [B, S] (labels -100 where unsupervised); media: encoder
         name -> processed inputs of the items in batch order; features: encoder name -> selected
-        features [items, n, D_enc] instead of inputs. Returns logits [B, S, V] and the loss."""
+        features [items, n, D_enc] instead of inputs. Returns logits [B, S, V] and the loss.
+
+        ``touch_all`` (multi-process training): every trainable encoder/connector absent from this
+        batch runs on one all-zero item and enters the loss times 0, so every process runs the same
+        modules and produces a gradient for every parameter (peers hang when one rank's batch is
+        text-only)."""
         embeds = self.embed(input_ids, media, sample_ids, features)
+        if labels is not None:
+            llm_kwargs.setdefault("use_cache", False)  # training: no KV cache to build
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         routing = None
@@ -258,8 +282,19 @@ class CotuneModel(nn.Module):
             placeholders = torch.tensor(list(self.placeholder_ids.values()), device=input_ids.device)
             labels = labels.masked_fill(torch.isin(input_ids, placeholders), IGNORE_INDEX)
             result.loss_sum, result.num_tokens = next_token_loss(logits, labels)
+            if touch_all:
+                result.loss_sum = result.loss_sum + self._untouched_zero(set(media or {}) | set(features or {}))
             result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
         return result
+
+    def _untouched_zero(self, present: set[str]) -> torch.Tensor:
+        """0 x (output of every trainable encoder path missing from the batch), a scalar."""
+        zero = torch.zeros((), device=self.llm.get_input_embeddings().weight.device)
+        for name, encoder in self.encoders.items():
+            trainable = any(p.requires_grad for p in (*encoder.parameters(), *self.connectors[name].parameters()))
+            if name not in present and trainable:
+                zero = zero + 0.0 * self.encode_media({name: encoder.dummy_input()})[name].float().sum()
+        return zero
 
     def _forward_inline(self, embeds, attention_mask, modality_index, llm_kwargs):
         """LaVIN's reference layout: modality row at position 0, masked from every text token."""
@@ -270,7 +305,7 @@ class CotuneModel(nn.Module):
         mask = inline_attention_mask(attention_mask, embeds.dtype)
         positions = torch.arange(sequence.shape[1], device=sequence.device)[None].expand(sequence.shape[0], -1)
         with self.routing_state.computing(use_dropout=True) as recorded:
-            out = self.llm(inputs_embeds=sequence, attention_mask=mask, position_ids=positions, use_cache=False, **llm_kwargs)
+            out = self.llm(inputs_embeds=sequence, attention_mask=mask, position_ids=positions, **{**llm_kwargs, "use_cache": False})
         return out.logits[:, 1:], self.routing_state.stacked(recorded), out
 
 
