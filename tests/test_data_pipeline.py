@@ -2,14 +2,12 @@
 
 import json
 
-import numpy as np
 import pytest
-import soundfile
 import torch
 import yaml
-from PIL import Image
 
 import tiny
+from corpus import write_alpaca, write_audioqa, write_scienceqa
 from cotune.cli.main import main
 from cotune.config import load_config
 from cotune.data.dataset import DataError
@@ -17,44 +15,6 @@ from cotune.data.loader import build_train_data
 from cotune.data.report import DataReport
 from cotune.data.spec import data_spec_from_model
 from cotune.model import build_model
-
-
-def write_scienceqa(root, n_image=3, n_text=2, corrupt=()):
-    problems, split = {}, []
-    for i in range(n_image + n_text):
-        pid = str(100 + i)
-        has_image = i < n_image
-        problems[pid] = {
-            "question": "What shape is it?", "choices": ["circle", "square"], "answer": i % 2, "hint": "" if has_image else "A hint.",
-            "image": "image.png" if has_image else None, "lecture": "Shapes.", "solution": "Look.",
-            "subject": "natural science", "grade": "grade3", "split": "train",
-        }
-        split.append(pid)
-        if has_image:
-            folder = root / "images" / "train" / pid
-            folder.mkdir(parents=True)
-            if pid in corrupt:
-                (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-            else:
-                Image.new("RGB", (40, 36), (40 * i, 90, 200)).save(folder / "image.png")
-    (root / "problems.json").write_text(json.dumps(problems))
-    (root / "pid_splits.json").write_text(json.dumps({"train": split, "test": []}))
-    return root
-
-
-def write_alpaca(path, n=4):
-    path.write_text(json.dumps([{"instruction": "the answer is", "input": "", "output": f"yes {i}"} for i in range(n)]))
-    return path
-
-
-def write_audioqa(root, n=3):
-    rows = ["file_name,QuestionText,answer"]
-    for i in range(n):
-        t = np.arange(8000 + 1000 * i) / 16000
-        soundfile.write(root / f"clip{i}.wav", 0.3 * np.sin(2 * np.pi * 440 * (i + 1) * t), 16000)
-        rows.append(f"clip{i}.wav,is it loud,{'yes' if i % 2 else 'no'}")
-    (root / "train.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 def model_and_config(tiny_root, data):

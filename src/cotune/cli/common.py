@@ -15,7 +15,7 @@ from cotune.data.dataset import DataError
 from cotune.registry import UnknownNameError
 
 #: Errors caused by the user's input (config, paths, names); the CLI reports them in one line, exit 2.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, LoadError, UnknownNameError, SiteError, DataError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, LoadError, UnknownNameError, SiteError, DataError, FileNotFoundError, FileExistsError)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

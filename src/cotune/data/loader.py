@@ -38,6 +38,9 @@ def make_loader(
         num_workers=data.num_workers,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
+        # Its own generator: creating an iterator must not consume the global RNG (dropout masks),
+        # or a resumed run, which creates its iterator mid-epoch, would diverge.
+        generator=torch.Generator().manual_seed(seed),
     )
     return TrainData(loader, sampler, mixture, report)
 

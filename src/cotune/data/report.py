@@ -22,13 +22,13 @@ class DatasetReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
-    dropped_at_load: set[str] = field(default_factory=set)
+    dropped_at_load: dict[str, str] = field(default_factory=dict)  # sample id -> reason
 
     def skip_at_load(self, sample_id: str, reason: str, detail: str) -> None:
         """A kept sample whose media failed to decode while loading; counted once per sample
         however many epochs meet it."""
         if sample_id not in self.dropped_at_load:
-            self.dropped_at_load.add(sample_id)
+            self.dropped_at_load[sample_id] = reason
             self.kept -= 1
             self.skip(reason, detail)
 

@@ -1,0 +1,57 @@
+"""``cotune train CONFIG [--set k=v ...] [--out RUN_DIR] [--resume RUN_DIR] [--nproc N]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cotune.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", nargs="?", help="YAML config (optional with --resume: the run's own)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    parser.add_argument("--out", help="run directory (default: runs/<config name>-<time>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP; gloo on CPU)")
+
+
+def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
+    """Re-runs this command under torch.distributed.run with ``--nproc`` processes."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "cotune", *argv]
+    log.info("launching %d processes: %s", args.nproc, " ".join(command))
+    return subprocess.call(command, env={**os.environ, "COTUNE_LAUNCHED": "1"})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train a model from a config; writes a run directory with checkpoints, metrics and the model."""
+    from cotune.train import Interrupted, train
+
+    if args.nproc > 1 and os.environ.get("COTUNE_LAUNCHED") != "1":
+        argv = [a for a in sys.argv[1:]]
+        return _relaunch(args, argv)
+    if args.resume:
+        run_dir = Path(args.resume)
+        config_path = Path(args.config) if args.config else run_dir / "config.yaml"
+        resume = True
+    else:
+        if not args.config:
+            raise ConfigError("cotune train needs a CONFIG (or --resume RUN_DIR)")
+        config_path = Path(args.config)
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        resume = False
+    config = load_config(config_path, args.overrides)
+    try:
+        final = train(config, run_dir, resume=resume)
+    except Interrupted as stop:
+        log.warning("%s", stop)
+        return 128 + stop.signal_number
+    print(final)
+    return 0

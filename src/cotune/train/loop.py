@@ -1,0 +1,324 @@
+"""The training loop: token-normalised accumulation, per-group schedules, faults, checkpoints, resume.
+
+One optimizer step gathers ``grad_accum`` micro-batches, counts their supervised tokens over all
+processes and back-propagates sum(loss) / tokens, so any split into micro-batches and processes
+gives the gradient of one big batch. Processes are driven by accelerate (DDP on GPUs or gloo on
+CPU); every process runs every module each step (``touch_all``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from cotune.config import CotuneConfig, config_hash, save_config, to_dict
+from cotune.data.loader import TrainData, build_train_data
+from cotune.data.report import DataReport
+from cotune.data.spec import data_spec_from_model
+from cotune.model import build_model, save_model
+from cotune.train.checkpoint import checkpoint_dir, list_checkpoints, read_checkpoint, save_rng, set_rng_state, write_checkpoint
+from cotune.train.evaluate import evaluate_loss
+from cotune.train.groups import optimizer_groups
+from cotune.train.metrics import MetricsLog, Progress
+from cotune.train.schedules import lr_multiplier
+from cotune.train.state import TrainerState
+
+log = logging.getLogger(__name__)
+PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps); a checkpoint was saved first."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved. ``signal_number`` says which."""
+
+    def __init__(self, signal_number: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by signal {signal_number}; checkpoint saved at {checkpoint}")
+        self.signal_number = signal_number
+
+
+def _make_optimizer(param_groups, train):
+    kwargs = {"betas": tuple(train.betas), "eps": train.eps}
+    try:
+        return torch.optim.AdamW(param_groups, lr=0.0, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # fused kernels missing for this device/dtype
+        return torch.optim.AdamW(param_groups, lr=0.0, foreach=True, **kwargs)
+
+
+class Trainer:
+    """Runs ``config`` in ``run_dir`` (``resume``: continue from its latest checkpoint)."""
+
+    def __init__(self, config: CotuneConfig, run_dir: str | Path, resume: bool = False, accelerator=None) -> None:
+        from accelerate import Accelerator
+
+        self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        cuda = torch.cuda.is_available()
+        self.accelerator = accelerator or Accelerator(mixed_precision=PRECISION[config.train.precision] if cuda else "no", cpu=not cuda)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.main = self.accelerator.is_main_process
+        self.state = TrainerState(config_hash=config_hash(config), world_size=self.world)
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        config, train = self.config, self.config.train
+        self._prepare_run_dir()
+        torch.manual_seed(config.seed)  # identical adapter initialisation in every process
+        self.model = build_model(config, device=self.accelerator.device)
+        if train.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        spec = data_spec_from_model(self.model, config.data)
+        self.data: TrainData = build_train_data(config.data, spec, config.seed, DataReport(), self.model, self.world, self.rank)
+        self.spec = spec
+        per_step = config.data.batch_size * self.world * train.grad_accum
+        self.steps_per_epoch = max(1, self.data.sampler.global_length() // per_step)
+        self.total_steps = train.max_steps or math.ceil(train.epochs * self.steps_per_epoch)
+        param_groups, self.settings = optimizer_groups(self.model, train, self.steps_per_epoch)
+        self.optimizer = _make_optimizer(param_groups, train)
+        if self.world > 1:
+            self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        else:
+            self.ddp_model = self.model
+        if self.resume:
+            self._load_latest()
+        else:
+            torch.manual_seed(config.seed + 1 + self.rank)  # dropout masks differ per process
+        self.metrics = MetricsLog(self.run_dir, train.report_to, to_dict(config), append=self.resume, enabled=self.main)
+        self._log_parameters()
+
+    def _prepare_run_dir(self) -> None:
+        if self.main:
+            if not self.resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+                raise FileExistsError(f"{self.run_dir} is not empty; use --resume {self.run_dir} or another --out")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yaml")
+        self.accelerator.wait_for_everyone()
+
+    def _log_parameters(self) -> None:
+        if not self.main:
+            return
+        counts = self.model.parameter_counts()
+        for name, c in counts.items():
+            log.info("%-22s total %14s  trainable %11s", name, f"{c['total']:,}", f"{c['trainable']:,}")
+        trainable = sum(c["trainable"] for c in counts.values())
+        log.info("training %s parameters for %d steps (%d per epoch) on %d process(es)", f"{trainable:,}", self.total_steps, self.steps_per_epoch, self.world)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        step = self.state.step
+        staging = self.run_dir / "checkpoints" / f".rng-{step:08d}"
+        if self.main:
+            staging.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        save_rng(staging, self.rank)
+        self.accelerator.wait_for_everyone()
+        path = checkpoint_dir(self.run_dir, step)
+        if self.main:
+            self.state.dropped = {n: sorted(map(list, r.dropped_at_load.items())) for n, r in self.data.report.datasets.items() if r.dropped_at_load}
+            self.state.extra["sampler"] = self.data.sampler.state_dict()
+            path = write_checkpoint(self.run_dir, step, self.model.trainable_state_dict(), self.optimizer.state_dict(),
+                                    self.state.as_dict(), staging, self.config.train.keep_checkpoints)
+            staging.rmdir()
+            log.info("checkpoint %s", path)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _load_latest(self) -> None:
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from")
+        trainable, optimizer_state, state, rng = read_checkpoint(checkpoints[-1], self.rank)
+        self.model.load_trainable_state_dict(trainable)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.state = TrainerState.from_dict(state)
+        if self.state.config_hash != config_hash(self.config):
+            log.warning("resuming with a config that differs from the checkpoint's (hash %s != %s)", config_hash(self.config), self.state.config_hash)
+        if self.state.world_size != self.world:
+            log.warning("resuming on %d processes, the checkpoint was written by %d", self.world, self.state.world_size)
+        for name, dropped in self.state.dropped.items():
+            report = self.data.report.dataset(name)
+            for sample_id, reason in dropped:
+                report.skip_at_load(sample_id, reason, f"{sample_id}: dropped while loading before the resume")
+        if rng is not None:
+            set_rng_state(rng)
+        log.info("resumed from %s at step %d", checkpoints[-1], self.state.step)
+
+    # ------------------------------------------------------------------ one step
+    def _batches(self):
+        """Micro-batches of the current epoch from the saved position on (each process its slice)."""
+        sampler, per_step = self.data.sampler, self.config.data.batch_size * self.world * self.config.train.grad_accum
+        sampler.set_epoch(self.state.epoch)
+        sampler.set_position(self.state.epoch_step * per_step)
+        return iter(self.data.loader)
+
+    def _reduce(self, value: float) -> float:
+        if self.world == 1:
+            return float(value)
+        tensor = torch.tensor([float(value)], device=self.accelerator.device, dtype=torch.float64)
+        return float(self.accelerator.reduce(tensor, reduction="sum")[0])
+
+    def _forward_backward(self, batches: list[dict]) -> tuple[float, int, int]:
+        """Back-propagates the step's token-normalised loss; returns (mean loss, tokens, samples)."""
+        tokens = self._reduce(sum(b["num_supervised"] for b in batches))
+        loss_sum, seen, samples = 0.0, 0, 0
+        model = self.ddp_model
+        for index, batch in enumerate(batches):
+            sync = index == len(batches) - 1 or self.world == 1
+            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
+            with context, self.accelerator.autocast():
+                out = model(
+                    batch["input_ids"].to(self.accelerator.device), batch["attention_mask"].to(self.accelerator.device),
+                    labels=batch["labels"].to(self.accelerator.device), media=batch["media"], features=batch["features"],
+                    sample_ids=batch["sample_ids"], touch_all=self.world > 1,
+                )
+                loss = out.loss_sum * (self.world / max(tokens, 1.0))
+            self.accelerator.backward(loss)
+            loss_sum += float(out.loss_sum.detach())
+            seen += int(batch["attention_mask"].sum())
+            samples += len(batch["sample_ids"])
+        return self._reduce(loss_sum) / max(tokens, 1.0), int(self._reduce(seen)), int(self._reduce(samples))
+
+    def _group_norms(self) -> dict[str, float]:
+        squares: dict[str, float] = {}
+        for group in self.optimizer.param_groups:
+            total = sum(float(p.grad.detach().float().pow(2).sum()) for p in group["params"] if p.grad is not None)
+            squares[group["group"]] = squares.get(group["group"], 0.0) + total
+        return {name: math.sqrt(value) for name, value in squares.items()}
+
+    def _set_learning_rates(self) -> dict[str, float]:
+        rates = {}
+        scale = self.state.extra.get("lr_scale", {})
+        for group in self.optimizer.param_groups:
+            settings = self.settings[group["group"]]
+            group["lr"] = settings.lr * lr_multiplier(settings, self.state.step, self.total_steps) * scale.get(group["group"], 1.0)
+            rates[group["group"]] = group["lr"]
+        return rates
+
+    def _step(self, batches: list[dict]) -> dict:
+        started = time.perf_counter()
+        for batch in batches:
+            self.data.report.record_batch(batch)
+        loss, seen, samples = self._forward_backward(batches)
+        self.accelerator.unscale_gradients(self.optimizer) if self.config.train.precision == "fp16" else None
+        norms = self._group_norms()
+        total_norm = math.sqrt(sum(v * v for v in norms.values()))
+        record = {"step": self.state.step + 1, "epoch": self.state.epoch, "loss": loss}
+        if not (math.isfinite(loss) and math.isfinite(total_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.bad_steps += 1
+            self.state.consecutive_bad += 1
+            log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); skipped", self.state.step + 1, loss, total_norm)
+            record["skipped"] = 1
+        else:
+            max_norm = self.config.train.max_grad_norm
+            if max_norm is not None and total_norm > max_norm:
+                coefficient = max_norm / (total_norm + 1e-6)
+                for p in self.model.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(coefficient)
+            rates = self._set_learning_rates()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.consecutive_bad = 0
+            record.update({f"lr/{k}": v for k, v in rates.items()})
+        record.update({f"grad_norm/{k}": v for k, v in norms.items()})
+        elapsed = time.perf_counter() - started
+        self.state.samples_seen += samples
+        self.state.tokens_seen += seen
+        record.update(tokens_per_s=seen / elapsed, samples=self.state.samples_seen, bad_steps=self.state.bad_steps, **self._memory())
+        return record
+
+    def _memory(self) -> dict:
+        if torch.cuda.is_available():
+            return {"memory/peak_gb": torch.cuda.max_memory_allocated() / 2**30}
+        return {"memory/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+    # ------------------------------------------------------------------ run
+    def _on_signal(self, number, _frame) -> None:
+        self._stop_signal = number
+
+    def _stop_requested(self) -> int | None:
+        flag = self._reduce(self._stop_signal or 0) if self.world > 1 else (self._stop_signal or 0)
+        return int(flag) or None
+
+    def run(self) -> Path:
+        """Trains to the configured length; returns the final model directory (RUN/model)."""
+        self.setup()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        progress = Progress(self.total_steps, self.state.step, self.config.train.log_every, self.main)
+        try:
+            self._train(progress)
+        finally:
+            progress.close()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            self.metrics.close()
+        return self._finish()
+
+    def _train(self, progress: Progress) -> None:
+        train, accum = self.config.train, self.config.train.grad_accum
+        self.model.train()
+        while self.state.step < self.total_steps:
+            batches_iter, pending = self._batches(), []
+            for batch in batches_iter:
+                pending.append(batch)
+                if len(pending) < accum:
+                    continue
+                record = self._step(pending)
+                pending = []
+                self.state.step += 1
+                self.state.epoch_step += 1
+                self._after_step(record, progress)
+                if self.state.step >= self.total_steps:
+                    return
+            self.state.epoch += 1
+            self.state.epoch_step = 0
+
+    def _after_step(self, record: dict, progress: Progress) -> None:
+        train, step = self.config.train, self.state.step
+        if train.eval_every and step % train.eval_every == 0 and self.config.data.eval:
+            record.update(evaluate_loss(self))
+            self.model.train()
+        if self.main:
+            self.metrics.write(record)
+        progress.update(step, record)
+        if self.state.consecutive_bad >= train.max_bad_steps:
+            path = self.save_checkpoint()
+            raise TrainingError(f"{self.state.consecutive_bad} consecutive steps had a non-finite loss or gradient; checkpoint saved at {path}")
+        stop = self._stop_requested()
+        if stop is not None:
+            raise Interrupted(stop, self.save_checkpoint())
+        if step % train.checkpoint_every == 0 and step < self.total_steps:
+            self.save_checkpoint()
+
+    def _finish(self) -> Path:
+        latest = list_checkpoints(self.run_dir)
+        if not latest or latest[-1] != checkpoint_dir(self.run_dir, self.state.step):
+            self.save_checkpoint()
+        final = self.run_dir / "model"
+        if self.config.data.eval and not self.config.train.eval_every:
+            record = {"step": self.state.step, **evaluate_loss(self)}
+            if self.main:
+                self.metrics = MetricsLog(self.run_dir, (), {}, append=True, enabled=True)
+                self.metrics.write(record)
+                self.metrics.close()
+        if self.main:
+            save_model(self.model, self.config, final)
+            self.data.report.write(self.run_dir / "data_report.json")
+            self.data.report.log_summary()
+        self.accelerator.wait_for_everyone()
+        return final
+
+
+def train(config: CotuneConfig, run_dir: str | Path, resume: bool = False) -> Path:
+    """Trains ``config`` into ``run_dir`` and returns the final model directory."""
+    return Trainer(config, run_dir, resume).run()

@@ -1,0 +1,63 @@
+"""Small real-format datasets written on the fly (ScienceQA layout, Alpaca JSON, audio-QA CSV + WAV)."""
+
+import json
+
+import numpy as np
+import soundfile
+from PIL import Image
+
+
+def write_scienceqa(root, n_image=3, n_text=2, corrupt=()):
+    problems, split = {}, []
+    for i in range(n_image + n_text):
+        pid = str(100 + i)
+        has_image = i < n_image
+        problems[pid] = {
+            "question": "What shape is it?", "choices": ["circle", "square"], "answer": i % 2, "hint": "" if has_image else "A hint.",
+            "image": "image.png" if has_image else None, "lecture": "Shapes.", "solution": "Look.",
+            "subject": "natural science", "grade": "grade3", "split": "train",
+        }
+        split.append(pid)
+        if has_image:
+            folder = root / "images" / "train" / pid
+            folder.mkdir(parents=True)
+            if pid in corrupt:
+                (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+            else:
+                Image.new("RGB", (40, 36), (40 * i, 90, 200)).save(folder / "image.png")
+    (root / "problems.json").write_text(json.dumps(problems))
+    (root / "pid_splits.json").write_text(json.dumps({"train": split, "test": []}))
+    return root
+
+
+def write_alpaca(path, n=4):
+    path.write_text(json.dumps([{"instruction": "the answer is", "input": "", "output": f"yes {i}"} for i in range(n)]))
+    return path
+
+
+def write_audioqa(root, n=3):
+    rows = ["file_name,QuestionText,answer"]
+    for i in range(n):
+        t = np.arange(8000 + 1000 * i) / 16000
+        soundfile.write(root / f"clip{i}.wav", 0.3 * np.sin(2 * np.pi * 440 * (i + 1) * t), 16000)
+        rows.append(f"clip{i}.wav,is it loud,{'yes' if i % 2 else 'no'}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def run_config(tiny_root, data_root, **train):
+    """A full raw config: tiny LLaMA + CLIP (MM-Adapters, LaVIN neck) on ScienceQA + Alpaca."""
+    import tiny
+
+    (data_root / "sqa").mkdir(parents=True, exist_ok=True)
+    sqa = write_scienceqa(data_root / "sqa", n_image=4, n_text=4) if not (data_root / "sqa" / "problems.json").exists() else data_root / "sqa"
+    alpaca = write_alpaca(data_root / "alpaca.json", n=8)
+    encoders = {"image": {
+        "type": "clip", "name_or_path": str(tiny.save_encoder(tiny_root, "clip")), "layers": [1, 2, 3], "reduce": "cls",
+        "trainable": "adapter", "adapter": {"type": "mm_adapter", "dropout": 0.0}, "connector": {"type": "lavin-neck", "hidden": 16},
+    }}
+    raw = tiny.model_config(tiny.save_llm(tiny_root), encoders, trainable="adapter", adapter={"type": "mm_adapter", "dropout": 0.0})
+    raw["data"] = {"train": [{"kind": "scienceqa", "path": str(sqa)}, {"kind": "alpaca", "path": str(alpaca)}],
+                   "template": "lavin", "batch_size": 2}
+    raw["train"] = {"lr": 1e-2, "epochs": 2, "warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, **train}
+    return raw
