@@ -23,6 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP; gloo on CPU)")
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` (torchrun would take ``--nproc`` for its own option)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
     """Re-runs this command under torch.distributed.run with ``--nproc`` processes."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "cotune", *argv]
@@ -35,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from cotune.train import Interrupted, train
 
     if args.nproc > 1 and os.environ.get("COTUNE_LAUNCHED") != "1":
-        argv = [a for a in sys.argv[1:]]
-        return _relaunch(args, argv)
+        return _relaunch(args, _without_nproc(sys.argv[1:]))
     if args.resume:
         run_dir = Path(args.resume)
         config_path = Path(args.config) if args.config else run_dir / "config.yaml"

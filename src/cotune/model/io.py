@@ -57,13 +57,29 @@ def save_model(model: CotuneModel, config: CotuneConfig, directory: str | Path) 
     return directory
 
 
-def load_model(directory: str | Path) -> tuple[CotuneModel, CotuneConfig]:
+def load(path: str | Path, device=None) -> CotuneModel:
+    """The model of a run directory (its final ``model/``, else its latest checkpoint) or of a
+    saved model directory."""
+    path = Path(path)
+    if (path / "model" / WEIGHTS).is_file():
+        return load_model(path / "model", device)[0]
+    if (path / WEIGHTS).is_file():
+        return load_model(path, device)[0]
+    checkpoints = sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
+    if checkpoints and (path / CONFIG).is_file():
+        model = build_model(load_config(path / CONFIG), device=device)
+        model.load_trainable_state_dict(load_file(checkpoints[-1] / WEIGHTS))
+        return model
+    raise FileNotFoundError(f"{path} holds neither a saved model ({WEIGHTS}) nor a run with checkpoints")
+
+
+def load_model(directory: str | Path, device=None) -> tuple[CotuneModel, CotuneConfig]:
     """Rebuilds the model from ``directory``'s config and loads its trainable weights."""
     directory = Path(directory)
     for name in (CONFIG, WEIGHTS):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a saved cotune model: {name} is missing")
     config = load_config(directory / CONFIG)
-    model = build_model(config)
+    model = build_model(config, device=device)
     model.load_trainable_state_dict(load_file(directory / WEIGHTS))
     return model, config

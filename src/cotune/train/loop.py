@@ -26,7 +26,7 @@ from cotune.model import build_model, save_model
 from cotune.train.checkpoint import checkpoint_dir, list_checkpoints, read_checkpoint, save_rng, set_rng_state, write_checkpoint
 from cotune.train.evaluate import evaluate_loss
 from cotune.train.groups import optimizer_groups
-from cotune.train.metrics import MetricsLog, Progress
+from cotune.train.metrics import MetricsLog, Progress, truncate_metrics
 from cotune.train.schedules import lr_multiplier
 from cotune.train.state import TrainerState
 
@@ -92,6 +92,8 @@ class Trainer:
             self._load_latest()
         else:
             torch.manual_seed(config.seed + 1 + self.rank)  # dropout masks differ per process
+        if self.resume and self.main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
         self.metrics = MetricsLog(self.run_dir, train.report_to, to_dict(config), append=self.resume, enabled=self.main)
         self._log_parameters()
 
@@ -252,7 +254,8 @@ class Trainer:
 
     def run(self) -> Path:
         """Trains to the configured length; returns the final model directory (RUN/model)."""
-        self.setup()
+        if not hasattr(self, "model"):
+            self.setup()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         progress = Progress(self.total_steps, self.state.step, self.config.train.log_every, self.main)
         try:

@@ -11,6 +11,23 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drops records after ``last_step`` (steps a killed run logged after its last checkpoint),
+    so a resumed run's metrics.jsonl has each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    tmp.replace(path)
+
+
 class JsonlSink:
     """One JSON object per line, flushed per record (a killed run keeps every finished step)."""
 
