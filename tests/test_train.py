@@ -216,4 +216,4 @@ def test_two_processes_match_one_process_with_the_doubled_batch(tiny_root, tmp_p
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     one, two = load_file(tmp_path / "one" / "model" / "trainable.safetensors"), load_file(tmp_path / "two" / "model" / "trainable.safetensors")
     for name in one:
-        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(one[name], two[name], atol=1e-4, rtol=1e-3)
