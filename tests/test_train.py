@@ -217,3 +217,32 @@ def test_two_processes_match_one_process_with_the_doubled_batch(tiny_root, tmp_p
     one, two = load_file(tmp_path / "one" / "model" / "trainable.safetensors"), load_file(tmp_path / "two" / "model" / "trainable.safetensors")
     for name in one:
         torch.testing.assert_close(one[name], two[name], atol=1e-4, rtol=1e-3)
+
+
+def test_periodic_validation_logs_eval_loss(tiny_root, tmp_path):
+    raw = corpus.run_config(tiny_root, tmp_path / "data", max_steps=4, eval_every=2)
+    raw["data"]["eval"] = [{"kind": "alpaca", "path": raw["data"]["train"][1]["path"], "name": "alpaca:val"}]
+    Trainer(load_config(data=raw), tmp_path / "run").run()
+    records = metrics(tmp_path / "run")
+    assert "eval/loss" not in records[0] and "eval/alpaca:val/loss" in records[1] and "eval/loss" in records[3]
+    assert records[1]["eval/loss"] == records[1]["eval/alpaca:val/loss"] and math.isfinite(records[3]["eval/loss"])
+
+
+def test_unavailable_reporting_backend_is_a_clear_error(tiny_root, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        trainer = Trainer(config(tiny_root, tmp_path, ["train.report_to=[tensorboard]"], max_steps=1), tmp_path / "run")
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            trainer.setup()
+    else:
+        pytest.skip("tensorboard is installed")
+
+
+def test_existing_run_directory_is_not_overwritten(tiny_root, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(config(tiny_root, tmp_path, max_steps=1), tmp_path / "run").setup()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(config(tiny_root, tmp_path, max_steps=1), tmp_path / "run", resume=True).setup()
