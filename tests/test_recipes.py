@@ -12,7 +12,7 @@ from cotune.config import CotuneConfig, config_hash, load_config, save_config
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 # Root sections a recipe may set today; data/train join when their config sections exist.
-ROOT_KEYS = {"model", "seed"}
+ROOT_KEYS = {"model", "data", "train", "seed"}
 
 
 def test_recipes_exist():
@@ -49,3 +49,15 @@ def test_lavin_recipes_differ_only_in_llm_and_temperature():
         assert image.adapter.type == model.llm.adapter.type == "mm_adapter"
         assert (image.adapter.dim, image.adapter.groups, image.adapter.experts) == (8, 2, 2)
         assert image.connector.type == "lavin-neck" and image.connector.hidden == 128
+
+
+def test_lavin_recipes_train_as_lavin_did():
+    for name in ("lavin-7b-scienceqa.yaml", "lavin-13b-scienceqa.yaml"):
+        config = load_config(RECIPES_DIR / name)
+        train, data = config.train, config.data
+        assert train.betas == (0.9, 0.95) and train.weight_decay == 0.02 and train.lr == pytest.approx(9e-3 * 32 / 256)
+        assert (train.warmup_epochs, train.schedule, train.epochs, train.max_grad_norm) == (2, "cosine", 20, None)
+        assert data.batch_size * train.grad_accum == 32  # effective batch on one process
+        assert (data.template, data.max_length, data.image_transform) == ("lavin", 512, "square")
+        assert data.train[0].prompt_format == "QCM-ALE"
+        assert config.model.encoders["image"].image_norm == "imagenet"
