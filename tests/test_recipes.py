@@ -61,3 +61,10 @@ def test_lavin_recipes_train_as_lavin_did():
         assert (data.template, data.max_length, data.image_transform) == ("lavin", 512, "square")
         assert data.train[0].prompt_format == "QCM-ALE"
         assert config.model.encoders["image"].image_norm == "imagenet"
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES_DIR.parent / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_parse(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert load_config_from_file(str(path)).num_processes >= 2
