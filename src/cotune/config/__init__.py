@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from cotune.config.balance import BalanceConfig
 from cotune.config.data import DataConfig, DatasetConfig
 from cotune.config.train import GroupConfig, GroupsConfig, TrainConfig
 from cotune.config.io import (
@@ -52,7 +53,7 @@ def save_config(config: CotuneConfig, path: str | Path) -> Path:
 
 
 __all__ = [
-    "TEXT_KEY", "AdapterConfig", "ConfigError", "ConnectorConfig", "CotuneConfig", "DataConfig", "DatasetConfig",
+    "TEXT_KEY", "AdapterConfig", "BalanceConfig", "ConfigError", "ConnectorConfig", "CotuneConfig", "DataConfig", "DatasetConfig",
     "EncoderConfig", "GroupConfig", "GroupsConfig", "TrainConfig",
     "LLMConfig", "ModelConfig", "RoutingConfig", "apply_overrides", "config_hash", "dump_yaml",
     "from_dict", "load_config", "modality_key", "read_yaml", "save_config", "to_dict",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
+from cotune.config.balance import BalanceConfig
 from cotune.config.data import DataConfig
 from cotune.config.io import ConfigError, check_choice
 from cotune.config.train import TrainConfig
@@ -282,9 +283,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CotuneConfig:
-    """Root configuration. Later sections (balance, eval) join this one."""
+    """Root configuration: model, data, train, balance (evaluation settings join later)."""
 
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
     seed: int = 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from cotune.balance import BalanceController
 from cotune.config import CotuneConfig, config_hash, save_config, to_dict
 from cotune.data.loader import TrainData, build_train_data
 from cotune.data.report import DataReport
@@ -88,6 +89,8 @@ class Trainer:
             self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         else:
             self.ddp_model = self.model
+        warmup_end = max((s.start_step + s.warmup for s in self.settings.values()), default=0)
+        self.balance = BalanceController(config.balance, self.model, self.optimizer, warmup_end, self._reduce)
         if self.resume:
             self._load_latest()
         else:
@@ -127,6 +130,7 @@ class Trainer:
         if self.main:
             self.state.dropped = {n: sorted(map(list, r.dropped_at_load.items())) for n, r in self.data.report.datasets.items() if r.dropped_at_load}
             self.state.extra["sampler"] = self.data.sampler.state_dict()
+            self.state.extra["balance"] = self.balance.state_dict()
             path = write_checkpoint(self.run_dir, step, self.model.trainable_state_dict(), self.optimizer.state_dict(),
                                     self.state.as_dict(), staging, self.config.train.keep_checkpoints)
             staging.rmdir()
@@ -150,6 +154,8 @@ class Trainer:
             report = self.data.report.dataset(name)
             for sample_id, reason in dropped:
                 report.skip_at_load(sample_id, reason, f"{sample_id}: dropped while loading before the resume")
+        if "balance" in self.state.extra:
+            self.balance.load_state_dict(self.state.extra["balance"])
         if rng is not None:
             set_rng_state(rng)
         log.info("resumed from %s at step %d", checkpoints[-1], self.state.step)
@@ -183,10 +189,13 @@ class Trainer:
                     sample_ids=batch["sample_ids"], touch_all=self.world > 1,
                 )
                 loss = out.loss_sum * (self.world / max(tokens, 1.0))
+                if self.balance.aux_active():
+                    self._aux_loss += self.balance.add_aux(out.logits, batch["labels"].to(out.logits.device), batch["num_supervised"] / max(tokens / self.world, 1.0))
             self.accelerator.backward(loss)
             loss_sum += float(out.loss_sum.detach())
             seen += int(batch["attention_mask"].sum())
             samples += len(batch["sample_ids"])
+        self.balance.apply_aux(self.world, lambda t: self.accelerator.reduce(t, reduction="sum"))
         return self._reduce(loss_sum) / max(tokens, 1.0), int(self._reduce(seen)), int(self._reduce(samples))
 
     def _group_norms(self) -> dict[str, float]:
@@ -198,7 +207,7 @@ class Trainer:
 
     def _set_learning_rates(self) -> dict[str, float]:
         rates = {}
-        scale = self.state.extra.get("lr_scale", {})
+        scale = self.balance.group_multipliers()
         for group in self.optimizer.param_groups:
             settings = self.settings[group["group"]]
             group["lr"] = settings.lr * lr_multiplier(settings, self.state.step, self.total_steps) * scale.get(group["group"], 1.0)
@@ -209,6 +218,7 @@ class Trainer:
         started = time.perf_counter()
         for batch in batches:
             self.data.report.record_batch(batch)
+        self._aux_loss = 0.0
         loss, seen, samples = self._forward_backward(batches)
         self.accelerator.unscale_gradients(self.optimizer) if self.config.train.precision == "fp16" else None
         norms = self._group_norms()
@@ -221,17 +231,25 @@ class Trainer:
             log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); skipped", self.state.step + 1, loss, total_norm)
             record["skipped"] = 1
         else:
+            step = self.state.step
+            self.balance.drop_inactive_gradients(step)
             max_norm = self.config.train.max_grad_norm
-            if max_norm is not None and total_norm > max_norm:
-                coefficient = max_norm / (total_norm + 1e-6)
+            active_norm = math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in self.model.parameters() if p.grad is not None))
+            if max_norm is not None and active_norm > max_norm:
+                coefficient = max_norm / (active_norm + 1e-6)
                 for p in self.model.parameters():
                     if p.grad is not None:
                         p.grad.mul_(coefficient)
             rates = self._set_learning_rates()
+            self.balance.before_step(step)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.state.consecutive_bad = 0
             record.update({f"lr/{k}": v for k, v in rates.items()})
+            record.update(self.balance.after_step(step, batches[-1]))
+            record.update(self.balance.side_norms(norms))
+            if self.balance.aux_active() or self._aux_loss:
+                record["balance/aux_loss"] = self._aux_loss
         record.update({f"grad_norm/{k}": v for k, v in norms.items()})
         elapsed = time.perf_counter() - started
         self.state.samples_seen += samples

@@ -1,0 +1,137 @@
+"""The trainer-facing part of balance: sides, estimation schedule, multipliers, CD, regulariser."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+
+from cotune.balance.estimator import ESTIMATORS, Estimate, snapshot
+from cotune.balance.regularizer import aux_loss, lag_weights
+from cotune.balance.scheduler import BalanceScheduler
+from cotune.balance.sides import resolve_sides
+from cotune.config import BalanceConfig
+
+log = logging.getLogger(__name__)
+
+
+class BalanceController:
+    """Owns the balance state of a run. ``reduce(x)`` sums a float over processes."""
+
+    def __init__(self, config: BalanceConfig, model, optimizer, start_step: int, reduce: Callable[[float], float]) -> None:
+        self.config, self.model, self.reduce = config, model, reduce
+        groups = list(dict.fromkeys(g["group"] for g in optimizer.param_groups))
+        self.sides = resolve_sides(config, groups)
+        self.group_side = {g: side for side, gs in self.sides.items() for g in gs}
+        self.params: dict[str, list[torch.nn.Parameter]] = {side: [] for side in self.sides}
+        for group in optimizer.param_groups:
+            self.params[self.group_side[group["group"]]].extend(group["params"])
+        self.enabled = len(self.sides) >= 2
+        if not self.enabled:
+            log.warning("balance: fewer than two sides have trainable parameters (%s); kappa is not estimated", self.sides)
+        start = config.start_step if config.start_step is not None else start_step
+        self.scheduler = BalanceScheduler(config, list(self.sides), start)
+        self.lag = {side: 0.0 for side in self.sides}
+        self._before = None
+        self._aux_grads: dict[int, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ schedule
+    def due(self, step: int) -> bool:
+        """Estimate on optimizer step ``step`` (0-based)?"""
+        return self.enabled and self.config.estimator != "none" and step % self.config.every_k == 0
+
+    def group_multipliers(self) -> dict[str, float]:
+        if self.config.method not in ("commit_clr", "commit"):
+            return {}
+        return {group: self.scheduler.multipliers[side] for group, side in self.group_side.items()}
+
+    # ------------------------------------------------------------------ coordinate descent
+    def active_side(self, step: int) -> str | None:
+        """The side a CD baseline moves at ``step`` (None: all sides move)."""
+        if self.config.method not in ("feature_cd", "language_cd") or not self.enabled:
+            return None
+        order = list(self.sides) if self.config.method == "feature_cd" else list(reversed(self.sides))
+        return order[(step // self.config.cd_period) % len(order)]
+
+    def drop_inactive_gradients(self, step: int) -> None:
+        """CD: the other sides get no gradient, so AdamW neither moves them nor updates their moments."""
+        active = self.active_side(step)
+        if active is None:
+            return
+        for side, params in self.params.items():
+            if side != active:
+                for p in params:
+                    p.grad = None
+
+    # ------------------------------------------------------------------ regulariser
+    def aux_active(self) -> bool:
+        return self.config.method == "commit" and self.config.aux_weight > 0 and any(v > 0 for v in self.lag.values())
+
+    def add_aux(self, logits: torch.Tensor, labels: torch.Tensor, fraction: float) -> float:
+        """Accumulates lambda * l_X * grad_X(L_aux) for lagging sides (graph kept for the main backward)."""
+        loss = aux_loss(logits, labels, self.config.aux_target) * fraction
+        lagging = [(side, p) for side, ps in self.params.items() if self.lag[side] > 0 for p in ps if p.requires_grad]
+        grads = torch.autograd.grad(loss, [p for _s, p in lagging], retain_graph=True, allow_unused=True)
+        for (side, p), g in zip(lagging, grads):
+            scaled = torch.zeros_like(p, dtype=torch.float32) if g is None else g.float() * (self.config.aux_weight * self.lag[side])
+            self._aux_grads[id(p)] = self._aux_grads.get(id(p), 0) + scaled
+        return float(loss.detach())
+
+    def apply_aux(self, world: int, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Adds the accumulated regulariser gradients (averaged over processes) into ``.grad``."""
+        if not self._aux_grads:
+            return
+        for params in self.params.values():
+            for p in params:
+                g = self._aux_grads.get(id(p))
+                if g is None:  # same on every process: lag weights and sides are global
+                    continue
+                g = all_reduce(g) / world if world > 1 else g
+                p.grad = g.to(p.dtype) if p.grad is None else p.grad + g.to(p.grad.dtype)
+        self._aux_grads = {}
+
+    # ------------------------------------------------------------------ estimation
+    def before_step(self, step: int) -> None:
+        self._before = snapshot(self.params) if self.due(step) else None
+
+    def after_step(self, step: int, batch: dict) -> dict[str, float]:
+        """Estimates kappa if due (then restores the parameters bit-exactly), updates windows."""
+        record: dict[str, float] = {}
+        if self._before is not None:
+            after = snapshot(self.params)
+            estimate: Estimate = ESTIMATORS[self.config.estimator](
+                self.model, batch, self.params, self._before, after, self.config.samples, self.config.kl_direction
+            )
+            estimate.positions = int(self.reduce(estimate.positions))
+            # Every process reduces every side (one may have had no multimodal position: zeros).
+            estimate.kl = {side: self.reduce(estimate.kl.get(side, 0.0)) for side in self.sides}
+            estimate.kl_joint = self.reduce(estimate.kl_joint)
+            record.update(self.scheduler.observe(step + 1, estimate))
+            for side in self.sides:
+                record[f"balance/update_norm/{side}"] = math.sqrt(sum(float((a - b).float().pow(2).sum()) for a, b in zip(after[side], self._before[side])))
+            self._before = None
+        window = self.scheduler.end_of_step(step + 1)
+        if "balance/kappa_bar" in window:
+            self.lag = lag_weights(self.scheduler.last_shares)
+        record.update(window)
+        record.update({f"balance/multiplier/{side}": m for side, m in self.scheduler.multipliers.items()})
+        if self.config.method == "commit":
+            record.update({f"balance/lag/{side}": v for side, v in self.lag.items()})
+        return record
+
+    def side_norms(self, group_norms: dict[str, float]) -> dict[str, float]:
+        squares: dict[str, float] = {}
+        for group, norm in group_norms.items():
+            side = self.group_side.get(group)
+            if side is not None:
+                squares[side] = squares.get(side, 0.0) + norm * norm
+        return {f"balance/grad_norm/{side}": math.sqrt(v) for side, v in squares.items()}
+
+    def state_dict(self) -> dict:
+        return {"scheduler": self.scheduler.state_dict(), "lag": dict(self.lag)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.lag = {side: float(state["lag"][side]) for side in self.sides}

@@ -1,0 +1,154 @@
+"""Estimating how much each side's update moved the output distribution (the KLs behind kappa).
+
+``exact``: after an optimizer step, the supervised-position next-token distributions are computed
+for the parameters before the step, with only one side moved (for each side), and with all moved;
+KL_X compares each with "before". Parameters are swapped by copying saved clones and restored
+bit-exactly. ``jvp``: first order, KL_X ~ 1/2 mean_i Var_{p_i}(J_i Delta_X) from forward-mode JVPs
+of the logits along each side's update, evaluated after the step (no swapping).
+Both run in eval mode (dropout off), without autocast, under no_grad.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from cotune.model.fused import IGNORE_INDEX
+
+
+@dataclass
+class Estimate:
+    """KL sums and the position count over which they were summed (reduce across processes
+    before dividing). ``kl[side]``: only that side moved; ``kl_joint``: all moved."""
+
+    kl: dict[str, float] = field(default_factory=dict)
+    kl_joint: float = 0.0
+    positions: int = 0
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def evaluation(model):
+    """Eval mode, no grad, no autocast, RNG untouched; restores the training mode."""
+    was_training = model.training
+    rng = torch.get_rng_state()
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=False), torch.autocast(device_type="cpu", enabled=False):
+            yield
+    finally:
+        torch.set_rng_state(rng)
+        model.train(was_training)
+
+
+def _row_mask(model, batch: dict, samples: str, device) -> torch.Tensor:
+    ids = batch["input_ids"].to(device)
+    if samples == "all" or not model.placeholder_ids:
+        return torch.ones(ids.shape[0], dtype=torch.bool, device=device)
+    placeholders = torch.tensor(list(model.placeholder_ids.values()), device=device)
+    return torch.isin(ids, placeholders).any(1)
+
+
+def supervised_logits(model, batch: dict, samples: str) -> torch.Tensor:
+    """Logits [N, V] (float32) at the supervised next-token positions of ``batch``'s rows
+    (multimodal rows only with ``samples: multimodal_only``)."""
+    device = next(model.parameters()).device
+    out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), media=batch["media"],
+                features=batch.get("features"), use_cache=False)
+    labels = batch["labels"].to(device)[:, 1:]
+    keep = (labels != IGNORE_INDEX) & _row_mask(model, batch, samples, device)[:, None]
+    return out.logits[:, :-1][keep].float()
+
+
+def kl_sum(ref_logp: torch.Tensor, logp: torch.Tensor, direction: str) -> float:
+    """Sum over positions of KL(ref || other) (forward), KL(other || ref) (reverse) or their mean."""
+    forward = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    if direction == "forward":
+        return float(forward.sum())
+    reverse = (logp.exp() * (logp - ref_logp)).sum(-1)
+    return float(reverse.sum() if direction == "reverse" else 0.5 * (forward + reverse).sum())
+
+
+def snapshot(params: dict[str, list[torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+    return {side: [p.detach().clone() for p in ps] for side, ps in params.items()}
+
+
+def _load(params: dict[str, list[torch.Tensor]], values: dict[str, list[torch.Tensor]], sides) -> None:
+    for side in sides:
+        for p, v in zip(params[side], values[side]):
+            p.data.copy_(v)
+
+
+def exact_estimate(model, batch, params, before, after, samples: str, direction: str) -> Estimate:
+    """``params``: side -> trainable tensors; ``before`` / ``after``: their values around the step.
+    Leaves every tensor at ``after``, bit for bit."""
+    started = time.perf_counter()
+    estimate = Estimate()
+    with evaluation(model):
+        try:
+            _load(params, before, params)
+            ref = F.log_softmax(supervised_logits(model, batch, samples), -1)
+            estimate.positions = ref.shape[0]
+            if estimate.positions:
+                for side in params:
+                    _load(params, before, params)
+                    _load(params, after, [side])
+                    estimate.kl[side] = kl_sum(ref, F.log_softmax(supervised_logits(model, batch, samples), -1), direction)
+                _load(params, after, params)
+                estimate.kl_joint = kl_sum(ref, F.log_softmax(supervised_logits(model, batch, samples), -1), direction)
+        finally:
+            _load(params, after, params)
+    estimate.seconds = time.perf_counter() - started
+    return estimate
+
+
+def jvp_estimate(model, batch, params, before, after, samples: str, direction: str) -> Estimate:
+    """First-order KLs from one forward-mode JVP per side at the post-step parameters
+    (``direction`` does not matter at this order: every direction gives 1/2 Delta^T F Delta)."""
+    from torch.func import functional_call, jvp
+
+    started = time.perf_counter()
+    names = {id(p): n for n, p in model.named_parameters()}
+    side_of = [side for side, ps in params.items() for _ in ps]
+    keys = [names[id(p)] for ps in params.values() for p in ps]
+    primals = tuple(p.detach() for ps in params.values() for p in ps)
+    deltas = [a - b for a, b in zip(_flatten(after, params), _flatten(before, params))]
+    device = primals[0].device
+    args = (batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    kwargs = {"media": batch["media"], "features": batch.get("features"), "use_cache": False}
+    labels = batch["labels"].to(device)[:, 1:]
+    keep = (labels != IGNORE_INDEX) & _row_mask(model, batch, samples, device)[:, None]
+
+    def logits_of(*values):
+        out = functional_call(model, dict(zip(keys, values)), args, kwargs, strict=False)
+        return out.logits[:, :-1][keep].float()
+
+    estimate = Estimate()
+    with evaluation(model):
+        tangents = {}
+        for side in params:
+            tangent = tuple(d if s == side else torch.zeros_like(d) for s, d in zip(side_of, deltas))
+            logits, tangents[side] = jvp(logits_of, primals, tangent)
+        probs = F.softmax(logits, -1)
+        estimate.positions = logits.shape[0]
+
+        def half_variance(u: torch.Tensor) -> float:
+            mean = (probs * u).sum(-1)
+            return float(0.5 * ((probs * u * u).sum(-1) - mean * mean).sum())
+
+        for side, u in tangents.items():
+            estimate.kl[side] = half_variance(u)
+        estimate.kl_joint = half_variance(sum(tangents.values()))
+    estimate.seconds = time.perf_counter() - started
+    return estimate
+
+
+def _flatten(values: dict[str, list[torch.Tensor]], params) -> list[torch.Tensor]:
+    return [v for side in params for v in values[side]]
+
+
+ESTIMATORS = {"exact": exact_estimate, "jvp": jvp_estimate}
