@@ -108,7 +108,9 @@ def exact_estimate(model, batch, params, before, after, samples: str, direction:
 
 def jvp_estimate(model, batch, params, before, after, samples: str, direction: str) -> Estimate:
     """First-order KLs from one forward-mode JVP per side at the post-step parameters
-    (``direction`` does not matter at this order: every direction gives 1/2 Delta^T F Delta)."""
+    (``direction`` does not matter at this order: every direction gives 1/2 Delta^T F Delta).
+    Attention runs on PyTorch's math SDPA kernel (the fused ones have no forward-mode derivative);
+    models loaded with ``attn_implementation: flash_attention_2`` need ``exact`` instead."""
     from torch.func import functional_call, jvp
 
     started = time.perf_counter()
@@ -127,8 +129,11 @@ def jvp_estimate(model, batch, params, before, after, samples: str, direction: s
         out = functional_call(model, dict(zip(keys, values)), args, kwargs, strict=False)
         return out.logits[:, :-1][keep].float()
 
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     estimate = Estimate()
-    with evaluation(model):
+    # Fused attention kernels have no forward-mode derivative; the math kernel does.
+    with evaluation(model), sdpa_kernel(SDPBackend.MATH):
         tangents = {}
         for side in params:
             tangent = tuple(d if s == side else torch.zeros_like(d) for s, d in zip(side_of, deltas))

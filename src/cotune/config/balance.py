@@ -27,7 +27,7 @@ class BalanceConfig:
 
     method: str = "constant"
     estimator: str = "exact"
-    every_k: int = 10
+    every_k: int = 20
     kappa: str = "encoder_share"
     kl_direction: str = "forward"
     samples: str = "multimodal_only"
