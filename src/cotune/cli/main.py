@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from cotune import __version__
 from cotune.cli import data as data_cmd
 from cotune.cli import inspect as inspect_cmd
+from cotune.cli import report as report_cmd
 from cotune.cli import train as train_cmd
 from cotune.cli.common import LOG_LEVELS, USER_ERRORS, Command, one_line, setup_logging
 
@@ -23,6 +24,7 @@ COMMANDS: dict[str, Command] = {
     "inspect": Command(inspect_cmd.add_arguments, inspect_cmd.run),
     "data": Command(data_cmd.add_arguments, data_cmd.run),
     "train": Command(train_cmd.add_arguments, train_cmd.run),
+    "report": Command(report_cmd.add_arguments, report_cmd.run),
 }
 
 

@@ -1,0 +1,10 @@
+"""Training-run reports: figures and a Markdown summary from run directories (``cotune report``).
+
+``make_report(run_dirs, out_dir, smooth=1)`` is the Python API; matplotlib is needed only to draw
+(``pip install 'cotune[report]'``).
+"""
+
+from cotune.report.make import make_report
+from cotune.report.runs import ReportError, Run, load_run, summarize
+
+__all__ = ["ReportError", "Run", "load_run", "make_report", "summarize"]
