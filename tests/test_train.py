@@ -153,9 +153,26 @@ def test_non_finite_steps_are_skipped_counted_and_a_run_of_them_stops(tiny_root,
     assert (tmp_path / "stop" / "checkpoints" / "step-00000003").is_dir()
 
 
+LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_launched():
+    """Kills whatever a failed or timed-out test left running (torchrun children included)."""
+    yield
+    while LAUNCHED:
+        process = LAUNCHED.pop()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def _launch(args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "cotune", "--log-level", "warning", "train", *args],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "cotune", "--log-level", "warning", "train", *args],
+                               env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    LAUNCHED.append(process)
+    return process
 
 
 def _wait_for_step(run_dir, step, process, timeout=120):
