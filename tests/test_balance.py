@@ -214,3 +214,16 @@ def test_resume_keeps_the_scheduler_state(tiny_root, tmp_path):
     assert any(reference[-1][k] != 1.0 for k in keys if k.startswith("balance/multiplier"))
     for a, b in zip(reference, resumed, strict=True):
         assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys} and a["loss"] == b["loss"]
+
+
+def test_reusing_the_training_forward_for_before_gives_the_same_kappa(tiny_root, tmp_path):
+    """With no dropout and fp32, the training forward's logits are the "before" distribution."""
+    trainer, reused = run(tiny_root, tmp_path, "reused", ["balance.every_k=1"], max_steps=4)
+    trainer.model.train()
+    assert trainer.balance.reuses_training_logits(0, "fp32") and not trainer.balance.reuses_training_logits(0, "bf16")
+    _, separate = run(tiny_root, tmp_path, "separate", ["balance.every_k=1", "balance.reuse_training_logits=never"], max_steps=4)
+    for a, b in zip(reused, separate, strict=True):
+        if a.get("balance/valid") == 1.0:
+            assert a["balance/kappa"] == pytest.approx(b["balance/kappa"], rel=1e-4, abs=1e-7)
+            assert a["balance/estimate_seconds"] > 0
+    assert any(r.get("balance/valid") == 1.0 for r in reused)

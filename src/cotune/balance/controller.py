@@ -35,6 +35,7 @@ class BalanceController:
         self.scheduler = BalanceScheduler(config, list(self.sides), start)
         self.lag = {side: 0.0 for side in self.sides}
         self._before = None
+        self._before_logits = None
         self._aux_grads: dict[int, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ schedule
@@ -93,6 +94,19 @@ class BalanceController:
         self._aux_grads = {}
 
     # ------------------------------------------------------------------ estimation
+    def reuses_training_logits(self, step: int, precision: str) -> bool:
+        """Whether the training forward of ``step`` gives the "before" distribution: only for the
+        exact estimator, without autocast and with no active dropout anywhere in the model."""
+        if self.config.reuse_training_logits == "never" or self.config.estimator != "exact" or not self.due(step):
+            return False
+        dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in self.model.modules())
+        return precision == "fp32" and not dropout
+
+    def capture_training_logits(self, batch: dict, logits: torch.Tensor) -> None:
+        from cotune.balance.estimator import select_supervised
+
+        self._before_logits = select_supervised(self.model, batch, logits.detach(), self.config.samples)
+
     def before_step(self, step: int) -> None:
         self._before = snapshot(self.params) if self.due(step) else None
 
@@ -101,9 +115,11 @@ class BalanceController:
         record: dict[str, float] = {}
         if self._before is not None:
             after = snapshot(self.params)
+            extra = {"before_logits": self._before_logits} if self._before_logits is not None else {}
             estimate: Estimate = ESTIMATORS[self.config.estimator](
-                self.model, batch, self.params, self._before, after, self.config.samples, self.config.kl_direction
+                self.model, batch, self.params, self._before, after, self.config.samples, self.config.kl_direction, **extra
             )
+            self._before_logits = None
             estimate.positions = int(self.reduce(estimate.positions))
             # Every process reduces every side (one may have had no multimodal position: zeros).
             estimate.kl = {side: self.reduce(estimate.kl.get(side, 0.0)) for side in self.sides}

@@ -53,15 +53,20 @@ def _row_mask(model, batch: dict, samples: str, device) -> torch.Tensor:
     return torch.isin(ids, placeholders).any(1)
 
 
+def select_supervised(model, batch: dict, logits: torch.Tensor, samples: str) -> torch.Tensor:
+    """Logits [B, S, V] -> [N, V] float32 at the supervised next-token positions of the kept rows."""
+    labels = batch["labels"].to(logits.device)[:, 1:]
+    keep = (labels != IGNORE_INDEX) & _row_mask(model, batch, samples, logits.device)[:, None]
+    return logits[:, :-1][keep].float()
+
+
 def supervised_logits(model, batch: dict, samples: str) -> torch.Tensor:
     """Logits [N, V] (float32) at the supervised next-token positions of ``batch``'s rows
     (multimodal rows only with ``samples: multimodal_only``)."""
     device = next(model.parameters()).device
     out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), media=batch["media"],
                 features=batch.get("features"), use_cache=False)
-    labels = batch["labels"].to(device)[:, 1:]
-    keep = (labels != IGNORE_INDEX) & _row_mask(model, batch, samples, device)[:, None]
-    return out.logits[:, :-1][keep].float()
+    return select_supervised(model, batch, out.logits, samples)
 
 
 def kl_sum(ref_logp: torch.Tensor, logp: torch.Tensor, direction: str) -> float:
@@ -83,15 +88,18 @@ def _load(params: dict[str, list[torch.Tensor]], values: dict[str, list[torch.Te
             p.data.copy_(v)
 
 
-def exact_estimate(model, batch, params, before, after, samples: str, direction: str) -> Estimate:
+def exact_estimate(model, batch, params, before, after, samples: str, direction: str, before_logits: torch.Tensor | None = None) -> Estimate:
     """``params``: side -> trainable tensors; ``before`` / ``after``: their values around the step.
-    Leaves every tensor at ``after``, bit for bit."""
+    ``before_logits``: the training forward's supervised logits, when that forward was
+    deterministic (saves one forward). Leaves every tensor at ``after``, bit for bit."""
     started = time.perf_counter()
     estimate = Estimate()
     with evaluation(model):
         try:
-            _load(params, before, params)
-            ref = F.log_softmax(supervised_logits(model, batch, samples), -1)
+            if before_logits is None:
+                _load(params, before, params)
+                before_logits = supervised_logits(model, batch, samples)
+            ref = F.log_softmax(before_logits.float(), -1)
             estimate.positions = ref.shape[0]
             if estimate.positions:
                 for side in params:

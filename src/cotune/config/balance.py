@@ -31,6 +31,7 @@ class BalanceConfig:
     kappa: str = "encoder_share"
     kl_direction: str = "forward"
     samples: str = "multimodal_only"
+    reuse_training_logits: str = "auto"
     eps: float = 1e-12
     kl_floor: float = 1e-9
     sides: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -52,6 +53,7 @@ class BalanceConfig:
         check_choice("kappa", self.kappa, KAPPAS)
         check_choice("kl_direction", self.kl_direction, ("forward", "reverse", "symmetric"))
         check_choice("samples", self.samples, ("multimodal_only", "all"))
+        check_choice("reuse_training_logits", self.reuse_training_logits, ("auto", "never"))
         check_choice("aggregate", self.aggregate, ("mean", "median"))
         check_choice("rule", self.rule, ("reference", "kl_equalise"))
         check_choice("aux_target", self.aux_target, ("self_predict", "entropy"))

@@ -189,6 +189,8 @@ class Trainer:
                     sample_ids=batch["sample_ids"], touch_all=self.world > 1,
                 )
                 loss = out.loss_sum * (self.world / max(tokens, 1.0))
+                if index == len(batches) - 1 and self.balance.reuses_training_logits(self.state.step, self.config.train.precision):
+                    self.balance.capture_training_logits(batch, out.logits)
                 if self.balance.aux_active():
                     self._aux_loss += self.balance.add_aux(out.logits, batch["labels"].to(out.logits.device), batch["num_supervised"] / max(tokens / self.world, 1.0))
             self.accelerator.backward(loss)
