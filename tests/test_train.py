@@ -263,3 +263,11 @@ def test_existing_run_directory_is_not_overwritten(tiny_root, tmp_path):
         Trainer(config(tiny_root, tmp_path, max_steps=1), tmp_path / "run").setup()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(config(tiny_root, tmp_path, max_steps=1), tmp_path / "run", resume=True).setup()
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_root, tmp_path):
+    trainer = Trainer(config(tiny_root, tmp_path, ["train.precision=bf16"], max_steps=3), tmp_path / "run")
+    trainer.run()
+    records = metrics(tmp_path / "run")
+    assert all(math.isfinite(r["loss"]) and "skipped" not in r for r in records)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)

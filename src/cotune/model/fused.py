@@ -312,12 +312,10 @@ class CotuneModel(nn.Module):
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of logits [B, S, V] predicting labels [B, S] shifted by one, and the
     number of supervised positions (labels != -100). Computed in float32."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    loss_sum = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return loss_sum, (shift_labels != IGNORE_INDEX).sum()
+    # Shift the labels, not the logits: slicing [B, S, V] logits would copy them (and their gradient).
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (shifted != IGNORE_INDEX).sum()
 
 
 def _is_adapter_module(module: nn.Module) -> bool:

@@ -27,7 +27,7 @@ def evaluate_loss(trainer) -> dict[str, float]:
         for batch in loader:
             if not batch["sample_ids"]:
                 continue
-            with trainer.accelerator.autocast():
+            with trainer.autocast():
                 out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), labels=batch["labels"].to(device),
                             media=batch["media"], features=batch["features"], sample_ids=batch["sample_ids"])
             loss_sum += float(out.loss_sum)

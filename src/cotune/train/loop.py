@@ -32,7 +32,7 @@ from cotune.train.schedules import lr_multiplier
 from cotune.train.state import TrainerState
 
 log = logging.getLogger(__name__)
-PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(RuntimeError):
@@ -63,11 +63,26 @@ class Trainer:
 
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         cuda = torch.cuda.is_available()
-        self.accelerator = accelerator or Accelerator(mixed_precision=PRECISION[config.train.precision] if cuda else "no", cpu=not cuda)
+        # accelerate drives the processes only; autocast and loss scaling are ours, so Trainers with
+        # different precisions can run in one process (accelerate's precision state is global).
+        self.accelerator = accelerator or Accelerator(mixed_precision="no", cpu=not cuda)
+        precision = config.train.precision
+        if precision == "fp16" and not cuda:
+            log.warning("train.precision fp16 needs CUDA; training in float32 on the CPU")
+            precision = "fp32"
+        # bf16 autocast also runs on CPUs (about 2x the float32 GEMM rate where AVX-512 BF16 exists).
+        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.main = self.accelerator.is_main_process
         self.state = TrainerState(config_hash=config_hash(config), world_size=self.world)
         self._stop_signal: int | None = None
+
+    def autocast(self):
+        """The training/eval autocast context for ``train.precision`` (a no-op for fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.accelerator.device.type, dtype=self.autocast_dtype)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -131,6 +146,8 @@ class Trainer:
             self.state.dropped = {n: sorted(map(list, r.dropped_at_load.items())) for n, r in self.data.report.datasets.items() if r.dropped_at_load}
             self.state.extra["sampler"] = self.data.sampler.state_dict()
             self.state.extra["balance"] = self.balance.state_dict()
+            if self.scaler is not None:
+                self.state.extra["scaler"] = self.scaler.state_dict()
             path = write_checkpoint(self.run_dir, step, self.model.trainable_state_dict(), self.optimizer.state_dict(),
                                     self.state.as_dict(), staging, self.config.train.keep_checkpoints)
             staging.rmdir()
@@ -156,6 +173,8 @@ class Trainer:
                 report.skip_at_load(sample_id, reason, f"{sample_id}: dropped while loading before the resume")
         if "balance" in self.state.extra:
             self.balance.load_state_dict(self.state.extra["balance"])
+        if self.scaler is not None and "scaler" in self.state.extra:
+            self.scaler.load_state_dict(self.state.extra["scaler"])
         if rng is not None:
             set_rng_state(rng)
         log.info("resumed from %s at step %d", checkpoints[-1], self.state.step)
@@ -182,7 +201,7 @@ class Trainer:
         for index, batch in enumerate(batches):
             sync = index == len(batches) - 1 or self.world == 1
             context = contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
-            with context, self.accelerator.autocast():
+            with context, self.autocast():
                 out = model(
                     batch["input_ids"].to(self.accelerator.device), batch["attention_mask"].to(self.accelerator.device),
                     labels=batch["labels"].to(self.accelerator.device), media=batch["media"], features=batch["features"],
@@ -193,7 +212,7 @@ class Trainer:
                     self.balance.capture_training_logits(batch, out.logits)
                 if self.balance.aux_active():
                     self._aux_loss += self.balance.add_aux(out.logits, batch["labels"].to(out.logits.device), batch["num_supervised"] / max(tokens / self.world, 1.0))
-            self.accelerator.backward(loss)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += float(out.loss_sum.detach())
             seen += int(batch["attention_mask"].sum())
             samples += len(batch["sample_ids"])
@@ -222,7 +241,8 @@ class Trainer:
             self.data.report.record_batch(batch)
         self._aux_loss = 0.0
         loss, seen, samples = self._forward_backward(batches)
-        self.accelerator.unscale_gradients(self.optimizer) if self.config.train.precision == "fp16" else None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norms = self._group_norms()
         total_norm = math.sqrt(sum(v * v for v in norms.values()))
         record = {"step": self.state.step + 1, "epoch": self.state.epoch, "loss": loss}
@@ -232,6 +252,8 @@ class Trainer:
             self.state.consecutive_bad += 1
             log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); skipped", self.state.step + 1, loss, total_norm)
             record["skipped"] = 1
+            if self.scaler is not None:
+                self.scaler.update()  # lowers the loss scale after an overflow
         else:
             step = self.state.step
             self.balance.drop_inactive_gradients(step)
@@ -244,7 +266,11 @@ class Trainer:
                         p.grad.mul_(coefficient)
             rates = self._set_learning_rates()
             self.balance.before_step(step)
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.state.consecutive_bad = 0
             record.update({f"lr/{k}": v for k, v in rates.items()})
