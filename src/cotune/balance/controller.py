@@ -132,7 +132,9 @@ class BalanceController:
         if "balance/kappa_bar" in window:
             self.lag = lag_weights(self.scheduler.last_shares)
         record.update(window)
-        record.update({f"balance/multiplier/{side}": m for side, m in self.scheduler.multipliers.items()})
+        # Log the multipliers actually applied: methods without the scheduler keep every side at 1.
+        applied = self.config.method in ("commit_clr", "commit")
+        record.update({f"balance/multiplier/{side}": m if applied else 1.0 for side, m in self.scheduler.multipliers.items()})
         if self.config.method == "commit":
             record.update({f"balance/lag/{side}": v for side, v in self.lag.items()})
         return record

@@ -91,7 +91,7 @@ class BalanceScheduler:
             record.update({f"balance/kl_bar/{side}": mean_kl[side] for side in self.sides})
         self.windows += 1
         self.shares, self.kl_sums, self.kl_count = [], {side: 0.0 for side in self.sides}, 0
-        record.update({f"balance/multiplier/{side}": m for side, m in self.multipliers.items()})
+        record.update({f"balance/rule_multiplier/{side}": m for side, m in self.multipliers.items()})
         return record
 
     def _clip(self, value: float, high: float) -> float:
