@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -41,17 +42,9 @@ def _build_encoder(name: str, cfg: EncoderConfig, d_llm: int, meta: bool):
     deepest = max(selector.layers)
     host.blocks, host.widths = host.blocks[:deepest], host.widths[:deepest]
     adapters = _inject(key, host, cfg.adapter)
-    with meta_device() if meta else _nullcontext():
+    with meta_device() if meta else contextlib.nullcontext():
         connector = CONNECTORS.get(cfg.connector.type, key=f"{key}.connector.type")(cfg.connector, selector.width, d_llm)
     return encoder, selector, connector, adapters
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, device: str | torch.device | None = None) -> CotuneModel:
@@ -86,7 +79,7 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, devic
 
     modality_embedding = None
     if routing_state is not None:
-        with meta_device() if meta else _nullcontext():
+        with meta_device() if meta else contextlib.nullcontext():
             modality_embedding = nn.Embedding(len(config.resolved_modality_keys()), d_llm)
         if not meta:
             nn.init.normal_(modality_embedding.weight)  # LaVIN: N(0, 1)
