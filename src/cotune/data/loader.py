@@ -54,7 +54,9 @@ def build_train_data(
     are computed once into the cache (missing entries only) and read from it while loading.
     """
     if not data.train:
-        raise ValueError("data.train: no training datasets configured")
+        from cotune.config import ConfigError
+
+        raise ConfigError("data.train: no training datasets configured")
     report = report or DataReport()
     datasets = prepare_datasets(data.train, spec, data, report)
     if data.feature_cache is not None and model is not None:

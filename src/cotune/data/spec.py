@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cotune.config import CotuneConfig, DataConfig
+from cotune.config import ConfigError, CotuneConfig, DataConfig
 from cotune.data.media import MediaPreprocessor
 from cotune.data.templates import MediaSlot, resolve_template
 
@@ -57,18 +57,24 @@ def _encoder_inputs(model, data: DataConfig) -> list[EncoderInput]:
     inputs = []
     for name, encoder in model.encoders.items():
         if encoder.processor is None:
-            raise ValueError(f"model.encoders.{name}: no image processor / feature extractor was found beside the checkpoint")
-        preprocess = MediaPreprocessor.from_encoder(name, encoder, image_transform=data.image_transform, audio_seconds=data.audio_seconds)
+            raise ConfigError(f"model.encoders.{name}: no image processor / feature extractor was found beside the checkpoint")
+        try:
+            preprocess = MediaPreprocessor.from_encoder(name, encoder, image_transform=data.image_transform, audio_seconds=data.audio_seconds)
+        except ValueError as err:  # e.g. a processor whose output size depends on the image
+            raise ConfigError(f"model.encoders.{name}: {err}") from None
         tokens = model.num_media_tokens(name, preprocess.input_length)
         if tokens is None:
-            raise ValueError(f"model.encoders.{name}: cannot tell how many tokens one item becomes")
+            raise ConfigError(f"model.encoders.{name}: cannot tell how many tokens one item becomes")
         inputs.append(EncoderInput(name, encoder.modality, model.config.encoders[name].placeholder, model.placeholder_ids[name], tokens, preprocess))
     return inputs
 
 
 def data_spec_from_model(model, data: DataConfig) -> DataSpec:
     """The spec of a built model (its tokenizer already holds the placeholders)."""
-    template = resolve_template(data.template, model.tokenizer)
+    try:
+        template = resolve_template(data.template, model.tokenizer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return DataSpec(model.tokenizer, _encoder_inputs(model, data), template, data.system_prompt, data.max_length)
 
 
