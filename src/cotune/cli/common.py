@@ -12,12 +12,13 @@ from cotune.adapters import SiteError
 from cotune.backbones import LoadError
 from cotune.config import ConfigError, CotuneConfig, load_config
 from cotune.data.dataset import DataError
+from cotune.eval import ScoreError
 from cotune.report import ReportError
 from cotune.registry import UnknownNameError
 
 #: Errors caused by the user's input (config, paths, names); the CLI reports them in one line, exit 2.
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, LoadError, UnknownNameError, SiteError, DataError, ReportError, FileNotFoundError, FileExistsError,
+    ConfigError, LoadError, UnknownNameError, SiteError, DataError, ReportError, ScoreError, FileNotFoundError, FileExistsError,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

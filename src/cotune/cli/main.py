@@ -15,6 +15,7 @@ from cotune import __version__
 from cotune.cli import data as data_cmd
 from cotune.cli import inspect as inspect_cmd
 from cotune.cli import report as report_cmd
+from cotune.cli import score as score_cmd
 from cotune.cli import train as train_cmd
 from cotune.cli.common import LOG_LEVELS, USER_ERRORS, Command, one_line, setup_logging
 
@@ -25,6 +26,7 @@ COMMANDS: dict[str, Command] = {
     "data": Command(data_cmd.add_arguments, data_cmd.run),
     "train": Command(train_cmd.add_arguments, train_cmd.run),
     "report": Command(report_cmd.add_arguments, report_cmd.run),
+    "score": Command(score_cmd.add_arguments, score_cmd.run),
 }
 
 
