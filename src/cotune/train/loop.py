@@ -95,8 +95,10 @@ class Trainer:
         spec = data_spec_from_model(self.model, config.data)
         self.data: TrainData = build_train_data(config.data, spec, config.seed, DataReport(), self.model, self.world, self.rank)
         self.spec = spec
-        per_step = config.data.batch_size * self.world * train.grad_accum
-        self.steps_per_epoch = max(1, self.data.sampler.global_length() // per_step)
+        # Micro-batches per epoch (a last partial batch counts), then whole optimizer steps of them;
+        # leftover micro-batches at an epoch's end are not used (the epoch order starts anew).
+        micro_batches = -(-self.data.sampler.global_length() // (config.data.batch_size * self.world))
+        self.steps_per_epoch = max(1, micro_batches // train.grad_accum)
         self.total_steps = train.max_steps or math.ceil(train.epochs * self.steps_per_epoch)
         param_groups, self.settings = optimizer_groups(self.model, train, self.steps_per_epoch)
         self.optimizer = _make_optimizer(param_groups, train)
