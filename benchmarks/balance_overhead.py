@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import Stepper, machine  # noqa: E402
+from throughput_report import machine  # noqa: E402
+from train_throughput import Stepper  # noqa: E402
 
 from cotune.balance.estimator import exact_estimate, jvp_estimate, snapshot  # noqa: E402
 from cotune.balance.scheduler import kappa_of  # noqa: E402

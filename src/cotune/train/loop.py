@@ -316,7 +316,7 @@ class Trainer:
         return self._finish()
 
     def _train(self, progress: Progress) -> None:
-        train, accum = self.config.train, self.config.train.grad_accum
+        accum = self.config.train.grad_accum
         self.model.train()
         while self.state.step < self.total_steps:
             batches_iter, pending = self._batches(), []
