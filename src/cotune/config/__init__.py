@@ -7,6 +7,7 @@ from typing import Sequence
 
 from cotune.config.balance import BalanceConfig
 from cotune.config.data import DataConfig, DatasetConfig
+from cotune.fileio import atomic_write_text
 from cotune.config.train import GroupConfig, GroupsConfig, TrainConfig
 from cotune.config.io import (
     ConfigError,
@@ -44,12 +45,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), d
 
 def save_config(config: CotuneConfig, path: str | Path) -> Path:
     """Writes the resolved config as YAML that :func:`load_config` reads back unchanged."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump_yaml(config))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, dump_yaml(config))
 
 
 __all__ = [

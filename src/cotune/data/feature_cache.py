@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from cotune.config import DataConfig, EncoderConfig, to_dict
 from cotune.data.schema import SkipSample
+from cotune.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,9 @@ class FeatureCache:
         return load_file(entry)["features"]
 
     def put(self, digest: str, features: torch.Tensor) -> None:
-        entry = self.entry(digest)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-        save_file({"features": features.detach().to("cpu").contiguous()}, tmp)
-        os.replace(tmp, entry)
+        tensors = {"features": features.detach().to("cpu").contiguous()}
+        # No fsync per entry: a lost entry is only recomputed, and thousands of fsyncs would dominate.
+        atomic_write(self.entry(digest), lambda tmp: save_file(tensors, tmp), fsync=False)
 
     def __contains__(self, digest: str) -> bool:
         return self.entry(digest).is_file()

@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cotune.fileio import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 EXAMPLES_PER_REASON = 5
@@ -82,12 +84,7 @@ class DataReport:
         }
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=2))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.as_dict(), indent=2))
 
     def log_summary(self) -> None:
         for name, report in self.datasets.items():

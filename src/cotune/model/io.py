@@ -9,12 +9,12 @@ temporary name, fsynced and renamed, so an interrupted save never leaves a half-
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from cotune.config import CotuneConfig, config_hash, dump_yaml, load_config
+from cotune.config import CotuneConfig, config_hash, load_config, save_config
+from cotune.fileio import atomic_write, atomic_write_text
 from cotune.model.build import build_model
 from cotune.model.fused import CotuneModel
 
@@ -24,21 +24,6 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-def atomic_write(path: Path, write) -> None:
-    """Calls ``write(tmp_path)``, fsyncs the file and renames it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_model(model: CotuneModel, config: CotuneConfig, directory: str | Path) -> Path:
     """Writes config, trainable weights and manifest of ``model`` to ``directory``."""
     if config.model != model.config:
@@ -46,14 +31,14 @@ def save_model(model: CotuneModel, config: CotuneConfig, directory: str | Path) 
     directory = Path(directory)
     state = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
     atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"config_hash": config_hash(config)}))
-    atomic_write(directory / CONFIG, lambda tmp: tmp.write_text(dump_yaml(config)))
+    save_config(config, directory / CONFIG)
     manifest = {
         "format_version": FORMAT_VERSION,
         "config_hash": config_hash(config),
         "trainable_params": sum(v.numel() for v in state.values()),
         "components": model.parameter_counts(),
     }
-    atomic_write(directory / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2))
     return directory
 
 

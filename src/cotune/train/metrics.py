@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from cotune.fileio import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -23,9 +25,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:  # a line cut by the kill
             continue
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 class JsonlSink:

@@ -1,0 +1,31 @@
+"""Atomic file writes: write to a temporary name beside the target, optionally fsync, rename.
+
+A reader (or a crash) sees either the old file or the complete new one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object], fsync: bool = True) -> Path:
+    """Calls ``write(tmp_path)``, fsyncs the file (unless ``fsync`` is False) and renames it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text), fsync)
