@@ -56,6 +56,11 @@ class BalanceController:
         order = list(self.sides) if self.config.method == "feature_cd" else list(reversed(self.sides))
         return order[(step // self.config.cd_period) % len(order)]
 
+    def active_groups(self, step: int) -> set[str] | None:
+        """Parameter groups that move at ``step`` under a CD baseline (None: all of them)."""
+        active = self.active_side(step)
+        return None if active is None else set(self.sides[active])
+
     def drop_inactive_gradients(self, step: int) -> None:
         """CD: the other sides get no gradient, so AdamW neither moves them nor updates their moments."""
         active = self.active_side(step)

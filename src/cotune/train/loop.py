@@ -260,7 +260,8 @@ class Trainer:
             step = self.state.step
             self.balance.drop_inactive_gradients(step)
             max_norm = self.config.train.max_grad_norm
-            active_norm = math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in self.model.parameters() if p.grad is not None))
+            active = self.balance.active_groups(step)
+            active_norm = total_norm if active is None else math.sqrt(sum(v * v for g, v in norms.items() if g in active))
             if max_norm is not None and active_norm > max_norm:
                 coefficient = max_norm / (active_norm + 1e-6)
                 for p in self.model.parameters():
@@ -308,12 +309,12 @@ class Trainer:
         progress = Progress(self.total_steps, self.state.step, self.config.train.log_every, self.main)
         try:
             self._train(progress)
+            return self._finish()
         finally:
             progress.close()
             for number, handler in previous.items():
                 signal.signal(number, handler)
             self.metrics.close()
-        return self._finish()
 
     def _train(self, progress: Progress) -> None:
         accum = self.config.train.grad_accum
@@ -359,9 +360,7 @@ class Trainer:
         if self.config.data.eval and not self.config.train.eval_every:
             record = {"step": self.state.step, **evaluate_loss(self)}
             if self.main:
-                self.metrics = MetricsLog(self.run_dir, (), {}, append=True, enabled=True)
                 self.metrics.write(record)
-                self.metrics.close()
         if self.main:
             save_model(self.model, self.config, final)
             self.data.report.write(self.run_dir / "data_report.json")
