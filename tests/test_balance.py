@@ -36,7 +36,7 @@ class Toy(nn.Module):
         self.b = nn.Parameter(self.a.detach().clone())
         self.placeholder_ids = {}
 
-    def forward(self, input_ids, attention_mask=None, media=None, features=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, media=None, features=None, sample_ids=None, use_cache=False):
         return type("Out", (), {"logits": self.embed[input_ids] @ (self.a + self.b)})()
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from cotune.data.collate import model_inputs
 from cotune.model.fused import IGNORE_INDEX
 
 
@@ -63,9 +64,7 @@ def select_supervised(model, batch: dict, logits: torch.Tensor, samples: str) ->
 def supervised_logits(model, batch: dict, samples: str) -> torch.Tensor:
     """Logits [N, V] (float32) at the supervised next-token positions of ``batch``'s rows
     (multimodal rows only with ``samples: multimodal_only``)."""
-    device = next(model.parameters()).device
-    out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), media=batch["media"],
-                features=batch.get("features"), use_cache=False)
+    out = model(**model_inputs(batch, next(model.parameters()).device, labels=False), use_cache=False)
     return select_supervised(model, batch, out.logits, samples)
 
 
@@ -127,15 +126,11 @@ def jvp_estimate(model, batch, params, before, after, samples: str, direction: s
     keys = [names[id(p)] for ps in params.values() for p in ps]
     primals = tuple(p.detach() for ps in params.values() for p in ps)
     deltas = [a - b for a, b in zip(_flatten(after, params), _flatten(before, params))]
-    device = primals[0].device
-    args = (batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    kwargs = {"media": batch["media"], "features": batch.get("features"), "use_cache": False}
-    labels = batch["labels"].to(device)[:, 1:]
-    keep = (labels != IGNORE_INDEX) & _row_mask(model, batch, samples, device)[:, None]
+    kwargs = {**model_inputs(batch, primals[0].device, labels=False), "use_cache": False}
 
     def logits_of(*values):
-        out = functional_call(model, dict(zip(keys, values)), args, kwargs, strict=False)
-        return out.logits[:, :-1][keep].float()
+        out = functional_call(model, dict(zip(keys, values)), (), kwargs, strict=False)
+        return select_supervised(model, batch, out.logits, samples)
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -25,7 +25,7 @@ from cotune.data.collate import Collator
 from cotune.data.dataset import DataError, check_skip_fraction, prepare_dataset
 from cotune.data.media import load_audio, load_image
 from cotune.data.readers import READERS
-from cotune.data.report import DataReport, DatasetReport
+from cotune.data.report import DataReport
 from cotune.data.schema import SkipSample
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _decode_all(dataset, report: DatasetReport, workers: int, pad_id: int) -> None:
+def _decode_all(dataset, report: DataReport, workers: int, pad_id: int) -> None:
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=workers, collate_fn=Collator(pad_id))
     for batch in loader:
-        for _name, sample_id, reason, detail in batch["skipped"]:
-            report.skip_at_load(sample_id, reason, detail)
+        report.record_batch(batch)
 
 
 def _check_raw(config: DatasetConfig, report: DataReport) -> None:
@@ -76,7 +75,7 @@ def _check_with_model(config: CotuneConfig, datasets: tuple[DatasetConfig, ...],
             dataset = prepare_dataset(ds_config, spec, report, max_skip_fraction=1.0)
         except DataError:  # nothing usable at all: the report already says why
             continue
-        _decode_all(dataset, report.dataset(ds_config.name), workers, spec.pad_id)
+        _decode_all(dataset, report, workers, spec.pad_id)
 
 
 def run_check(args: argparse.Namespace) -> tuple[DataReport, float]:

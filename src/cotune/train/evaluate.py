@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cotune.data.collate import Collator
+from cotune.data.collate import Collator, model_inputs
 from cotune.data.dataset import prepare_dataset
 
 
@@ -28,8 +28,7 @@ def evaluate_loss(trainer) -> dict[str, float]:
             if not batch["sample_ids"]:
                 continue
             with trainer.autocast():
-                out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), labels=batch["labels"].to(device),
-                            media=batch["media"], features=batch["features"], sample_ids=batch["sample_ids"])
+                out = model(**model_inputs(batch, device))
             loss_sum += float(out.loss_sum)
             tokens += int(out.num_tokens)
         loss_sum, tokens = trainer._reduce(loss_sum), trainer._reduce(tokens)

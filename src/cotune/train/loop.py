@@ -20,6 +20,7 @@ import torch
 
 from cotune.balance import BalanceController
 from cotune.config import CotuneConfig, config_hash, save_config, to_dict
+from cotune.data.collate import model_inputs
 from cotune.data.loader import TrainData, build_train_data
 from cotune.data.report import DataReport
 from cotune.data.spec import data_spec_from_model
@@ -204,11 +205,7 @@ class Trainer:
             sync = index == len(batches) - 1 or self.world == 1
             context = contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
             with context, self.autocast():
-                out = model(
-                    batch["input_ids"].to(self.accelerator.device), batch["attention_mask"].to(self.accelerator.device),
-                    labels=batch["labels"].to(self.accelerator.device), media=batch["media"], features=batch["features"],
-                    sample_ids=batch["sample_ids"], touch_all=self.world > 1,
-                )
+                out = model(**model_inputs(batch, self.accelerator.device), touch_all=self.world > 1)
                 loss = out.loss_sum * (self.world / max(tokens, 1.0))
                 if index == len(batches) - 1 and self.balance.reuses_training_logits(self.state.step, self.config.train.precision):
                     self.balance.capture_training_logits(batch, out.logits)
