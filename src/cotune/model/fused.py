@@ -185,9 +185,7 @@ class CotuneModel(nn.Module):
         for name, selected in (features or {}).items():
             if name not in self.connectors:
                 raise KeyError(f"features for unknown encoder {name!r}; encoders: {', '.join(self.encoders)}")
-            connector = self.connectors[name]
-            parameter = next(connector.parameters())
-            out[name] = connector(selected.to(device=parameter.device, dtype=parameter.dtype))
+            out[name] = self._connect(name, selected)
         for name, inputs in media.items():
             if name in out:
                 raise ValueError(f"encoder {name!r} got both raw inputs and precomputed features")
@@ -198,10 +196,14 @@ class CotuneModel(nn.Module):
             needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
             with torch.set_grad_enabled(needs_grad):
                 hidden = encoder.hidden_states(inputs)
-            features = self.selectors[name](hidden)
-            connector = self.connectors[name]
-            out[name] = connector(features.to(next(connector.parameters()).dtype))
+            out[name] = self._connect(name, self.selectors[name](hidden))
         return out
+
+    def _connect(self, name: str, selected: torch.Tensor) -> torch.Tensor:
+        """Selected features [items, n, D_enc] -> LLM tokens via connector ``name`` (in its dtype)."""
+        connector = self.connectors[name]
+        parameter = next(connector.parameters())
+        return connector(selected.to(device=parameter.device, dtype=parameter.dtype))
 
     def embed(
         self,
