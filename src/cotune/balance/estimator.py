@@ -50,8 +50,7 @@ def _row_mask(model, batch: dict, samples: str, device) -> torch.Tensor:
     ids = batch["input_ids"].to(device)
     if samples == "all" or not model.placeholder_ids:
         return torch.ones(ids.shape[0], dtype=torch.bool, device=device)
-    placeholders = torch.tensor(list(model.placeholder_ids.values()), device=device)
-    return torch.isin(ids, placeholders).any(1)
+    return model.placeholder_mask(ids).any(1)
 
 
 def select_supervised(model, batch: dict, logits: torch.Tensor, samples: str) -> torch.Tensor:

@@ -164,6 +164,11 @@ class CotuneModel(nn.Module):
                 p.copy_(value.to(p.dtype))
 
     # ----------------------------------------------------------------- forward pieces
+    def placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """True [B, S] where ``input_ids`` hold any encoder's placeholder token."""
+        placeholders = torch.tensor(list(self.placeholder_ids.values()), device=input_ids.device)
+        return torch.isin(input_ids, placeholders)
+
     def modality_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Row of the modality embedding per sample [B], from which placeholders occur in it."""
         ids = [self.placeholder_ids[n] for n in self.config.encoders]
@@ -281,8 +286,7 @@ class CotuneModel(nn.Module):
             cache=out.get("cache"),
         )
         if labels is not None:
-            placeholders = torch.tensor(list(self.placeholder_ids.values()), device=input_ids.device)
-            labels = labels.masked_fill(torch.isin(input_ids, placeholders), IGNORE_INDEX)
+            labels = labels.masked_fill(self.placeholder_mask(input_ids), IGNORE_INDEX)
             result.loss_sum, result.num_tokens = next_token_loss(logits, labels)
             if touch_all:
                 result.loss_sum = result.loss_sum + self._untouched_zero(set(media or {}) | set(features or {}))
