@@ -83,8 +83,10 @@ def data_spec_from_config(config: CotuneConfig) -> DataSpec:
     from cotune.backbones.llm import add_placeholders, load_tokenizer
     from cotune.model import build_model
 
+    from cotune.zoo.sources import resolve_sources
+
     model = build_model(config, meta=True)
-    tokenizer = load_tokenizer(config.model.llm)
+    tokenizer = load_tokenizer(resolve_sources(config.model).llm)
     model.tokenizer = tokenizer
     model.placeholder_ids = add_placeholders(tokenizer, {n: c.placeholder for n, c in config.model.encoders.items()})
     return data_spec_from_model(model, config.data)

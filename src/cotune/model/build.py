@@ -16,6 +16,7 @@ from cotune.config.model import CotuneConfig, EncoderConfig, ModelConfig
 from cotune.connectors import CONNECTORS
 from cotune.encoders import ENCODERS, FeatureSelector
 from cotune.model.fused import CotuneModel
+from cotune.zoo.sources import resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, devic
     """
     if isinstance(config, CotuneConfig):
         config = config.model
+    config = resolve_sources(config)  # hub ids the hub cannot serve -> fetched zoo copies
     llm, tokenizer = load_llm(config.llm, meta)
     text_config = llm.config.get_text_config()
     d_llm, n_layers = text_config.hidden_size, text_config.num_hidden_layers
