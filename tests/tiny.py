@@ -119,6 +119,53 @@ def save_encoder(root: Path, kind: str, seed: int = 0) -> Path:
     return path
 
 
+WHISPER_SPECIAL = [
+    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+    "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
+]
+WHISPER_TIMESTAMPS = 4  # model rows after the tokenizer's vocabulary, as Whisper's <|0.00|>... tokens
+
+
+def save_whisper_generator(root: Path, seed: int = 0) -> Path:
+    """A tiny random WhisperForConditionalGeneration with a Whisper-style tokenizer (byte-level BPE
+    plus Whisper's special tokens), feature extractor and generation config, under ``root``."""
+    path = Path(root) / "whisper-generator"
+    if (path / "config.json").exists():
+        return path
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_SIZE, special_tokens=WHISPER_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator([" ".join(WORDS)] * 10, trainer)
+    tokenizer = transformers.WhisperTokenizer(tokenizer_object=backend, pad_token="<|endoftext|>")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIAL}
+    config = transformers.WhisperConfig(
+        vocab_size=len(tokenizer) + WHISPER_TIMESTAMPS, d_model=24, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=40, num_mel_bins=8,
+        max_source_positions=16, max_target_positions=32, pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+    )
+    torch.manual_seed(seed)
+    model = transformers.WhisperForConditionalGeneration(config)
+    with torch.no_grad():  # every tensor distinct (init leaves biases 0 and norms 1): mix-ups show
+        for param in model.parameters():
+            param.normal_(0.0, 0.3)
+    model.generation_config = transformers.GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id, max_length=config.max_target_positions, suppress_tokens=[ids["<|nocaptions|>"]],
+        begin_suppress_tokens=[ids["<|endoftext|>"]], alignment_heads=[[1, 0], [1, 1]],
+        no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=False, return_timestamps=False,
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    PROCESSORS["whisper"]().save_pretrained(path)
+    return path
+
+
 def media_input(kind: str, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random processed inputs for a tiny encoder of ``kind`` ([B, 3, 30, 30], [B, 8, 32] or [B, 400])."""
     if kind in ("clip", "siglip", "vit", "dinov2"):

@@ -20,6 +20,8 @@ TRAINABILITY = ("frozen", "adapter", "lora", "full")
 ENCODER_ROUTERS = ("auto", "per_token", "cls", "mean", "constant")
 LLM_ROUTERS = ("auto", "modality")
 REDUCTIONS = ("cls", "patches", "all", "mean", "windows")
+# Encoders with a fixed-length input window (Whisper: 30 s of mel frames) that crop_seconds shortens.
+CROPPABLE_ENCODERS = ("whisper",)
 TEXT_KEY = "text"
 
 
@@ -131,6 +133,18 @@ class ConnectorConfig:
             raise ConfigError(f"stride: must be >= 1, got {self.stride}")
 
 
+def _check_crop(encoder_type: str, crop_seconds: float | None) -> None:
+    if crop_seconds is None:
+        return
+    if encoder_type not in CROPPABLE_ENCODERS:
+        raise ConfigError(
+            f"crop_seconds: only {', '.join(CROPPABLE_ENCODERS)} encoders have a fixed window to crop, got type {encoder_type!r}"
+        )
+    if isinstance(crop_seconds, bool) or not isinstance(crop_seconds, (int, float)) or not crop_seconds > 0:
+        raise ConfigError(f"crop_seconds: must be a number of seconds > 0, got {crop_seconds!r}")
+    # The upper bound (the checkpoint's window) needs its config.json: checked when the encoder loads.
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """One feature encoder, its feature selection, adapter and connector.
@@ -143,6 +157,10 @@ class EncoderConfig:
     (average pool of ``window`` tokens, stride ``window``). ``layer_merge`` joins several layers on
     the token axis (``tokens``, LaVIN's 6 [cls] tokens) or the feature axis (``features``, LLaVA's
     multi-layer features: D_enc x n_layers wide).
+    ``crop_seconds`` (``whisper`` only): shorten Whisper's fixed 30 s window to this many seconds:
+    the encoder keeps the first ceil(crop_seconds x frames-per-second / 2) positions (1 per 20 ms
+    at 16 kHz / hop 160) and clips are padded or cut to ``crop_seconds`` (the default clip length;
+    ``data.audio_seconds`` may be shorter, never longer). Must not exceed the checkpoint's window.
     """
 
     type: str
@@ -159,9 +177,13 @@ class EncoderConfig:
     image_norm: str = "encoder"
     trust_remote_code: bool = False
     revision: str | None = None
+    crop_seconds: float | None = None
 
     def __post_init__(self) -> None:
         _check_registered("encoder", "type", self.type)
+        _check_crop(self.type, self.crop_seconds)
+        if self.crop_seconds is not None:
+            object.__setattr__(self, "crop_seconds", float(self.crop_seconds))
         check_choice("reduce", self.reduce, REDUCTIONS)
         check_choice("layer_merge", self.layer_merge, ("tokens", "features"))
         check_choice("dtype", self.dtype, DTYPES)

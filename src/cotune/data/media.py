@@ -176,7 +176,11 @@ class MediaPreprocessor:
 
     Audio: a Whisper-style extractor (``n_samples``/``nb_max_frames``) yields log-mel features for
     audio padded (``padding="max_length"``) or cropped to ``audio_seconds`` (default: its own chunk,
-    ``n_samples / sampling_rate``). A :class:`~transformers.Wav2Vec2FeatureExtractor` (wav2vec2,
+    ``n_samples / sampling_rate``). Given ``frames`` (the encoder's input length: 2 x Whisper's
+    ``max_source_positions``, cropped or not), every item has exactly ``frames`` frames: the clip
+    is cut to ``audio_seconds`` (default: ``frames`` worth of audio), then zero-padded to ``frames x
+    hop_length`` samples; an ``audio_seconds`` longer than that is an error. Without ``frames``
+    the frame count follows ``audio_seconds``. A :class:`~transformers.Wav2Vec2FeatureExtractor` (wav2vec2,
     HuBERT) yields the waveform zero-padded or cropped to ``audio_seconds`` (default 10 s), then
     normalised as the extractor does (``do_normalize``; without an attention mask the padding is
     part of the normalised array).
@@ -197,6 +201,7 @@ class MediaPreprocessor:
         audio_seconds: float | None = None,
         image_size: int | None = None,
         name: str = "encoder",
+        frames: int | None = None,
     ) -> None:
         if processor is None:
             raise ValueError(f"encoder {name!r} has no processor; save one beside the checkpoint")
@@ -206,6 +211,8 @@ class MediaPreprocessor:
             raise ValueError(f"image_transform: must be one of {list(IMAGE_TRANSFORMS)}, got {image_transform!r}")
         if audio_seconds is not None and audio_seconds <= 0:
             raise ValueError(f"audio_seconds: must be > 0, got {audio_seconds}")
+        if frames is not None and frames < 1:
+            raise ValueError(f"encoder {name!r}: frames must be >= 1, got {frames}")
         self.name, self.modality, self.processor = name, modality, processor
         self.image_transform = image_transform
         self.sampling_rate: int | None = None
@@ -213,18 +220,26 @@ class MediaPreprocessor:
         if modality == "image":
             self._init_image(image_size)
         else:
-            self._init_audio(audio_seconds)
+            self._init_audio(audio_seconds, frames)
 
     @classmethod
     def from_encoder(
         cls, name: str, encoder, *, image_transform: str = "processor", audio_seconds: float | None = None
     ) -> "MediaPreprocessor":
-        """From an :class:`~cotune.encoders.Encoder` (its modality, processor and image size)."""
+        """From an :class:`~cotune.encoders.Encoder`: its modality, processor, image size and, for
+        Whisper, its input length (2 x ``max_source_positions``) and ``crop_seconds`` (the default
+        clip length of a cropped window)."""
         config = getattr(getattr(encoder, "backbone", None), "config", None)
         image_size = getattr(encoder, "image_size", None) or getattr(config, "image_size", None)
+        frames = None
+        if encoder.modality == "audio" and getattr(encoder, "input_name", None) == "input_features":
+            positions = getattr(config, "max_source_positions", None)
+            frames = 2 * positions if positions else None  # Whisper's conv stem halves the frames
+        if audio_seconds is None:
+            audio_seconds = getattr(encoder, "crop_seconds", None)
         return cls(
             encoder.modality, encoder.processor, image_transform=image_transform, audio_seconds=audio_seconds,
-            image_size=image_size, name=name,
+            image_size=image_size, name=name, frames=frames,
         )
 
     def _init_image(self, image_size: int | None) -> None:
@@ -256,18 +271,29 @@ class MediaPreprocessor:
             )
         self.item_shape = shapes.pop()
 
-    def _init_audio(self, audio_seconds: float | None) -> None:
+    def _init_audio(self, audio_seconds: float | None, frames: int | None) -> None:
         processor = self.processor
         self.sampling_rate = int(processor.sampling_rate)
         if hasattr(processor, "n_samples") and hasattr(processor, "nb_max_frames"):
-            seconds = audio_seconds or processor.n_samples / self.sampling_rate
+            hop = int(processor.hop_length)
+            window = frames * hop if frames is not None else None  # samples the encoder takes
+            seconds = audio_seconds or (window or processor.n_samples) / self.sampling_rate
             self._key = "input_features"
             self._samples = round(seconds * self.sampling_rate)
-            self.item_shape = (int(processor.feature_size), self._samples // int(processor.hop_length))
+            if window is not None and self._samples > window:
+                raise ValueError(
+                    f"audio_seconds: {seconds} s is longer than encoder {self.name!r}'s window of "
+                    f"{window / self.sampling_rate:g} s ({frames} frames); shorten it or raise crop_seconds"
+                )
+            # The extractor yields samples // hop frames; padding to the window makes that `frames`.
+            self._padded = window or self._samples
+            self.item_shape = (int(processor.feature_size), self._padded // hop)
         elif isinstance(processor, Wav2Vec2FeatureExtractor):
+            if frames is not None:
+                raise ValueError(f"encoder {self.name!r}: frames applies to Whisper-style log-mel extractors only")
             seconds = audio_seconds or DEFAULT_WAVEFORM_SECONDS
             self._key = "input_values"
-            self._samples = round(seconds * self.sampling_rate)
+            self._samples = self._padded = round(seconds * self.sampling_rate)
             self.item_shape = (self._samples,)
         else:
             raise ValueError(
@@ -296,7 +322,7 @@ class MediaPreprocessor:
         else:
             samples = load_audio(path, sample_id, self.sampling_rate, self.audio_seconds)
             features = self.processor(
-                samples, sampling_rate=self.sampling_rate, padding="max_length", max_length=self._samples,
+                samples, sampling_rate=self.sampling_rate, padding="max_length", max_length=self._padded,
                 truncation=True, return_tensors="np",
             )[self._key][0]
             item = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))

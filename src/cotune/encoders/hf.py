@@ -3,11 +3,14 @@
 Each registered name maps to an :class:`HFEncoderSpec` (classes, where the blocks live, the input
 keyword, the prefix-token count). Loading uses the checked loader (no silent random weights);
 ``meta=True`` builds the same module tree from ``config.json`` alone, on the meta device.
+
+Whisper's window can be cropped (``EncoderConfig.crop_seconds``): see :func:`crop_whisper_encoder`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +20,7 @@ from torch import nn
 
 from cotune.adapters.sites import find_blocks
 from cotune.backbones.loading import LoadError, load_config_only, load_pretrained, meta_device
+from cotune.config.io import ConfigError
 from cotune.config.model import EncoderConfig
 from cotune.encoders.base import Encoder
 
@@ -24,6 +28,8 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Whisper's log-mel frame rate (16 kHz, hop 160) when no feature extractor says otherwise.
+WHISPER_FRAMES_PER_SECOND = 100.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class HFEncoderSpec:
     def tokens(self, config) -> int | None:
         if self.modality == "image":
             return (config.image_size // config.patch_size) ** 2 + self.prefix_tokens(config)
-        if hasattr(config, "max_source_positions"):  # Whisper: fixed 30 s windows
+        if hasattr(config, "max_source_positions"):  # Whisper: a fixed window (30 s, or crop_seconds)
             return config.max_source_positions
         return None
 
@@ -80,10 +86,60 @@ def _load_processor(spec: HFEncoderSpec, config: EncoderConfig, quiet: bool = Fa
     return processor
 
 
-class HFEncoder(Encoder):
-    """A transformers encoder read through ``output_hidden_states`` (hidden_states[k] = after block k)."""
+def mel_frames_per_second(processor=None) -> float:
+    """The feature extractor's frame rate (sampling_rate / hop_length), else Whisper's 100."""
+    rate, hop = getattr(processor, "sampling_rate", None), getattr(processor, "hop_length", None)
+    return rate / hop if rate and hop else WHISPER_FRAMES_PER_SECOND
 
-    def __init__(self, spec: HFEncoderSpec, backbone: nn.Module, processor=None) -> None:
+
+def crop_positions(crop_seconds: float, frames_per_second: float) -> int:
+    """Encoder positions covering ``crop_seconds``: one per two mel frames (conv2 has stride 2)."""
+    # Rounded to 1e-6 first so e.g. 0.7 s x 100 frames/s (70.00000000000001) stays 35 positions, not 36.
+    return math.ceil(round(crop_seconds * frames_per_second, 6) / 2)
+
+
+def crop_whisper_encoder(encoder: nn.Module, positions: int) -> None:
+    """Shortens a transformers ``WhisperEncoder`` to its first ``positions`` positions, in place.
+
+    The positional table [positions_max, D_enc] is replaced by its first ``positions`` rows and the
+    config's ``max_source_positions`` set to ``positions``: WhisperEncoder.forward requires input
+    features [B, mels, 2 x max_source_positions] and adds the whole table, so both go together.
+    Nothing else changes: the conv stem and blocks run on the shorter sequence as they would on 30 s.
+    """
+    table = encoder.embed_positions
+    if not 1 <= positions <= table.num_embeddings:
+        raise ValueError(f"positions: {positions} is outside 1..{table.num_embeddings}")
+    cropped = nn.Embedding(positions, table.embedding_dim, device=table.weight.device, dtype=table.weight.dtype)
+    with torch.no_grad():
+        cropped.weight.copy_(table.weight[:positions])
+    cropped.weight.requires_grad_(table.weight.requires_grad)
+    encoder.embed_positions = cropped
+    encoder.config.max_source_positions = positions
+    encoder.max_source_positions = positions  # WhisperEncoder mirrors the config value; keep them equal
+
+
+def _crop(model: nn.Module, config: EncoderConfig, processor) -> None:
+    if not hasattr(model.config, "max_source_positions") or not hasattr(model, "embed_positions"):
+        raise ConfigError(f"crop_seconds: {type(model).__name__} has no fixed window of positions to crop")
+    fps = mel_frames_per_second(processor)
+    positions, window = crop_positions(config.crop_seconds, fps), model.config.max_source_positions
+    if positions > window:
+        raise ConfigError(
+            f"crop_seconds: {config.crop_seconds} s is longer than the window of {config.name_or_path} "
+            f"({2 * window / fps:g} s, max_source_positions {window})"
+        )
+    crop_whisper_encoder(model, positions)
+    log.info("whisper window cropped to %g s: %d of %d positions", config.crop_seconds, positions, window)
+
+
+class HFEncoder(Encoder):
+    """A transformers encoder read through ``output_hidden_states`` (hidden_states[k] = after block k).
+
+    Attributes:
+        crop_seconds: Whisper's cropped window in seconds (``EncoderConfig.crop_seconds``), else None.
+    """
+
+    def __init__(self, spec: HFEncoderSpec, backbone: nn.Module, processor=None, crop_seconds: float | None = None) -> None:
         config = backbone.config
         self_blocks = find_blocks(backbone, getattr(config, "num_hidden_layers", None) or config.encoder_layers)
         num_blocks = len(self_blocks[1])
@@ -98,6 +154,7 @@ class HFEncoder(Encoder):
         self.blocks_path = self_blocks[0]
         self.modality = spec.modality
         self.input_name = spec.input_name
+        self.crop_seconds = crop_seconds
 
     @classmethod
     def load(cls, spec: HFEncoderSpec, config: EncoderConfig, meta: bool = False) -> "HFEncoder":
@@ -113,7 +170,9 @@ class HFEncoder(Encoder):
             processor = _load_processor(spec, config)
         if spec.sub_model is not None:
             model = getattr(model, spec.sub_model)  # the rest (e.g. Whisper's decoder) is dropped
-        return cls(spec, model, processor)
+        if config.crop_seconds is not None:
+            _crop(model, config, processor)
+        return cls(spec, model, processor, config.crop_seconds)
 
     def block_sites(self) -> list[tuple[nn.Module, str]]:
         blocks = self.backbone.get_submodule(self.blocks_path)

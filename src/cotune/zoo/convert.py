@@ -90,13 +90,18 @@ def verify_llm(out: Path) -> str:
 def convert_whisper(unpacked: Path, out: Path) -> None:
     from cotune.zoo.ct2_whisper import convert_ct2_whisper
 
-    convert_ct2_whisper(_single(unpacked, "model.bin", "CTranslate2 model").parent, out)
+    convert_ct2_whisper(_single(unpacked, "model.bin", "CTranslate2 model").parent, out, overwrite=True)
 
 
 def verify_whisper(out: Path) -> str:
+    """Encoder outputs and decoder logits on a synthetic clip match values recorded from the verified model."""
     from cotune.zoo import ct2_whisper
 
-    return ct2_whisper.verify_whisper(out)
+    try:
+        worst = ct2_whisper.verify_whisper(out)
+    except ValueError as err:
+        raise ZooError(str(err)) from None
+    return f"known-answer encoder outputs and decoder logits within {worst:.1e} of the recorded values"
 
 
 # ----- MobileNetV2: torchvision state dict -> safetensors --------------------------------------
