@@ -50,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and os.environ.get("COTUNE_LAUNCHED") != "1":
         return _relaunch(args, _without_nproc(sys.argv[1:]))
     if args.resume:
+        from cotune.model.merge import refuse_merged
+
         run_dir = Path(args.resume)
+        refuse_merged(run_dir)
         config_path = Path(args.config) if args.config else run_dir / "config.yaml"
         resume = True
     else:

@@ -49,7 +49,8 @@ def generate(
     input_ids = input_ids.to(device)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     was_training = model.training
-    model.eval()
+    if was_training:  # model.eval() walks every module (~40 ms with LoRA injected): only when needed
+        model.eval()
     try:
         embeds = model.embed(input_ids, media, features=features)
         context = contextlib.nullcontext()
@@ -70,4 +71,5 @@ def generate(
                 inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, **{**defaults, **generate_kwargs}
             )
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train(True)

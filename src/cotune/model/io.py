@@ -4,6 +4,9 @@ Layout: ``config.yaml`` (the full resolved CotuneConfig), ``trainable.safetensor
 trainable parameters) and ``manifest.json`` (config hash, counts, format version). Backbones are
 not copied: they are re-read from the config's ``name_or_path`` entries. Files are written to a
 temporary name, fsynced and renamed, so an interrupted save never leaves a half-written file.
+
+A *merged* model directory (``cotune merge``, see :mod:`cotune.model.merge_io`) carries a
+``merged`` record in its manifest; :func:`load` and :func:`load_model` rebuild it from there.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ FORMAT_VERSION = 1
 
 def save_model(model: CotuneModel, config: CotuneConfig, directory: str | Path) -> Path:
     """Writes config, trainable weights and manifest of ``model`` to ``directory``."""
+    if getattr(model, "is_merged", False):
+        # Its folded weights live in the backbones, which this format does not store.
+        raise ValueError("a merged model is written by cotune.model.merge.merge_model(model, directory), not save_model")
     if config.model != model.config:
         raise ValueError("config.model differs from the configuration the model was built from")
     directory = Path(directory)
@@ -42,10 +48,20 @@ def save_model(model: CotuneModel, config: CotuneConfig, directory: str | Path) 
     return directory
 
 
+def merged_manifest(directory: str | Path) -> dict | None:
+    """The ``merged`` record of a directory's manifest, or None when it holds no merged model."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("merged")
+
+
 def load(path: str | Path, device=None) -> CotuneModel:
-    """The model of a run directory (its final ``model/``, else its latest checkpoint) or of a
-    saved model directory."""
+    """The model of a run directory (its final ``model/``, else its latest checkpoint), of a
+    saved model directory, or of a merged model directory."""
     path = Path(path)
+    if merged_manifest(path) is not None:
+        return load_model(path, device)[0]
     if (path / "model" / WEIGHTS).is_file():
         return load_model(path / "model", device)[0]
     if (path / WEIGHTS).is_file():
@@ -59,8 +75,13 @@ def load(path: str | Path, device=None) -> CotuneModel:
 
 
 def load_model(directory: str | Path, device=None) -> tuple[CotuneModel, CotuneConfig]:
-    """Rebuilds the model from ``directory``'s config and loads its trainable weights."""
+    """Rebuilds the model from ``directory``'s config and loads its trainable weights (a merged
+    directory: its backbones, folded layers and extras; the config has its paths resolved)."""
     directory = Path(directory)
+    if merged_manifest(directory) is not None:
+        from cotune.model.merge_io import load_merged
+
+        return load_merged(directory, device)
     for name in (CONFIG, WEIGHTS):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a saved cotune model: {name} is missing")
