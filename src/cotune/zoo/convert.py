@@ -95,10 +95,10 @@ def convert_whisper(unpacked: Path, out: Path) -> None:
 
 def verify_whisper(out: Path) -> str:
     """Encoder outputs and decoder logits on a synthetic clip match values recorded from the verified model."""
-    from cotune.zoo import ct2_whisper
+    from cotune.zoo.whisper_check import verify_whisper as check
 
     try:
-        worst = ct2_whisper.verify_whisper(out)
+        worst = check(out)
     except ValueError as err:
         raise ZooError(str(err)) from None
     return f"known-answer encoder outputs and decoder logits within {worst:.1e} of the recorded values"
