@@ -61,3 +61,19 @@ def run_config(tiny_root, data_root, **train):
                    "template": "lavin", "batch_size": 2}
     raw["train"] = {"lr": 1e-2, "epochs": 2, "warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, **train}
     return raw
+
+
+def write_easyvqa(root, split="train", records=None):
+    """easy-VQA's shipped layout under ``root/easy_vqa/data``: ``<split>/questions.json`` holding
+    ``records`` ([question, answer, image_id]) and a 64x64 PNG for every integer image id in them."""
+    data = root / "easy_vqa" / "data"
+    if records is None:
+        records = [["what color is the shape?", "red", 0], ["is there a circle?", "no", 0], ["what shape is in the image?", "circle", 1]]
+    images = data / split / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    ids = {r[2] for r in records if isinstance(r, list) and len(r) == 3 and type(r[2]) is int and r[2] >= 0}
+    for image_id in sorted(ids):
+        Image.new("RGB", (64, 64), (200, 40 * image_id % 256, 30)).save(images / f"{image_id}.png")
+    (data / split / "questions.json").write_text(json.dumps(records))
+    (data / "answers.txt").write_text("circle\nred\nyes\nno\n")
+    return data

@@ -12,6 +12,7 @@ from cotune.eval import METRICS, RULES, Extraction, ScoreError, extract_answer
 from cotune.eval.metrics.audioqa import audioqa
 from cotune.eval.metrics.caption import caption, cider_d, corpus_bleu, lcs_length, rouge_l, tokenize
 from cotune.eval.metrics.scienceqa import COLUMNS, multiple_choice, problem_columns, scienceqa
+from cotune.eval.metrics.textqa import text_match
 from cotune.eval.metrics.vqa import normalize_answer, vqa
 from cotune.registry import UnknownNameError
 
@@ -122,7 +123,7 @@ def test_scienceqa_unknown_pid_and_bad_values_are_errors():
 
 def test_multiple_choice_and_registry():
     assert multiple_choice({"a": 1, "b": 0}, {"a": 1, "b": 1, "c": 2}) == {"accuracy": 33.33, "correct": 1, "count": 3, "missing": 1}
-    assert METRICS.names() == ["audioqa", "caption", "multiple-choice", "scienceqa", "vqa"]
+    assert METRICS.names() == ["audioqa", "caption", "multiple-choice", "scienceqa", "text-match", "vqa"]
     assert METRICS.get("scienceqa") is scienceqa
     with pytest.raises(UnknownNameError, match="did you mean 'vqa'"):
         METRICS.get("vqa2")
@@ -295,3 +296,33 @@ def test_audioqa_yes_no_and_single_word():
         "count": 5, "yes_no_count": 2, "single_word_count": 3,
     }
     assert audioqa(["yes"], [["Yes."]])["single_word_accuracy"] is None
+
+
+# ----------------------------------------------------------------------------------- text match
+@pytest.mark.parametrize("prediction, answers, correct", [
+    ("The capital of France is Paris.", ["Paris"], True),
+    ("Paris", ["paris"], True),
+    ("I think it is PARIS!", ["paris"], True),
+    ("It is Lyon.", ["Paris"], False),
+    ("2 + 2 equals four.", ["4"], True),           # number words become digits on both sides
+    ("The answer is 14.", ["4"], False),           # whole words: 4 is not in 14
+    ("Cats are in a category of their own", ["cat"], False),
+    ("A cat says meow.", ["meow", "miaow"], True),  # any acceptable answer
+    ("It is the Pacific Ocean", ["Pacific Ocean"], True),
+    ("The ocean is Pacific", ["Pacific Ocean"], False),  # a run of words, in order
+    ("The opposite of hot is cold.", ["the cold"], True),  # articles dropped from the answer too
+    ("black/white", ["white"], True),              # '/' between letters becomes a space
+])
+def test_text_match_single_items(prediction, answers, correct):
+    assert text_match([prediction], [answers]) == {"accuracy": 100.0 if correct else 0.0, "count": 1, "correct": int(correct)}
+
+
+def test_text_match_aggregate_and_errors():
+    result = METRICS.get("text-match")(["Paris.", "blue", "no idea"], [["paris"], ["red"], ["Rome"]])
+    assert result == {"accuracy": 33.33, "count": 3, "correct": 1}
+    with pytest.raises(ScoreError, match="item 0.*empty after normalisation"):
+        text_match(["anything"], [["the"]])
+    with pytest.raises(ScoreError, match="2 predictions but 1"):
+        text_match(["a", "b"], [["a"]])
+    with pytest.raises(ScoreError, match="nothing to score"):
+        text_match([], [])

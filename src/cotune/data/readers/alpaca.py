@@ -8,6 +8,9 @@ Following the Alpaca convention, the user turn is ``instruction``, plus a blank 
 when ``input`` is non-empty; the assistant turn is ``output``. Text only: a media marker in the
 text is a ``marker_mismatch``. ``id`` is optional (default ``<file stem>-<record index>``).
 ``path`` is the file; ``split`` only picks the file when ``path`` is a directory.
+
+An optional ``answers`` field (a list of acceptable short answers, e.g. ``["Paris"]``, for the
+``text-match`` metric) is kept as ``metadata["answers"]``; records without it have no metadata.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ def _sample(record: Any, index: int, *, stem: str) -> Sample:
     sample_id = record_id(record, f"{stem}-{index}")
     messages = alpaca_messages(record)
     check_markers(sample_id, messages, {})
-    return Sample(sample_id, messages)
+    metadata = {"answers": _answers(record["answers"])} if "answers" in record else {}
+    return Sample(sample_id, messages, metadata=metadata)
+
+
+def _answers(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a.strip() for a in value):
+        raise SkipSample("malformed_record", f"'answers' must be a non-empty list of non-empty strings, got {value!r:.80}")
+    return list(value)
 
 
 def alpaca_messages(record: dict) -> list[Message]:

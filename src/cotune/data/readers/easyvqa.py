@@ -1,0 +1,74 @@
+"""The ``easyvqa`` reader: the easy-VQA dataset (pip package ``easy-vqa``) in its shipped layout.
+
+::
+
+    <data>/answers.txt                  the 13 answers, one a line (not read)
+    <data>/<split>/questions.json       [[question, answer, image_id], ...]
+    <data>/<split>/images/<image_id>.png
+
+``path`` is ``<data>`` or a directory holding ``easy_vqa/data`` (an unzipped wheel or a
+site-packages directory); ``split`` is ``train`` or ``test``. ``media_root`` replaces
+``<data>/<split>/images``.
+
+One sample per question: the user turn is the question (no marker: the template puts the image in
+front), the assistant turn the answer word. Id: ``<split>-<k>``, k the question's index in
+questions.json, so ids are stable as long as the file is. Metadata:
+``{"answer", "answers": [answer], "question", "image_id"}`` (``answers`` is the reference list the
+``vqa`` metric takes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from cotune.config.data import DatasetConfig
+from cotune.data.readers import READERS
+from cotune.data.readers.common import attach_media, emit, json_records, media_root
+from cotune.data.report import DatasetReport
+from cotune.data.schema import Message, Sample, SkipSample
+
+
+@READERS.register("easyvqa")
+def read(config: DatasetConfig, report: DatasetReport) -> Iterator[Sample]:
+    """Samples of one easy-VQA split (module docstring)."""
+    data = data_root(Path(config.path).expanduser())
+    questions = data / config.split / "questions.json"
+    if not questions.is_file():
+        splits = sorted(p.name for p in data.iterdir() if (p / "questions.json").is_file())
+        raise ValueError(f"split: {config.split!r} has no {questions}; splits here: {', '.join(splits) or 'none'}")
+    root = media_root(config, data / config.split / "images")
+    return emit(config, report, json_records(questions), partial(_sample, split=config.split, root=root))
+
+
+def data_root(path: Path) -> Path:
+    """The easy-VQA ``data`` directory: ``path`` itself or ``path/easy_vqa/data``."""
+    for candidate in (path, path / "easy_vqa" / "data"):
+        if candidate.is_dir() and any((candidate / split / "questions.json").is_file() for split in ("train", "test")):
+            return candidate
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such directory")
+    raise ValueError(f"{path}: not an easy-VQA data directory (expected train/questions.json or easy_vqa/data/train/questions.json)")
+
+
+def _sample(record: Any, index: int, *, split: str, root: Path) -> Sample:
+    sample_id = f"{split}-{index}"
+    if not isinstance(record, list) or len(record) != 3:
+        raise SkipSample("malformed_record", f"{sample_id}: expected [question, answer, image_id], got {record!r:.80}")
+    question, answer, image_id = record
+    if not isinstance(question, str) or not isinstance(answer, str):
+        raise SkipSample("malformed_record", f"{sample_id}: question and answer must be strings, got {record!r:.80}")
+    # A bool is an int in Python; true/false is not an image id.
+    if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id < 0:
+        raise SkipSample("malformed_record", f"{sample_id}: image_id must be a non-negative integer, got {image_id!r}")
+    if not question.strip():
+        raise SkipSample("missing_field", f"{sample_id}: empty question")
+    if not answer.strip():
+        raise SkipSample("empty_answer", f"{sample_id}: empty answer")
+    question, answer = question.strip(), answer.strip()
+    messages = [Message("user", question), Message("assistant", answer)]
+    media = attach_media(sample_id, messages, {"image": [f"{image_id}.png"]}, root)
+    metadata = {"answer": answer, "answers": [answer], "question": question, "image_id": image_id}
+    return Sample(sample_id, messages, media, metadata)

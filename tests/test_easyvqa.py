@@ -1,0 +1,95 @@
+"""The ``easyvqa`` reader: exact samples, both path forms, counted skips, and the real package's counts."""
+
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from corpus import write_easyvqa
+from cotune.config.data import DatasetConfig
+from cotune.data.readers import READERS
+from cotune.data.report import DatasetReport
+from cotune.data.schema import Message
+
+WHEEL = Path("/tmp/pkgs/easy_vqa-1.0-py3-none-any.whl")
+
+
+def read(path, **options):
+    report = DatasetReport("easyvqa")
+    samples = list(READERS.get("easyvqa")(DatasetConfig(kind="easyvqa", path=str(path), **options), report))
+    return samples, report
+
+
+def test_good_records_exactly(tmp_path):
+    data = write_easyvqa(tmp_path)
+    samples, report = read(data)
+    assert (report.total, report.skipped) == (3, Counter())
+    assert [s.id for s in samples] == ["train-0", "train-1", "train-2"]
+    assert samples[0].messages == [Message("user", "what color is the shape?"), Message("assistant", "red")]
+    assert samples[0].media == {"image": [(data / "train" / "images" / "0.png").resolve()]}
+    assert samples[2].media == {"image": [(data / "train" / "images" / "1.png").resolve()]}
+    assert samples[2].metadata == {"answer": "circle", "answers": ["circle"], "question": "what shape is in the image?", "image_id": 1}
+
+
+def test_package_directory_and_data_directory_read_the_same(tmp_path):
+    data = write_easyvqa(tmp_path, split="test")
+    by_data, _ = read(data, split="test")
+    by_package, _ = read(tmp_path, split="test")
+    assert [(s.id, s.messages, s.media) for s in by_data] == [(s.id, s.messages, s.media) for s in by_package]
+    assert by_data[0].id == "test-0"
+
+
+def test_bad_records_are_counted_by_reason(tmp_path):
+    data = write_easyvqa(tmp_path, records=[
+        ["is it red?", "yes", 0],
+        "not a record",
+        ["too", "short"],
+        ["what shape?", "circle", "0"],
+        ["what shape?", "circle", True],
+        ["what shape?", "circle", -1],
+        ["   ", "circle", 0],
+        ["what shape?", " ", 0],
+        ["what shape?", "circle", 5],
+        ["what color?", "blue", 1],
+    ])
+    (data / "train" / "images" / "5.png").unlink()
+    samples, report = read(data)
+    assert [s.id for s in samples] == ["train-0", "train-9"]
+    assert report.total == 10
+    assert report.skipped == Counter(malformed_record=5, missing_field=1, empty_answer=1, missing_media=1)
+    assert any("train-3" in detail for detail in report.examples["malformed_record"])
+
+
+def test_media_root_and_limit(tmp_path):
+    data = write_easyvqa(tmp_path)
+    moved = tmp_path / "elsewhere"
+    (data / "train" / "images").rename(moved)
+    samples, report = read(data, media_root=str(moved), limit=2)
+    assert report.total == 2 and not report.skipped
+    assert samples[1].media == {"image": [(moved / "0.png").resolve()]}
+
+
+def test_unknown_split_and_wrong_layout_are_errors(tmp_path):
+    data = write_easyvqa(tmp_path)
+    with pytest.raises(ValueError, match=r"'val'.*splits here: train"):
+        read(data, split="val")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not an easy-VQA data directory"):
+        read(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        read(tmp_path / "absent")
+
+
+@pytest.mark.skipif(not WHEEL.is_file(), reason=f"{WHEEL} not present (pip download --no-deps easy-vqa -d /tmp/pkgs)")
+def test_real_package_reads_with_published_counts(tmp_path):
+    """easy-VQA's README: 4,000/1,000 images, 38,575/9,673 questions, 28,407/7,136 yes/no, 13 answers."""
+    with zipfile.ZipFile(WHEEL) as wheel:
+        wheel.extractall(tmp_path, [n for n in wheel.namelist() if n.startswith("easy_vqa/data/")])
+    answers = set((tmp_path / "easy_vqa" / "data" / "answers.txt").read_text().split())
+    for split, images, questions, yes_no in (("train", 4000, 38575, 28407), ("test", 1000, 9673, 7136)):
+        samples, report = read(tmp_path, split=split)
+        assert (report.total, len(samples), report.skipped) == (questions, questions, Counter())
+        assert len({s.metadata["image_id"] for s in samples}) == images
+        assert {s.metadata["answer"] for s in samples} == answers and len(answers) == 13
+        assert sum(s.metadata["answer"] in ("yes", "no") for s in samples) == yes_no
