@@ -1,11 +1,18 @@
-"""Evaluation: answer extraction and metrics (no model code here).
+"""Evaluation: answer extraction, metrics, the task table and the evaluation runner.
 
 :func:`extract_answer` turns a generated ScienceQA continuation into a choice index, deterministically;
 :data:`METRICS` holds the metrics by exact name (``scienceqa``, ``multiple-choice``, ``vqa``,
-``caption``, ``audioqa``). Definitions and file formats: docs/eval-metrics.md.
+``caption``, ``audioqa``); :data:`TASKS` the evaluation tasks by dataset name;
+:func:`evaluate_run` generates with a trained model and scores a dataset, :func:`predict_samples`
+generates without scoring. Definitions and file formats: docs/eval-metrics.md and docs/eval.md.
 """
 
 from cotune.eval.extract import RULES, Extraction, extract_answer
 from cotune.eval.metrics import METRICS, ScoreError
+from cotune.eval.runner import EvalSet, Prediction, evaluate_run, load_eval_set, load_run, predict_samples, run_config
+from cotune.eval.tasks import TASKS, EvalTask
 
-__all__ = ["METRICS", "RULES", "Extraction", "ScoreError", "extract_answer"]
+__all__ = [
+    "METRICS", "RULES", "TASKS", "EvalSet", "EvalTask", "Extraction", "Prediction", "ScoreError", "evaluate_run", "extract_answer",
+    "load_eval_set", "load_run", "predict_samples", "run_config",
+]

@@ -1,0 +1,87 @@
+"""``cotune eval RUN_DIR --dataset NAME[:PATH] [--split test] [--limit N] [--sample-seed S]
+[--batch-size B] [--max-new-tokens M] --out DIR``: generate answers with a trained model, score them
+and write ``DIR/predictions.jsonl`` and ``DIR/metrics.json`` (formats: docs/eval.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cotune.cli.score import format_metrics, format_scienceqa
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cotune.eval.tasks import TASKS
+
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory from cotune train (or a saved model directory)")
+    parser.add_argument(
+        "--dataset", required=True, metavar="NAME[:PATH]",
+        help=f"task and data, e.g. scienceqa:/data/scienceqa; NAME is one of {', '.join(TASKS.names())} "
+        "(without :PATH, the zoo's copy of NAME)",
+    )
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--limit", type=int, metavar="N", help="evaluate N samples (the first N, or a random N with --sample-seed)")
+    parser.add_argument("--sample-seed", type=int, metavar="S", help="with --limit: draw the N samples at random with seed S")
+    add_generation_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="DIR", help="where predictions.jsonl and metrics.json go")
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--max-new-tokens``, ``--num-workers``, ``--device`` (shared with predict)."""
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="prompts generated together (default: 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="M", help="most tokens generated per answer (default: 64)")
+    parser.add_argument("--num-workers", type=int, default=0, metavar="W", help="media decoding worker processes (default: 0)")
+    parser.add_argument("--device", help="torch device for the model (default: cuda if available, else cpu)")
+
+
+def load_for_inference(args: argparse.Namespace, config=None):
+    """(model, config) of ``args.run_dir`` on ``args.device``."""
+    import torch
+
+    from cotune.eval.runner import check_generation, load, run_config
+
+    config = config or run_config(args.run_dir)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    log.info("loading %s on %s", args.run_dir, device)
+    model = load(args.run_dir, torch.device(device))
+    check_generation(model)
+    return model, config
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate a trained run on a dataset: predictions.jsonl, metrics.json and a printed table."""
+    from cotune.config import ConfigError
+    from cotune.eval.runner import RUN_KEYS, evaluate_run, load_eval_set, run_config
+
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {value}")
+    # Everything the user gave is checked (run, dataset, split, flags) before the weights load.
+    config = run_config(args.run_dir)
+    data = load_eval_set(config, args.dataset, args.split, args.limit, args.sample_seed)
+    model, config = load_for_inference(args, config)
+    metrics = evaluate_run(
+        model, config, data, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, out=args.out,
+        num_workers=args.num_workers, run_dir=args.run_dir,
+    )
+    print(format_report(metrics, RUN_KEYS))
+    return 0 if metrics["evaluated"] else 1
+
+
+def format_report(metrics: dict, run_keys: tuple[str, ...]) -> str:
+    """The metric table (ScienceQA's breakdown or one line per metric) and a summary line."""
+    if metrics["evaluated"] == 0:
+        table = "nothing evaluated"
+    elif metrics["metric"] == "scienceqa":
+        table = format_scienceqa(metrics) + f"\nfallbacks (not 'The answer is X'): {metrics['fallbacks']}"
+    else:
+        table = format_metrics({k: v for k, v in metrics.items() if k not in run_keys and not isinstance(v, dict)})
+    skipped = ", ".join(f"{reason} {n}" for reason, n in metrics["skipped"].items()) or "none"
+    rate = metrics["samples_per_second"]
+    return (
+        f"{table}\n{metrics['dataset']} ({metrics['split']}): {metrics['evaluated']} evaluated of {metrics['selected']} selected, "
+        f"{metrics['records']} records; skipped: {skipped}; {metrics['seconds']:.1f} s"
+        + (f" ({rate:.2f} samples/s)" if rate else "")
+    )

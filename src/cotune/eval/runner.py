@@ -1,0 +1,255 @@
+"""Running a trained model over a dataset: prompts rendered exactly as in training, batched greedy
+generation with left padding, scoring by task, and the ``predictions.jsonl``/``metrics.json`` files.
+
+:func:`evaluate_run` is the whole evaluation (the ``cotune eval`` command, the demo and the trainer
+call it); :func:`predict_samples` is the generation loop underneath it, also used by ``cotune
+predict``. Records that cannot be used (a reader skip, a prompt too long, media that does not
+decode, a media kind the model has no encoder for) are counted by reason, never raised mid-run.
+Nothing here has trainable parameters; the model is put in eval mode while generating.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from cotune.config import ConfigError, CotuneConfig, DatasetConfig, load_config
+from cotune.data.dataset import DataError, PreparedDataset
+from cotune.data.readers import READERS
+from cotune.data.report import DatasetReport
+from cotune.data.schema import Sample, SkipSample
+from cotune.data.spec import DataSpec, data_spec_from_model
+from cotune.data.templates import IGNORE_INDEX, encode_prompt
+from cotune.eval.metrics import ScoreError
+from cotune.eval.tasks import EvalTask, item_record, parse_dataset, score
+from cotune.fileio import atomic_write_text
+from cotune.model.generate import generate, left_pad
+from cotune.model.io import CONFIG, MANIFEST, WEIGHTS, load
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS, METRICS_FILE = "predictions.jsonl", "metrics.json"
+#: Keys of metrics.json that describe the run rather than score it.
+RUN_KEYS = (
+    "run_dir", "dataset", "path", "split", "metric", "template", "records", "selected", "evaluated", "skipped",
+    "skip_examples", "limit", "sample_seed", "max_new_tokens", "batch_size", "seconds", "samples_per_second",
+)
+
+
+class Prediction(NamedTuple):
+    """One generated answer: the sample, its prompt ids and the decoded continuation."""
+
+    sample: Sample
+    prompt_ids: list[int]
+    text: str
+
+
+def run_config(run_dir: str | Path) -> CotuneConfig:
+    """The config of a run directory (its final ``model/``, else the run's own) or of a saved or
+    merged model directory, read without loading weights; FileNotFoundError naming what is missing
+    otherwise. Inference reads its ``data`` section (template, system prompt, datasets)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"RUN_DIR {path}: no such directory")
+    for directory in (path / "model", path):  # a finished run's model/, a saved or merged model directory
+        if (directory / CONFIG).is_file() and ((directory / WEIGHTS).is_file() or (directory / MANIFEST).is_file()):
+            return load_config(directory / CONFIG)
+    if (path / CONFIG).is_file() and any((path / "checkpoints").glob(f"step-*/{WEIGHTS}")):
+        return load_config(path / CONFIG)
+    raise FileNotFoundError(f"{path} holds neither a saved model ({CONFIG} + {WEIGHTS}) nor a run with checkpoints")
+
+
+def load_run(run_dir: str | Path, device=None):
+    """(model, config) of a run directory or saved model directory (see :func:`run_config`)."""
+    config = run_config(run_dir)
+    return load(run_dir, device), config
+
+
+def check_generation(model) -> None:
+    if model.config.routing.mode == "inline" and model.routing_state is not None:
+        raise ConfigError("model.routing.mode: 'inline' routing cannot generate (its modality row cannot be cached); train with 'separate'")
+
+
+def select(samples: Sequence[Sample], limit: int | None, seed: int | None) -> list[Sample]:
+    """The first ``limit`` samples, or with ``seed`` a seeded random subset of ``limit`` (kept in
+    dataset order); all of them when ``limit`` is None or not smaller."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    if seed is None:
+        return list(samples[:limit])
+    chosen = sorted(random.Random(seed).sample(range(len(samples)), limit))
+    return [samples[i] for i in chosen]
+
+
+def read_dataset(config: DatasetConfig, report: DatasetReport) -> list[Sample]:
+    """Every usable sample of ``config`` (bad records counted in ``report``); DataError when the
+    dataset as a whole cannot be read (wrong layout, missing split)."""
+    try:
+        return list(READERS.get(config.kind, key="kind")(config, report))
+    except ValueError as err:
+        raise DataError(f"dataset {config.name} at {config.path}: {err}") from None
+
+
+def dataset_config(task: EvalTask, path: Path, split: str, config: CotuneConfig) -> DatasetConfig:
+    """The eval dataset, rendered like the run's own dataset of the same reader (prompt format,
+    captions, instruction) when it had one."""
+    fields = {}
+    trained = next((d for d in (*config.data.train, *config.data.eval) if d.kind == task.reader), None)
+    if trained is not None:
+        fields = {"prompt_format": trained.prompt_format, "use_caption": trained.use_caption, "prompt": trained.prompt}
+    return DatasetConfig(kind=task.reader, path=str(path), split=split, name=f"{task.name}:{split}", **fields)
+
+
+def decode(tokenizer, row: torch.Tensor) -> str:
+    """Generated ids [N] -> text up to the first EOS, special tokens dropped, stripped."""
+    ids = row.tolist()
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def predict_samples(
+    model, spec: DataSpec, samples: Iterable[Sample], *, batch_size: int = 8, max_new_tokens: int = 64,
+    report: DatasetReport | None = None, num_workers: int = 0, **generate_kwargs,
+) -> Iterator[Prediction]:
+    """Generates an answer to the last user turn of every usable sample, in order.
+
+    Prompts come from :func:`~cotune.data.templates.encode_prompt` with ``spec``'s template and
+    system prompt; media go through ``spec``'s preprocessors (in ``num_workers`` loader workers).
+    Batches are left-padded [B, T] and decoded greedily unless ``generate_kwargs`` say otherwise.
+    Samples that cannot be used are counted in ``report`` (a generator: counts are complete once
+    it is exhausted).
+    """
+    check_generation(model)
+    report = report if report is not None else DatasetReport("predict")
+    slots, kept, prompts = spec.slots(), [], []
+    for sample in samples:
+        try:
+            prompts.append(encode_prompt(sample, spec.tokenizer, slots, spec.template, spec.system_prompt, spec.max_length))
+        except SkipSample as skip:
+            report.skip(skip.reason, skip.detail)
+            continue
+        kept.append(sample)
+    if not kept:
+        return
+    dataset = PreparedDataset(report.name, kept, prompts, [[IGNORE_INDEX] * len(p) for p in prompts], spec)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=list, num_workers=num_workers)
+    settings = {"do_sample": False, "max_new_tokens": max_new_tokens, **generate_kwargs}
+    for number, items in enumerate(loader):
+        usable = []
+        for offset, item in enumerate(items):
+            if "skip" in item:
+                report.skip(*item["skip"])
+            else:
+                usable.append((number * batch_size + offset, item))
+        if not usable:
+            continue
+        ids, mask = left_pad([item["input_ids"].tolist() for _, item in usable], spec.pad_id)
+        media: dict[str, list[torch.Tensor]] = {}
+        for _, item in usable:
+            for name, tensors in item["media"].items():
+                media.setdefault(name, []).extend(tensors)
+        stacked = {name: torch.stack(tensors) for name, tensors in media.items()}
+        rows = generate(model, ids, mask, media=stacked, **settings)
+        for (index, _), row in zip(usable, rows):
+            yield Prediction(kept[index], prompts[index], decode(spec.tokenizer, row))
+
+
+@dataclass
+class EvalSet:
+    """The samples to evaluate: the task, where its data is, how it was read (``config``; skips
+    counted in ``report``) and the ``samples`` selected."""
+
+    task: EvalTask
+    path: Path
+    config: DatasetConfig
+    report: DatasetReport
+    samples: list[Sample]
+    limit: int | None = None
+    sample_seed: int | None = None
+
+
+def load_eval_set(
+    config: CotuneConfig, dataset: str | tuple[EvalTask, Path], split: str = "test", limit: int | None = None,
+    sample_seed: int | None = None,
+) -> EvalSet:
+    """Reads ``dataset`` (``"NAME[:PATH]"`` or (task, path)) as the run ``config`` renders it and
+    selects ``limit`` samples (a seeded random subset with ``sample_seed``, else the first)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit: must be >= 1, got {limit}")
+    task, path = parse_dataset(dataset) if isinstance(dataset, str) else dataset
+    ds_config = dataset_config(task, path, split, config)
+    report = DatasetReport(ds_config.name)
+    samples = select(read_dataset(ds_config, report), limit, sample_seed)
+    return EvalSet(task, path, ds_config, report, samples, limit, sample_seed)
+
+
+def evaluate_run(
+    model, config: CotuneConfig, dataset: str | tuple[EvalTask, Path] | EvalSet, *, split: str = "test", limit: int | None = None,
+    sample_seed: int | None = None, batch_size: int = 8, max_new_tokens: int = 64, out: str | Path | None = None,
+    num_workers: int = 0, run_dir: str | Path | None = None,
+) -> dict:
+    """Evaluates ``model`` (built from ``config``) on ``dataset``.
+
+    ``dataset`` is ``"NAME[:PATH]"``, (task, path) or an :class:`EvalSet` already read (then
+    ``split``, ``limit`` and ``sample_seed`` were applied when reading it). Generates greedily,
+    extracts and scores answers by the task. With ``out``, writes ``predictions.jsonl`` and
+    ``metrics.json`` there atomically. Returns the metrics: ``accuracy`` where the task has one
+    (None when nothing could be evaluated), the metric's other fields, and :data:`RUN_KEYS`.
+    """
+    for flag, value in (("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {value}")
+    data = dataset if isinstance(dataset, EvalSet) else load_eval_set(config, dataset, split, limit, sample_seed)
+    task, report = data.task, data.report
+    spec = data_spec_from_model(model, config.data)
+    log.info("evaluating %s: %d of %d records (%s template)", data.config.name, len(data.samples), report.total, spec.template)
+    start = time.perf_counter()
+    records, metadata = [], {}
+    for prediction in predict_samples(model, spec, data.samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                      report=report, num_workers=num_workers):
+        records.append(item_record(task, prediction.sample, prediction.text))
+        metadata[prediction.sample.id] = prediction.sample.metadata
+    seconds = time.perf_counter() - start
+    run = {
+        "run_dir": None if run_dir is None else str(run_dir), "dataset": task.name, "path": str(data.path),
+        "split": data.config.split, "metric": task.metric, "template": spec.template, "records": report.total,
+        "selected": len(data.samples), "evaluated": len(records), "skipped": dict(sorted(report.skipped.items())),
+        "skip_examples": report.as_dict()["examples"], "limit": data.limit, "sample_seed": data.sample_seed,
+        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seconds": round(seconds, 3),
+        "samples_per_second": round(len(records) / seconds, 3) if records and seconds > 0 else None,
+    }
+    metrics = _score(task, records, metadata, out)
+    metrics.update(run)
+    if out is not None:
+        write_outputs(out, records, metrics)
+    return metrics
+
+
+def _score(task: EvalTask, records: list[dict], metadata: dict, out: str | Path | None) -> dict:
+    if not records:
+        log.warning("nothing to evaluate: every selected sample was skipped")
+        return {"accuracy": None} if task.has_accuracy else {}
+    try:
+        result = score(task, records, metadata)
+    except ScoreError as err:
+        if out is not None:  # keep what was generated
+            write_outputs(out, records, None)
+        raise ScoreError(f"task {task.name}: {err}") from None
+    return {"accuracy": result["accuracy"], **result} if "accuracy" in result else result
+
+
+def write_outputs(out: str | Path, records: Sequence[dict], metrics: dict | None) -> None:
+    """``out/predictions.jsonl`` (one record a line) and ``out/metrics.json``, each written atomically."""
+    out = Path(out)
+    atomic_write_text(out / PREDICTIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    if metrics is not None:
+        atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

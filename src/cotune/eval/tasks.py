@@ -1,0 +1,149 @@
+"""The evaluation tasks by dataset name: which reader reads the data, how an answer is taken from
+the generated text, what the references are, and which metric scores them.
+
+| task | reader | answer | metric |
+|---|---|---|---|
+| ``scienceqa`` | ``scienceqa`` | choice letter by :func:`~cotune.eval.extract.extract_answer` | ``scienceqa`` breakdown |
+| ``easyvqa`` | ``easyvqa`` | the generated text | ``vqa`` (exact match: one reference) |
+| ``audioqa`` | ``audioqa`` | the generated text | ``audioqa`` |
+| ``textqa`` | ``alpaca`` | the generated text | ``text-match`` over ``metadata["answers"]`` |
+| ``audiocaps`` | ``audiocaps`` | the generated text | ``caption`` (no accuracy) |
+| ``llava``, ``jsonl`` | same name | the generated text | ``vqa`` |
+
+References of open-ended tasks are the sample's ``metadata["answers"]`` or ``["references"]``
+(lists), else ``[metadata["answer"]]``, else its reference answer (the last assistant turn).
+Nothing here loads a model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cotune.data.schema import Sample
+from cotune.eval.extract import extract_answer
+from cotune.eval.metrics import METRICS, ScoreError
+from cotune.registry import Registry
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One evaluation task: ``reader`` (a READERS key), ``metric`` (a METRICS key), and whether
+    answers are choice letters extracted from the text (``multiple_choice``)."""
+
+    name: str
+    reader: str
+    metric: str
+    description: str
+    multiple_choice: bool = False
+
+    @property
+    def has_accuracy(self) -> bool:
+        return self.metric != "caption"
+
+
+TASKS: Registry = Registry("evaluation dataset")
+
+for _task in (
+    EvalTask("scienceqa", "scienceqa", "scienceqa", "ScienceQA: 'The answer is X.' extraction, NAT..Avg breakdown", True),
+    EvalTask("easyvqa", "easyvqa", "vqa", "easy-VQA: exact match of the answer word"),
+    EvalTask("audioqa", "audioqa", "audioqa", "ClothoAQA-style audio QA: yes/no and single-word accuracy"),
+    EvalTask("textqa", "alpaca", "text-match", "text QA (Alpaca JSON with metadata answers): text match"),
+    EvalTask("audiocaps", "audiocaps", "caption", "audio captioning: BLEU, ROUGE-L, CIDEr-D"),
+    EvalTask("llava", "llava", "vqa", "LLaVA conversation JSON: VQA accuracy of the last answer"),
+    EvalTask("jsonl", "jsonl", "vqa", "generic chat JSONL: VQA accuracy of the last answer"),
+):
+    TASKS.register(_task.name)(_task)
+
+
+def parse_dataset(spec: str) -> tuple[EvalTask, Path]:
+    """``NAME[:PATH]`` -> (task, dataset path). Without ``:PATH`` the path is the zoo's default
+    location for NAME (:func:`cotune.zoo.dataset_dir`)."""
+    name, sep, path = spec.partition(":")
+    task = TASKS.get(name, key="--dataset")
+    if sep:
+        if not path:
+            raise FileNotFoundError(f"--dataset {spec!r}: empty PATH after ':'")
+        return task, Path(path).expanduser()
+    try:
+        from cotune.zoo import ZooError, dataset_dir
+    except ImportError:
+        raise FileNotFoundError(
+            f"--dataset {name!r}: no default location (cotune.zoo.dataset_dir is not available); pass --dataset {name}:PATH"
+        ) from None
+    try:
+        return task, Path(dataset_dir(name))
+    except ZooError as err:
+        raise FileNotFoundError(f"--dataset {name!r} names no path and the zoo has none ({err}); pass --dataset {name}:PATH") from None
+
+
+def references(sample: Sample) -> list[str]:
+    """The reference answers of an open-ended sample (module docstring)."""
+    metadata = sample.metadata or {}
+    for key in ("answers", "references"):
+        value = metadata.get(key)
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return list(value)
+    if isinstance(metadata.get("answer"), str) and metadata["answer"].strip():
+        return [metadata["answer"]]
+    answers = [m.content for m in sample.messages if m.role == "assistant"]
+    return [answers[-1]] if answers else []
+
+
+def letter(index: int) -> str:
+    """Choice index -> its letter (``""`` for -1, nothing extracted)."""
+    return chr(ord("A") + index) if index >= 0 else ""
+
+
+def item_record(task: EvalTask, sample: Sample, prediction: str) -> dict:
+    """One line of predictions.jsonl without ``correct``: id, question, prediction, extracted
+    ``answer`` and ``references`` (plus ``choice``, ``target`` and ``rule`` for multiple choice)."""
+    question = next((m.content for m in reversed(sample.messages) if m.role == "user"), "")
+    record = {"id": sample.id, "question": question, "prediction": prediction}
+    if task.multiple_choice:
+        choices, target = sample.metadata["choices"], sample.metadata["answer"]
+        extraction = extract_answer(prediction, choices)
+        record.update(answer=letter(extraction.index), references=[letter(target)], choice=extraction.index,
+                      target=target, rule=extraction.rule)
+    else:
+        record.update(answer=prediction.strip(), references=references(sample))
+    return record
+
+
+def score(task: EvalTask, records: list[dict], metadata: dict[str, dict]) -> dict:
+    """The task's metric over ``records`` (item_record dicts), setting each record's ``correct``
+    (True/False; None for tasks without accuracy). ``metadata``: sample id -> sample metadata."""
+    if task.multiple_choice:
+        return _score_choices(records, metadata)
+    metric = METRICS.get(task.metric, key=f"task {task.name}")
+    answers, refs = [r["answer"] for r in records], [r["references"] for r in records]
+    for record in records:
+        record["correct"] = _item_correct(metric, record["answer"], record["references"]) if task.has_accuracy else None
+    return metric(answers, refs)
+
+
+def _item_correct(metric, answer: str, refs: Sequence[str]) -> bool:
+    """Full marks for this item alone (for VQA with several references: enough of them match)."""
+    try:
+        return metric([answer], [list(refs)]).get("accuracy") == 100.0
+    except ScoreError:
+        return False
+
+
+def _score_choices(records: list[dict], metadata: dict[str, dict]) -> dict:
+    """The ScienceQA breakdown from the samples' metadata, plus how often extraction fell back."""
+    problems, predictions, rules = {}, {}, {}
+    for record in records:
+        meta = metadata[record["id"]]
+        problems[record["id"]] = {
+            "subject": meta.get("subject"), "grade": meta.get("grade"), "hint": "yes" if meta.get("has_context") else "",
+            "image": "yes" if meta.get("has_image") else None, "choices": meta["choices"], "answer": meta["answer"],
+        }
+        predictions[record["id"]], rules[record["id"]] = record["choice"], record["rule"]
+        record["correct"] = record["choice"] == record["target"]
+    result = METRICS.get("scienceqa")(problems, predictions, list(problems), rules)
+    # Answers not given as "The answer is X" needed a fallback rule (or none matched).
+    result["fallbacks"] = sum(n for rule, n in Counter(rules.values()).items() if rule != "answer-is")
+    return result
