@@ -15,10 +15,12 @@ from cotune.data.dataset import DataError
 from cotune.eval import ScoreError
 from cotune.report import ReportError
 from cotune.registry import UnknownNameError
+from cotune.zoo import ZooError
 
 #: Errors caused by the user's input (config, paths, names); the CLI reports them in one line, exit 2.
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, LoadError, UnknownNameError, SiteError, DataError, ReportError, ScoreError, FileNotFoundError, FileExistsError,
+    ConfigError, LoadError, UnknownNameError, SiteError, DataError, ReportError, ScoreError, ZooError, FileNotFoundError,
+    FileExistsError,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

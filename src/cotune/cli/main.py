@@ -12,11 +12,17 @@ import sys
 from collections.abc import Sequence
 
 from cotune import __version__
+from cotune.cli import chat as chat_cmd
 from cotune.cli import data as data_cmd
+from cotune.cli import demo as demo_cmd
+from cotune.cli import eval as eval_cmd
 from cotune.cli import inspect as inspect_cmd
+from cotune.cli import merge as merge_cmd
+from cotune.cli import predict as predict_cmd
 from cotune.cli import report as report_cmd
 from cotune.cli import score as score_cmd
 from cotune.cli import train as train_cmd
+from cotune.cli import zoo as zoo_cmd
 from cotune.cli.common import LOG_LEVELS, USER_ERRORS, Command, one_line, setup_logging
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,12 @@ COMMANDS: dict[str, Command] = {
     "train": Command(train_cmd.add_arguments, train_cmd.run),
     "report": Command(report_cmd.add_arguments, report_cmd.run),
     "score": Command(score_cmd.add_arguments, score_cmd.run),
+    "merge": Command(merge_cmd.add_arguments, merge_cmd.run),
+    "eval": Command(eval_cmd.add_arguments, eval_cmd.run),
+    "predict": Command(predict_cmd.add_arguments, predict_cmd.run),
+    "chat": Command(chat_cmd.add_arguments, chat_cmd.run),
+    "zoo": Command(zoo_cmd.add_arguments, zoo_cmd.run),
+    "demo": Command(demo_cmd.add_arguments, demo_cmd.run),
 }
 
 

@@ -56,6 +56,7 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, devic
     """
     if isinstance(config, CotuneConfig):
         config = config.model
+    as_written = config  # the model keeps the config's own names (hub ids), not where they resolved
     config = resolve_sources(config)  # hub ids the hub cannot serve -> fetched zoo copies
     llm, tokenizer = load_llm(config.llm, meta)
     text_config = llm.config.get_text_config()
@@ -95,7 +96,7 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, devic
     if tokenizer is not None:
         placeholder_ids = add_placeholders(tokenizer, {n: c.placeholder for n, c in config.encoders.items()})
     model = CotuneModel(
-        config, llm, tokenizer, encoders, selectors, connectors, modality_embedding, routing_state,
+        as_written, llm, tokenizer, encoders, selectors, connectors, modality_embedding, routing_state,
         adapter_modules, placeholder_ids,
     )
     apply_trainability(model)

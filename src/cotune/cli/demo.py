@@ -1,0 +1,46 @@
+"""``cotune demo [--out DIR] [--quick]``: the offline end-to-end demo (docs/demo.md)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from cotune.demo import DemoPlan, run_demo
+
+ROWS = (("image", "easy-VQA test (image)"), ("audio", "sound QA test (audio)"), ("text", "held-out text questions"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="cotune-demo", metavar="DIR", help="output folder (default: ./cotune-demo); a rerun reuses what is done")
+    parser.add_argument("--quick", action="store_true", help="a short run (60 steps, smaller evaluation) to check the setup")
+    parser.add_argument("--steps", type=int, metavar="N", help="training steps (default: 200, quick: 60)")
+    parser.add_argument("--cache", metavar="DIR", help="zoo cache root (default: $COTUNE_CACHE, else ~/.cache/cotune)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the demo recipe (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the offline demo: zoo, data, untuned baseline, training, evaluation, report."""
+    plan = DemoPlan.quick() if args.quick else DemoPlan()
+    if args.steps is not None:
+        plan = replace(plan, steps=args.steps)
+    result = run_demo(Path(args.out), plan, cache=args.cache, overrides=args.overrides)
+    m = result.metrics
+    before = {"image": m["image_accuracy_before"], "audio": m["audio_accuracy_before"], "text": m["text_accuracy_base"]}
+    after = {"image": m["image_accuracy"], "audio": m["audio_accuracy"], "text": m["text_accuracy"]}
+    print(f"\n{'accuracy (%)':28s} {'before':>8s} {'after':>8s} {'questions':>10s}")
+    for key, label in ROWS:
+        print(f"{label:28s} {_pct(before[key]):>8s} {_pct(after[key]):>8s} {m['questions'][key]:>10d}")
+    print(f"\ntrainable parameters: {m['trainable_parameters']:,} of {m['total_parameters']:,}; total time {m['total_seconds'] / 60:.1f} min")
+    for name, target in m["targets"].items():
+        print(f"target {name} >= {target['target']}: {_pct(target['value'])} {'met' if target['met'] else 'NOT met'}")
+    print("\nexample answers after training:")
+    for ex in result.examples:
+        refs = ", ".join(ex.get("references") or [])
+        print(f"  [{ex['set']}] {ex.get('question', '')!r} -> {ex.get('prediction', '')!r} (reference: {refs})")
+    print(f"\nwritten: {result.out / 'metrics.json'}, {result.out / 'report'}, run directory {result.out / 'run'}")
+    return 0
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"

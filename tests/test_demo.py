@@ -1,0 +1,105 @@
+"""`cotune demo` end to end on tiny saved backbones, through the same code paths as the real demo
+(zoo names replaced by local paths, easy-VQA by a tiny corpus in its shipped layout)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tiny
+from corpus import write_easyvqa
+from cotune.demo import DemoPlan, demo_config, run_demo
+from cotune.encoders.mobilenet import MobileNetV2
+from cotune.model import load
+
+SHAPES, COLOURS = ("circle", "rectangle", "triangle"), ("red", "blue", "green")
+
+
+def _tiny_mobilenet(root):
+    path = root / "mobilenet"
+    if not path.is_dir():
+        path.mkdir()
+        torch.manual_seed(0)
+        net = MobileNetV2(width_mult=0.35)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path / "model.safetensors"))
+        (path / "config.json").write_text('{"width_mult": 0.35, "image_size": 64}')
+    return path
+
+
+def _easyvqa(root):
+    records = {
+        split: [[f"what color is the {s}?", c, i] for i, (s, c) in enumerate((s, c) for s in SHAPES for c in COLOURS)]
+        + [[f"is there a {s}?", "yes", i] for i, s in enumerate(SHAPES)]
+        for split in ("train", "test")
+    }
+    for split, rows in records.items():
+        data = write_easyvqa(root, split, rows)
+    return data
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    overrides = [
+        f"model.llm.name_or_path={tiny.save_llm(tiny_root)}",
+        f"model.encoders.image.name_or_path={_tiny_mobilenet(tiny_root)}",
+        f"model.encoders.audio.name_or_path={tiny.save_encoder(tiny_root, 'whisper')}",
+        "model.encoders.audio.crop_seconds=0.5",  # the tiny Whisper's window is 1 s
+        "model.encoders.image.connector.hidden=16",
+        "model.encoders.audio.connector.hidden=16",
+        "model.llm.dtype=float32",
+        "train.precision=fp32",
+        "balance.every_k=2",
+    ]
+    plan = DemoPlan(steps=4, batch_size=4, image_questions=12, audio_clips=80, eval_image=6, eval_audio=8, eval_text=5,
+                    before_image=4, before_audio=4, max_new_tokens=3, text_max_new_tokens=4, eval_batch_size=4)
+    out = root / "out"
+    result = run_demo(out, plan, easyvqa=_easyvqa(root), overrides=overrides)
+    return result, plan, overrides, root
+
+
+def test_demo_writes_metrics_run_and_report(demo_run):
+    result, plan, _, _ = demo_run
+    out, metrics = result.out, result.metrics
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    for key in ("image_accuracy", "audio_accuracy", "text_accuracy", "text_accuracy_base"):
+        assert 0.0 <= metrics[key] <= 100.0, key
+    assert metrics["questions"] == {"image": 6, "audio": 8, "text": 5}
+    # Every reported accuracy is the fraction of correct lines in its predictions file.
+    for key, name in (("image", "image_accuracy"), ("audio", "audio_accuracy"), ("text", "text_accuracy")):
+        lines = [json.loads(line) for line in (out / "eval-after" / key / "predictions.jsonl").read_text().splitlines()]
+        assert len(lines) == metrics["questions"][key]
+        assert metrics[name] == pytest.approx(100.0 * sum(r["correct"] for r in lines) / len(lines), abs=0.01)
+    assert sorted(p.name for p in (out / "report").glob("*.png"))  # report figures were drawn
+    assert metrics["targets"]["text_retention"]["target"] == 95.0
+    assert len(result.examples) == 9
+
+
+def test_demo_run_is_an_ordinary_run_directory(demo_run):
+    result, plan, overrides, _ = demo_run
+    run = result.out / "run"
+    assert (run / "config.yaml").is_file() and (run / "model").is_dir() and (run / "metrics.jsonl").is_file()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert max(steps) == plan.steps
+    model = load(run)
+    # Training moved the adapters away from their zero initialisation.
+    ups = [v for k, v in model.trainable_state_dict().items() if k.endswith("up.weight")]
+    assert ups and any(float(v.abs().max()) > 0 for v in ups)
+    # The mixture held all three kinds of data.
+    config = demo_config(result.out, result.out, plan, {"image": 1, "audio": 1, "text": 1}, overrides)
+    assert [d.kind for d in config.data.train] == ["easyvqa", "audioqa", "alpaca"]
+
+
+def test_demo_rerun_reuses_the_run_and_reproduces_the_scores(demo_run):
+    result, plan, overrides, root = demo_run
+    weights = result.out / "run" / "model"
+    stamp = {p.name: p.stat().st_mtime_ns for p in weights.iterdir()}
+    again = run_demo(result.out, plan, easyvqa=root / "easy_vqa" / "data", overrides=overrides)
+    assert {p.name: p.stat().st_mtime_ns for p in weights.iterdir()} == stamp  # not trained again
+    for key in ("image_accuracy", "audio_accuracy", "text_accuracy", "text_accuracy_base"):
+        assert again.metrics[key] == result.metrics[key]
+
