@@ -219,3 +219,25 @@ def test_real_smollm2_known_answer():
 def test_real_easyvqa_counts():
     zoo_convert.verify_easyvqa(_real("easy-vqa"))
 
+
+
+def test_models_keep_the_configs_hub_ids_when_sources_resolve_to_the_zoo(tiny_root, tmp_path, monkeypatch):
+    import tiny
+    from safetensors.torch import save_file
+
+    from cotune.encoders.mobilenet import MobileNetV2
+    from cotune.model import build_model, load_model, save_model
+
+    monkeypatch.setenv("COTUNE_CACHE", str(tmp_path / "cache"))
+    zoo_copy = _fake_fetched(tmp_path / "cache", "torchvision/mobilenet_v2")
+    save_file({k: v.contiguous() for k, v in MobileNetV2(width_mult=0.35).state_dict().items()}, str(zoo_copy / "model.safetensors"))
+    (zoo_copy / "config.json").write_text('{"width_mult": 0.35, "image_size": 64}')
+    config = load_config(data=tiny.model_config(tiny.save_llm(tiny_root), {"image": {
+        "type": "mobilenet-v2", "name_or_path": "torchvision/mobilenet_v2", "layers": [-1], "reduce": "mean",
+        "connector": {"type": "linear"},
+    }}))
+    model = build_model(config)
+    assert model.config == config.model  # the hub id, not the cache path, travels with the model
+    save_model(model, config, tmp_path / "saved")
+    _, saved = load_model(tmp_path / "saved")
+    assert saved.model.encoders["image"].name_or_path == "torchvision/mobilenet_v2"
