@@ -72,9 +72,14 @@ class DemoResult:
     examples: list[dict] = field(default_factory=list)
 
 
+def packaged_recipe() -> dict:
+    """The demo recipe shipped with the package (``cotune/demo/demo.yaml``) as a plain dict."""
+    return yaml.safe_load(resources.files("cotune.demo").joinpath("demo.yaml").read_text())
+
+
 def demo_config(out: Path, easyvqa: Path, plan: DemoPlan, sizes: dict[str, int], overrides=()) -> CotuneConfig:
     """The packaged recipe with the demo's data, run length and ``overrides`` (``KEY=VALUE``)."""
-    recipe = yaml.safe_load(resources.files("cotune.demo").joinpath("demo.yaml").read_text())
+    recipe = packaged_recipe()
     data = out / "data"
     # Weights are per-sample rates: share / size gives each set its share of the epoch.
     weight = {k: round(1000.0 * SHARES[k] / max(1, sizes[k]), 6) for k in SHARES}
@@ -196,8 +201,7 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    recipe = yaml.safe_load(resources.files("cotune.demo").joinpath("demo.yaml").read_text())
-    probe = load_config(data=recipe, overrides=list(overrides))  # the backbones after overrides
+    probe = load_config(data=packaged_recipe(), overrides=list(overrides))  # the backbones after overrides
     with _timed(timings, "zoo"):
         easyvqa = prepare_zoo(probe, cache, easyvqa)
     with _timed(timings, "data"):
