@@ -36,8 +36,10 @@ class Toy(nn.Module):
         self.b = nn.Parameter(self.a.detach().clone())
         self.placeholder_ids = {}
 
-    def forward(self, input_ids, attention_mask=None, media=None, features=None, sample_ids=None, use_cache=False):
-        return type("Out", (), {"logits": self.embed[input_ids] @ (self.a + self.b)})()
+    def forward(self, input_ids, attention_mask=None, labels=None, media=None, features=None, sample_ids=None,
+                use_cache=False, supervised_logits=False):
+        # CotuneModel's contract: logits at every position when logit_positions is None.
+        return type("Out", (), {"logits": self.embed[input_ids] @ (self.a + self.b), "logit_positions": None})()
 
 
 def toy_batch():

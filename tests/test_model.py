@@ -244,3 +244,34 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_root, routing):
     for name, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, plain[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family,routing", [("llama", "separate"), ("llama", "inline"), ("gpt2", "separate")])
+def test_supervised_logits_give_the_full_loss_and_gradients(tiny_root, family, routing):
+    """The LM head at supervised positions only: same loss, same gradients, and the logits are the
+    full forward's at those positions (answers of different rows end at different positions)."""
+    overrides = [f"model.routing.mode={routing}"] + (["model.routing.rows=per_sample"] if routing == "inline" else [])
+    model = lavin(tiny_root, family, overrides=overrides)
+    tiny.randomise_trainables(model)
+    model.eval()  # dropout off: the two forwards must see the same function
+    ids, mask, media = mixed_batch(model)
+    labels = torch.full_like(ids, -100)
+    labels[0, -4:-1] = ids[0, -4:-1]  # the image row (longer) supervises its last real tokens
+    labels[1, 2:4] = ids[1, 2:4]  # the text row (right padded) supervises tokens in the middle
+    full = model(ids, mask, labels=labels, media=media)
+    full.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    kept = model(ids, mask, labels=labels, media=media, supervised_logits=True)
+    kept.loss.backward()
+    positions = kept.logit_positions
+    assert positions is not None and 0 < len(positions) < ids.shape[1] - 1
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    assert torch.equal(positions, (targets != -100).any(0).nonzero().squeeze(1))
+    assert kept.logits.shape == (2, len(positions), full.logits.shape[-1])
+    torch.testing.assert_close(kept.logits, full.logits[:, positions], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kept.loss, full.loss, atol=1e-6, rtol=1e-6)
+    assert int(kept.num_tokens) == int(full.num_tokens) == 5
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5)

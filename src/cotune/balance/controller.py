@@ -75,9 +75,10 @@ class BalanceController:
     def aux_active(self) -> bool:
         return self.config.method == "commit" and self.config.aux_weight > 0 and any(v > 0 for v in self.lag.values())
 
-    def add_aux(self, logits: torch.Tensor, labels: torch.Tensor, fraction: float) -> float:
-        """Accumulates lambda * l_X * grad_X(L_aux) for lagging sides (graph kept for the main backward)."""
-        loss = aux_loss(logits, labels, self.config.aux_target) * fraction
+    def add_aux(self, logits: torch.Tensor, labels: torch.Tensor, fraction: float, positions: torch.Tensor | None = None) -> float:
+        """Accumulates lambda * l_X * grad_X(L_aux) for lagging sides (graph kept for the main backward).
+        logits [B, S, V] or [B, K, V] at ``positions``; labels [B, S]."""
+        loss = aux_loss(logits, labels, self.config.aux_target, positions) * fraction
         lagging = [(side, p) for side, ps in self.params.items() if self.lag[side] > 0 for p in ps if p.requires_grad]
         grads = torch.autograd.grad(loss, [p for _s, p in lagging], retain_graph=True, allow_unused=True)
         for (side, p), g in zip(lagging, grads):
@@ -107,10 +108,10 @@ class BalanceController:
         dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in self.model.modules())
         return precision == "fp32" and not dropout
 
-    def capture_training_logits(self, batch: dict, logits: torch.Tensor) -> None:
+    def capture_training_logits(self, batch: dict, logits: torch.Tensor, positions: torch.Tensor | None = None) -> None:
         from cotune.balance.estimator import select_supervised
 
-        self._before_logits = select_supervised(self.model, batch, logits.detach(), self.config.samples)
+        self._before_logits = select_supervised(self.model, batch, logits.detach(), self.config.samples, positions)
 
     def before_step(self, step: int) -> None:
         self._before = snapshot(self.params) if self.due(step) else None

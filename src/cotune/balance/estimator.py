@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cotune.data.collate import model_inputs
-from cotune.model.fused import IGNORE_INDEX
+from cotune.model.fused import IGNORE_INDEX, next_token_targets
 
 
 @dataclass
@@ -53,18 +53,19 @@ def _row_mask(model, batch: dict, samples: str, device) -> torch.Tensor:
     return model.placeholder_mask(ids).any(1)
 
 
-def select_supervised(model, batch: dict, logits: torch.Tensor, samples: str) -> torch.Tensor:
-    """Logits [B, S, V] -> [N, V] float32 at the supervised next-token positions of the kept rows."""
-    labels = batch["labels"].to(logits.device)[:, 1:]
-    keep = (labels != IGNORE_INDEX) & _row_mask(model, batch, samples, logits.device)[:, None]
-    return logits[:, :-1][keep].float()
+def select_supervised(model, batch: dict, logits: torch.Tensor, samples: str, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [B, S, V] (or [B, K, V] at ``positions``) -> [N, V] float32 at the supervised
+    next-token positions of the kept rows, in row-major order."""
+    targets = next_token_targets(batch["labels"].to(logits.device), positions)
+    keep = (targets != IGNORE_INDEX) & _row_mask(model, batch, samples, logits.device)[:, None]
+    return logits[keep].float()
 
 
 def supervised_logits(model, batch: dict, samples: str) -> torch.Tensor:
     """Logits [N, V] (float32) at the supervised next-token positions of ``batch``'s rows
-    (multimodal rows only with ``samples: multimodal_only``)."""
-    out = model(**model_inputs(batch, next(model.parameters()).device, labels=False), use_cache=False)
-    return select_supervised(model, batch, out.logits, samples)
+    (multimodal rows only with ``samples: multimodal_only``); the LM head runs at those positions only."""
+    out = model(**model_inputs(batch, next(model.parameters()).device), use_cache=False, supervised_logits=True)
+    return select_supervised(model, batch, out.logits, samples, out.logit_positions)
 
 
 def kl_sum(ref_logp: torch.Tensor, logp: torch.Tensor, direction: str) -> float:

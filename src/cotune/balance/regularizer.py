@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cotune.model.fused import IGNORE_INDEX
+from cotune.model.fused import IGNORE_INDEX, next_token_targets
 
 
 def lag_weights(shares: dict[str, float]) -> dict[str, float]:
@@ -15,11 +15,12 @@ def lag_weights(shares: dict[str, float]) -> dict[str, float]:
     return {side: max(0.0, fair - s) / fair for side, s in shares.items()}
 
 
-def aux_loss(logits: torch.Tensor, labels: torch.Tensor, target: str) -> torch.Tensor:
+def aux_loss(logits: torch.Tensor, labels: torch.Tensor, target: str, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over supervised next-token positions of -log p(argmax p) (``self_predict``, the model's
-    own prediction as a stop-gradient target) or of the entropy H(p) (``entropy``)."""
-    keep = labels[:, 1:] != IGNORE_INDEX
-    z = logits[:, :-1][keep].float()
+    own prediction as a stop-gradient target) or of the entropy H(p) (``entropy``).
+    logits [B, S, V] or [B, K, V] at ``positions``; labels [B, S]."""
+    keep = next_token_targets(labels, positions) != IGNORE_INDEX
+    z = logits[keep].float()
     if z.numel() == 0:
         return logits.sum() * 0.0
     logp = F.log_softmax(z, -1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,11 +31,14 @@ class CotuneOutput:
 
     loss: mean cross-entropy over supervised next-token positions (None without labels).
     loss_sum / num_tokens: the sum and the count behind ``loss`` (for token-normalised accumulation).
-    logits: [B, S, V]. routing_weights: [B, L, E] for LLM MM-Adapters, else None.
+    logits: [B, S, V], or [B, K, V] at ``logit_positions`` [K] (ascending sequence positions) when
+    the forward was asked for ``supervised_logits`` only.
+    routing_weights: [B, L, E] for LLM MM-Adapters, else None.
     modality_index: [B] row of the modality embedding used by each sample.
     """
 
     logits: torch.Tensor
+    logit_positions: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     loss_sum: torch.Tensor | None = None
     num_tokens: torch.Tensor | None = None
@@ -250,6 +255,7 @@ class CotuneModel(nn.Module):
         sample_ids: Sequence | None = None,
         features: Mapping[str, torch.Tensor] | None = None,
         touch_all: bool = False,
+        supervised_logits: bool = False,
         **llm_kwargs,
     ) -> CotuneOutput:
         """input_ids / attention_mask / labels [B, S] (labels -100 where unsupervised); media: encoder
@@ -259,14 +265,26 @@ class CotuneModel(nn.Module):
         ``touch_all`` (multi-process training): every trainable encoder/connector absent from this
         batch runs on one all-zero item and enters the loss times 0, so every process runs the same
         modules and produces a gradient for every parameter (peers hang when one rank's batch is
-        text-only)."""
+        text-only).
+
+        ``supervised_logits`` (with labels): the LM head runs only at the positions [K] where some
+        row's next token is supervised, through the LLM's own ``logits_to_keep`` (the head is about
+        a fifth of a small LLM's forward, and answers are a few tokens of a longer prompt). The loss
+        is the same; ``logits`` are [B, K, V] at ``logit_positions``. LLMs without
+        ``logits_to_keep`` return all positions."""
         embeds = self.embed(input_ids, media, sample_ids, features)
+        positions = None
         if labels is not None:
             llm_kwargs.setdefault("use_cache", False)  # training: no KV cache to build
+            labels = labels.masked_fill(self.placeholder_mask(input_ids), IGNORE_INDEX)
+            if supervised_logits and self._keeps_logits():
+                positions = (next_token_targets(labels) != IGNORE_INDEX).any(0).nonzero().squeeze(1)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         routing = None
         modality_index = None
+        if positions is not None:
+            llm_kwargs["logits_to_keep"] = positions
         if self.routing_state is None:
             out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
             logits = out.logits
@@ -281,17 +299,21 @@ class CotuneModel(nn.Module):
                 logits = out.logits
         result = CotuneOutput(
             logits=logits,
+            logit_positions=positions,
             routing_weights=None if routing is None else routing.transpose(0, 1),
             modality_index=modality_index,
             cache=out.get("cache"),
         )
         if labels is not None:
-            labels = labels.masked_fill(self.placeholder_mask(input_ids), IGNORE_INDEX)
-            result.loss_sum, result.num_tokens = next_token_loss(logits, labels)
+            result.loss_sum, result.num_tokens = next_token_loss(logits, labels, positions)
             if touch_all:
                 result.loss_sum = result.loss_sum + self._untouched_zero(set(media or {}) | set(features or {}))
             result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
         return result
+
+    def _keeps_logits(self) -> bool:
+        """Whether the LLM's forward takes ``logits_to_keep`` (transformers' causal LMs mostly do)."""
+        return "logits_to_keep" in inspect.signature(self.llm.forward).parameters
 
     def _untouched_zero(self, present: set[str]) -> torch.Tensor:
         """0 x (output of every trainable encoder path missing from the batch), a scalar."""
@@ -304,24 +326,43 @@ class CotuneModel(nn.Module):
 
     def _forward_inline(self, embeds, attention_mask, modality_index, llm_kwargs):
         """LaVIN's reference layout: modality row at position 0, masked from every text token."""
-        if llm_kwargs.get("use_cache"):
-            raise ValueError("routing.mode 'inline' does not support cached decoding; use 'separate'")
         rows = self.modality_embedding(modality_index)[:, None].to(embeds.dtype)
-        sequence = torch.cat([rows, embeds], 1)
-        mask = inline_attention_mask(attention_mask, embeds.dtype)
-        positions = torch.arange(sequence.shape[1], device=sequence.device)[None].expand(sequence.shape[0], -1)
         with self.routing_state.computing(use_dropout=True) as recorded:
-            out = self.llm(inputs_embeds=sequence, attention_mask=mask, position_ids=positions, **{**llm_kwargs, "use_cache": False})
-        return out.logits[:, 1:], self.routing_state.stacked(recorded), out
+            logits, out = run_inline(self.llm, torch.cat([rows, embeds], 1), attention_mask, llm_kwargs)
+        return logits, self.routing_state.stacked(recorded), out
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy of logits [B, S, V] predicting labels [B, S] shifted by one, and the
-    number of supervised positions (labels != -100). Computed in float32."""
-    # Shift the labels, not the logits: slicing [B, S, V] logits would copy them (and their gradient).
+def run_inline(llm: nn.Module, sequence: torch.Tensor, attention_mask: torch.Tensor, llm_kwargs: dict):
+    """The LLM on ``sequence`` [B, 1 + S, D] (a modality row, then the text) with the row masked
+    from every text token; returns (logits at the text's positions [B, S, V] or at the
+    ``logits_to_keep`` positions counted in the text, the LLM's output)."""
+    if llm_kwargs.get("use_cache"):
+        raise ValueError("routing.mode 'inline' does not support cached decoding; use 'separate'")
+    mask = inline_attention_mask(attention_mask, sequence.dtype)
+    position_ids = torch.arange(sequence.shape[1], device=sequence.device)[None].expand(sequence.shape[0], -1)
+    keep = llm_kwargs.get("logits_to_keep", 0)
+    kwargs = {**llm_kwargs, "use_cache": False}
+    if isinstance(keep, torch.Tensor):
+        kwargs["logits_to_keep"] = keep + 1  # positions: the modality row occupies position 0
+    out = llm(inputs_embeds=sequence, attention_mask=mask, position_ids=position_ids, **kwargs)
+    # An int keeps the last ``keep`` positions (0: all, the row's among them).
+    return (out.logits[:, 1:] if isinstance(keep, int) and keep == 0 else out.logits), out
+
+
+def next_token_targets(labels: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """labels [B, S] -> the token each position predicts [B, S] (-100 at the last position), or
+    only at ``positions`` [K]: [B, K]."""
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, (shifted != IGNORE_INDEX).sum()
+    return shifted if positions is None else shifted[:, positions]
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of logits [B, S, V] (or [B, K, V] at ``positions``) predicting labels
+    [B, S] shifted by one, and the number of supervised positions (labels != -100). Computed in float32."""
+    # Shift the labels, not the logits: slicing [B, S, V] logits would copy them (and their gradient).
+    targets = next_token_targets(labels, positions)
+    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (targets != IGNORE_INDEX).sum()
 
 
 def _is_adapter_module(module: nn.Module) -> bool:

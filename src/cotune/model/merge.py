@@ -27,10 +27,9 @@ import torch.nn.functional as F
 from cotune.adapters.routing import RoutingState
 from cotune.adapters.sites import AdaptedInput
 from cotune.config import AdapterConfig, ConfigError, CotuneConfig, ModelConfig
-from cotune.model.fused import CotuneModel
+from cotune.model.fused import CotuneModel, run_inline
 from cotune.model.merge_fold import ModalitySelection, adapter_affine, fold_factors, folded_layer
 from cotune.model.merge_probe import analyse_sites, find_sites, llm_routing_mixes, probe_batch
-from cotune.model.splice import inline_attention_mask
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +100,11 @@ class MergedCotuneModel(CotuneModel):
     def _forward_inline(self, embeds, attention_mask, modality_index, llm_kwargs):
         """LaVIN's inline layout kept exactly (a row at position 0, masked from every text token, so
         text positions start at 1); the row's content never reaches the text, so it is zeros."""
-        if llm_kwargs.get("use_cache"):
-            raise ValueError("routing.mode 'inline' does not support cached decoding; use 'separate'")
         sequence = torch.cat([embeds.new_zeros(embeds.shape[0], 1, embeds.shape[2]), embeds], 1)
-        mask = inline_attention_mask(attention_mask, embeds.dtype)
-        positions = torch.arange(sequence.shape[1], device=sequence.device)[None].expand(sequence.shape[0], -1)
         routing = self.compute_routing(modality_index)
         with self.routing_state.applying(routing):
-            out = self.llm(inputs_embeds=sequence, attention_mask=mask, position_ids=positions, **{**llm_kwargs, "use_cache": False})
-        return out.logits[:, 1:], routing, out
+            logits, out = run_inline(self.llm, sequence, attention_mask, llm_kwargs)
+        return logits, routing, out
 
 
 def merged_config(config: CotuneConfig, kept_components: set[str], llm_path: str) -> CotuneConfig:

@@ -28,7 +28,7 @@ def evaluate_loss(trainer) -> dict[str, float]:
             if not batch["sample_ids"]:
                 continue
             with trainer.autocast():
-                out = model(**model_inputs(batch, device))
+                out = model(**model_inputs(batch, device), supervised_logits=True)
             loss_sum += float(out.loss_sum)
             tokens += int(out.num_tokens)
         loss_sum, tokens = trainer._reduce(loss_sum), trainer._reduce(tokens)

@@ -205,12 +205,13 @@ class Trainer:
             sync = index == len(batches) - 1 or self.world == 1
             context = contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
             with context, self.autocast():
-                out = model(**model_inputs(batch, self.accelerator.device), touch_all=self.world > 1)
+                out = model(**model_inputs(batch, self.accelerator.device), touch_all=self.world > 1, supervised_logits=True)
                 loss = out.loss_sum * (self.world / max(tokens, 1.0))
                 if index == len(batches) - 1 and self.balance.reuses_training_logits(self.state.step, self.config.train.precision):
-                    self.balance.capture_training_logits(batch, out.logits)
+                    self.balance.capture_training_logits(batch, out.logits, out.logit_positions)
                 if self.balance.aux_active():
-                    self._aux_loss += self.balance.add_aux(out.logits, batch["labels"].to(out.logits.device), batch["num_supervised"] / max(tokens / self.world, 1.0))
+                    fraction = batch["num_supervised"] / max(tokens / self.world, 1.0)
+                    self._aux_loss += self.balance.add_aux(out.logits, batch["labels"].to(out.logits.device), fraction, out.logit_positions)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += float(out.loss_sum.detach())
             seen += int(batch["attention_mask"].sum())
