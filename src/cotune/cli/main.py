@@ -21,6 +21,7 @@ from cotune.cli import merge as merge_cmd
 from cotune.cli import predict as predict_cmd
 from cotune.cli import report as report_cmd
 from cotune.cli import score as score_cmd
+from cotune.cli import serve as serve_cmd
 from cotune.cli import train as train_cmd
 from cotune.cli import zoo as zoo_cmd
 from cotune.cli.common import LOG_LEVELS, USER_ERRORS, Command, one_line, setup_logging
@@ -37,6 +38,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(eval_cmd.add_arguments, eval_cmd.run),
     "predict": Command(predict_cmd.add_arguments, predict_cmd.run),
     "chat": Command(chat_cmd.add_arguments, chat_cmd.run),
+    "serve": Command(serve_cmd.add_arguments, serve_cmd.run),
     "zoo": Command(zoo_cmd.add_arguments, zoo_cmd.run),
     "demo": Command(demo_cmd.add_arguments, demo_cmd.run),
 }

@@ -1,0 +1,61 @@
+"""The web chat page in a real browser: headless Chromium (the system's, driven by Playwright)
+opens ``cotune serve --ui``, shows the run's name and trainable parameter count, sends a message
+with an uploaded image, and the streamed answer appears, equal to the API's answer; a second turn
+carries the history, and Reset clears it. Skipped, with the reason, where Playwright or Chromium is
+missing (CI installs Debian's ``chromium`` first)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+from cotune.serve import ServeConfig, load_service  # noqa: E402
+from cotune.serve.server import BackgroundServer  # noqa: E402
+from test_serve_api import image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
+
+CHROMIUM = os.environ.get("COTUNE_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium); the browser test needs one")
+def test_ui_streams_an_answer_about_an_uploaded_image(tiny_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve-ui")
+    run, media = serve_run(tiny_root), write_media(work / "media")
+    service = load_service(run, ServeConfig(max_tokens=12), device="cpu")
+    with BackgroundServer(service, ui=True) as url, httpx.Client(base_url=url, timeout=60) as api:
+        expected = api.post("/v1/chat/completions", json=user("what colour", image_part(media / "red.png"))).json()
+        expected = expected["choices"][0]["message"]["content"]
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(url + "/")
+                page.wait_for_function("document.getElementById('meta').textContent.includes('trainable')")
+                assert page.text_content("#name") == "tiny-run"
+                assert page.text_content("#meta").startswith(f"{service.trainable_params:,} trainable parameters")
+                page.set_input_files("#image", str(media / "red.png"))
+                page.wait_for_function("document.getElementById('attached').textContent.includes('red.png')")
+                page.evaluate("window.updates = 0; new MutationObserver(() => window.updates++)"
+                              ".observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true})")
+                page.fill("#text", "what colour")
+                page.click("#send")
+                page.wait_for_selector(".assistant[data-state=done]", timeout=30_000)
+                assert page.evaluate("window.updates") >= 4  # bubbles added, then the answer grew piece by piece
+                assert page.locator(".user img").count() == 1
+                assert page.text_content(".assistant") == expected and expected
+                completed = service.engine.completed
+                page.fill("#text", "and the shape")
+                page.keyboard.press("Enter")
+                page.wait_for_selector(".assistant:nth-of-type(4)[data-state=done]", timeout=30_000)
+                assert page.locator(".assistant").count() == 2 and service.engine.completed == completed + 1
+                assert page.evaluate("state.history.map((m) => m.role)") == ["user", "assistant", "user", "assistant"]
+                assert not page.locator(".error").count()
+                page.click("#reset")
+                assert page.locator(".msg").count() == 0
+            finally:
+                browser.close()

@@ -1,0 +1,210 @@
+"""Bad input to ``cotune serve``: every case gets its 4xx with a message naming what is wrong, no
+temporary path or outside file leaks, the queue answers 503 instead of hanging, and the server
+keeps answering (with the same answer as before) afterwards."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from cotune.serve import RequestError, ServeConfig, load_service, parse_chat_request  # noqa: E402
+from cotune.serve.server import BackgroundServer  # noqa: E402
+from test_serve_api import audio_part, image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
+
+LIMITS = dict(max_request_mb=0.25, max_media_mb=0.05, max_image_pixels=200 * 200, max_images=2, max_audio=1, max_audio_seconds=2.0,
+              max_tokens=6, max_tokens_limit=64, queue_timeout=20.0)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = write_media(tmp_path_factory.mktemp("media-root"))
+    outside = tmp_path_factory.mktemp("outside")
+    Image.new("RGB", (20, 20), (0, 200, 0)).save(outside / "secret.png")
+    (root / "link.png").symlink_to(outside / "secret.png")
+    Image.new("RGB", (300, 300), (9, 9, 9)).save(root / "big.png")  # 90,000 pixels: small file, too many pixels
+    return root, outside
+
+
+@pytest.fixture(scope="module")
+def served(tiny_root, media):
+    service = load_service(serve_run(tiny_root), ServeConfig(**LIMITS, media_root=media[0]), device="cpu")
+    with BackgroundServer(service) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield service, client
+
+
+@pytest.fixture(scope="module")
+def reference(served, media):
+    """A good request and the answer it got before any bad request was sent."""
+    body = user("what colour", image_part(media[0] / "red.png"))
+    return body, served[1].post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+
+
+def data_url(data: bytes, mime="image/png") -> dict:
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{base64.b64encode(data).decode()}"}}
+
+
+def file_url(path) -> dict:
+    return {"type": "image_url", "image_url": {"url": f"file://{path}"}}
+
+
+def wav_bytes(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(int(16000 * seconds)), 16000, format="WAV")
+    return buffer.getvalue()
+
+
+def noise_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def cases(media_root, outside):
+    red = media_root / "red.png"
+    png = red.read_bytes()
+    many = user("x", *[image_part(red)] * 3)
+    return {
+        "not JSON": (b'{"messages": [', 400, "not valid JSON"),
+        "not an object": ([1, 2], 400, "must be a JSON object"),
+        "unknown field": ({**user("hi"), "temprature": 0}, 400, "temprature: unknown field; valid fields: model, messages"),
+        "unsupported field": ({**user("hi"), "frequency_penalty": 0.5}, 400, "frequency_penalty: is not supported"),
+        "unknown message field": ({"messages": [{"role": "user", "content": "hi", "colour": 1}]}, 400,
+                                  "messages[0]: unknown field 'colour'"),
+        "unknown role": ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role: must be one of"),
+        "unknown part": (user("hi", {"type": "video_url", "video_url": {}}), 400,
+                         "messages[0].content[1].type: must be text, image_url or input_audio"),
+        "empty messages": ({"messages": []}, 400, "messages: must be a non-empty list"),
+        "no messages": ({"max_tokens": 3}, 400, "messages: must be a non-empty list"),
+        "ends with assistant": ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, 400,
+                                "the last message must come from the user"),
+        "media from the assistant": ({"messages": [{"role": "assistant", "content": [image_part(red)]}, {"role": "user", "content": "hi"}]},
+                                     400, "media can only be sent in user messages"),
+        "marker in text": (user("look: <image>"), 400, "contains '<image>'"),
+        "wrong model": ({**user("hi"), "model": "gpt-4o"}, 404, "'gpt-4o' is not served here; this server serves 'tiny-run'"),
+        "max_tokens too big": ({**user("hi"), "max_tokens": 65}, 400, "max_tokens: must be between 1 and 64"),
+        "temperature": ({**user("hi"), "temperature": -1}, 400, "temperature: must be between 0 and 2"),
+        "n": ({**user("hi"), "n": 2}, 400, "n: only 1 answer per request is supported, got 2"),
+        "stop list": ({**user("hi"), "stop": ["a", "b", "c", "d", "e"]}, 400, "stop: must be a non-empty string or a list of at most 4"),
+        "text is not an image": (user("x", data_url(b"hello, I am text")), 400,
+                                 "messages[0].content[1].image_url.url: not a PNG or JPEG image"),
+        "truncated png": (user("x", data_url(png[:60])), 400, "messages[0].content[1].image_url.url: not a readable image"),
+        "gif": (user("x", data_url(png, "image/gif")), 400, "image type 'image/gif' is not supported; send PNG or JPEG"),
+        "bad base64": (user("x", {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}), 400, "is not valid base64"),
+        "remote url": (user("x", {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}), 400,
+                       "URL scheme 'https' is not supported"),
+        "oversized image": (user("x", data_url(noise_png(160))), 413, "the limit is 52,428 bytes per item"),
+        "oversized body": (user("x" * 300_000), 413, "the limit is 262,144 bytes"),
+        "too many pixels": (user("x", file_url(media_root / "big.png")), 413, "300x300 pixels; the limit is 40,000 pixels"),
+        "too many images": (many, 400, "3 image items; this server accepts at most 2 per request"),
+        "audio too long": (user("x", audio_part(media_root / "long.wav")), 400, "audio is 3.0 s long; the limit is 2 s"),
+        "audio not audio": (user("x", {"type": "input_audio", "input_audio": {"data": base64.b64encode(png).decode(), "format": "wav"}}),
+                            400, "messages[0].content[1].input_audio: not a WAV file"),
+        "audio bad format": (user("x", {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "mp3"}}), 400,
+                             "input_audio.format: must be wav or flac"),
+        "file outside the root": (user("x", file_url(outside / "secret.png")), 403, "the path is outside the server's media root"),
+        "file missing outside the root": (user("x", file_url(outside / "nothing.png")), 403, "outside the server's media root"),
+        "dot-dot escape": (user("x", file_url(f"{media_root}/../{outside.name}/secret.png")), 403, "outside the server's media root"),
+        "symlink escape": (user("x", file_url(media_root / "link.png")), 403, "outside the server's media root"),
+        "missing file": (user("x", file_url(media_root / "nothing.png")), 400, "no such file under the media root: nothing.png"),
+        "conversation too long": (user("the " * 600), 400, "tokens > max_length 512"),
+    }
+
+
+NAMES = ("not JSON", "not an object", "unknown field", "unsupported field", "unknown message field", "unknown role",
+         "unknown part", "empty messages", "no messages", "ends with assistant", "media from the assistant", "marker in text",
+         "wrong model", "max_tokens too big", "temperature", "n", "stop list", "text is not an image", "truncated png", "gif",
+         "bad base64", "remote url", "oversized image", "oversized body", "too many pixels", "too many images", "audio too long",
+         "audio not audio", "audio bad format", "file outside the root", "file missing outside the root", "dot-dot escape",
+         "symlink escape", "missing file", "conversation too long")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_request_gets_its_4xx_with_a_message(served, media, reference, name):
+    service, client = served
+    table = cases(*media)
+    assert set(table) == set(NAMES)
+    body, status, message = table[name]
+    if isinstance(body, bytes):
+        response = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    else:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert message in error["message"], error["message"]
+    assert error["type"] and "cotune-serve-" not in error["message"] and str(media[1]) not in error["message"]
+
+
+def test_server_answers_the_same_after_all_bad_requests(served, reference):
+    """Runs after the parametrised bad requests above (pytest keeps file order)."""
+    service, client = served
+    body, before = reference
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == before
+
+
+def test_file_url_under_the_root_equals_the_same_image_as_data_url(served, media):
+    _service, client = served
+    red = media[0] / "red.png"
+    via_file = client.post("/v1/chat/completions", json=user("what colour", file_url(red))).json()
+    via_data = client.post("/v1/chat/completions", json=user("what colour", image_part(red))).json()
+    assert via_file["choices"][0]["message"] == via_data["choices"][0]["message"]
+
+
+def test_file_urls_are_refused_without_a_media_root():
+    with pytest.raises(RequestError, match="file:// URLs are disabled on this server") as refused:
+        parse_chat_request(user("x", file_url("/etc/passwd")), ServeConfig(), "m")
+    assert refused.value.status == 403
+
+
+def test_wrong_method_and_path(served):
+    _service, client = served
+    assert client.get("/v1/chat/completions").status_code == 405
+    assert client.post("/v1/completions", json={}).json()["error"]["type"] == "not_found_error"
+
+
+def test_a_request_that_waits_too_long_gets_503_and_is_never_run(served):
+    service, client = served
+    config = service.config
+    service.config = replace(config, queue_timeout=0.3)
+    done = service.engine.completed
+    try:
+        with service.engine.hold():  # the model is busy
+            response = client.post("/v1/chat/completions", json=user("hi"))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "waited 0.3 s for the model" in response.json()["error"]["message"]
+    finally:
+        service.config = config
+    assert client.post("/v1/chat/completions", json=user("hi")).status_code == 200
+    assert service.engine.completed == done + 1  # the timed-out request was skipped
+
+
+def test_a_full_queue_refuses_at_once_and_the_waiting_request_is_answered(served):
+    service, client = served
+    service.engine.max_queue, results = 1, {}
+
+    def first():
+        results["first"] = client.post("/v1/chat/completions", json=user("hi"))
+
+    try:
+        with service.engine.hold():
+            waiting = threading.Thread(target=first)
+            waiting.start()
+            while service.engine.waiting < 1:
+                os.sched_yield()
+            refused = client.post("/v1/chat/completions", json=user("hi"))
+        waiting.join(30)
+    finally:
+        service.engine.max_queue = LIMITS.get("max_queue", 64)
+    assert refused.status_code == 503 and "1 requests are already waiting" in refused.json()["error"]["message"]
+    assert results["first"].status_code == 200
