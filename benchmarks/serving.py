@@ -19,6 +19,7 @@ generation, and latency grows with the queue. Torch threads: 1 by default (``--t
     python -m benchmarks.serving                # ~4 min on 2 cores; writes results/serving-<device>.{md,json}
     python -m benchmarks.serving --quick        # tiny run, ~20 s; prints only
     python -m benchmarks.serving --device cuda
+    python -m benchmarks.serving --run DEMO/run # a trained run instead (e.g. `cotune demo`'s); writes serving-<device>-run.*
 """
 
 from __future__ import annotations
@@ -166,12 +167,14 @@ def describe(args: argparse.Namespace, command: str, runtime: float, info: dict,
     """The report's header: command, machine, contention, what was measured."""
     model = ("tiny backbones of tests/tiny.py" if args.quick else
              "mini LLaMA hidden 512, 8 layers, vocab 8000 + CLIP 384/6 layers/224 px, MM-Adapters (mini_model.py, mma)")
+    if args.run:
+        model = f"the run `{args.run}` (trained weights)"
     return [
         f"# Serving throughput ({args.device})", "",
         f"Command: `{command}` (total runtime {runtime:.0f} s)", "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
         f"Other processes used {others[0]:.0f} core-seconds during the run ({100 * others[1]:.1f}% of the machine).", "",
-        f"Model: {model}; random adapter weights. Each request: one 224x224 PNG (data URL) + a question, greedy, at most "
+        f"Model: {model}{'' if args.run else '; random adapter weights'}. Each request: one 224x224 PNG (data URL) + a question, greedy, at most "
         f"{args.max_tokens} new tokens, not streamed. {args.requests} requests per client per level (at least "
         f"{args.min_requests} per level) after {args.warmup} warm-up requests; clients are threads of the benchmark process "
         "with keep-alive connections, the server (uvicorn + the model worker) runs in the same process on 127.0.0.1. The "
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="requests before timing (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--work", type=Path, default=None, help="where the run directory goes (default: a temporary directory)")
+    parser.add_argument("--run", type=Path, default=None, help="serve this run directory (e.g. the demo's DIR/run) instead of writing one")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.max_tokens = args.max_tokens or (8 if args.quick else 32)
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        run = write_run(work, args.quick)
+        run = args.run or write_run(work, args.quick)
         rows = measure(run, False, args) + measure(run, True, args)
     others = contention.others()
     command = "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(describe(args, command.strip(), time.monotonic() - started, info, others) + table(rows) + [""])
     print(report)
     if not args.quick:
-        out = ROOT / "benchmarks" / "results" / f"serving-{args.device.split(':')[0]}"
+        out = ROOT / "benchmarks" / "results" / f"serving-{args.device.split(':')[0]}{'-run' if args.run else ''}"
         out.with_suffix(".md").write_text(report)
         payload = {"command": command.strip(), "machine": info, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
                    "other_processes_share": round(others[1], 3), "rows": rows}
