@@ -8,10 +8,9 @@ backbones trained ``full``. Everything else is frozen and stays in eval mode.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import inspect
 
 import torch
 import torch.nn.functional as F
