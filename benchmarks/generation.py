@@ -42,6 +42,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT / "tests"))
+import tiny  # noqa: E402
 from mini_model import CASES, CLIP, TOKENIZER_SIZE, cotune_config, save_backbones  # noqa: E402
 from throughput_report import Contention, machine  # noqa: E402
 
@@ -63,11 +65,7 @@ def build(work: Path, case: str) -> dict:
     def randomised():
         torch.manual_seed(0)
         model = build_model(config)
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for _name, p in sorted(model.named_parameters()):
-                if p.requires_grad:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        tiny.randomise_trainables(model, seed=1, std=0.02)
         return model.eval()
 
     base = transformers.AutoModelForCausalLM.from_pretrained(save_backbones(work)["llm"]).eval()

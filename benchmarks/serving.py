@@ -47,12 +47,12 @@ LEVELS = (1, 4, 16)
 
 def write_run(work: Path, quick: bool) -> Path:
     """A saved model directory with random trainable weights (mini ``mma`` backbones, or tiny ones)."""
+    import tiny
+
     from cotune.config import load_config
     from cotune.model import build_model, save_model
 
     if quick:
-        import tiny
-
         encoders = {"image": {"type": "clip", "name_or_path": str(tiny.save_encoder(work, "clip")), "layers": [1, 2, 3],
                               "reduce": "cls", "trainable": "adapter", "adapter": {"type": "mm_adapter"},
                               "connector": {"type": "lavin-neck", "hidden": 16}}}
@@ -63,11 +63,7 @@ def write_run(work: Path, quick: bool) -> Path:
         config = cotune_config(work, "mma")
     torch.manual_seed(0)
     model = build_model(config)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _name, p in sorted(model.named_parameters()):
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    tiny.randomise_trainables(model, seed=1, std=0.02)
     return save_model(model, config, work / "run")
 
 
