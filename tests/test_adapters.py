@@ -125,3 +125,23 @@ def test_adapted_input_wraps_keyword_positional_and_conv_inputs():
     tokens = image.flatten(2).transpose(1, 2)
     expected = conv(adapter(tokens).transpose(1, 2).reshape(2, 4, 3, 5))
     torch.testing.assert_close(conv_wrapped(image), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_per_token_mixture_equals_each_expert_weighted_per_token():
+    """y = x + s * sum_e w_e(token) * (U_e z + b_e), U_e grouped, written expert by expert."""
+    adapter = MMAdapter(16, hidden=8, groups=2, experts=3, router="per_token", dropout=0.0, scale=0.7)
+    randomise(adapter)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    w = torch.softmax(adapter.router(x) / adapter.temperature, -1)  # [B, N, E]
+    z = adapter.down(x)
+    expected = x.clone()
+    for e in range(3):
+        up = adapter.up.weight[e]  # [C, h/g]: channels 0-7 read z[:4], channels 8-15 read z[4:]
+        out_e = torch.cat([z[..., :4] @ up[:8].T, z[..., 4:] @ up[8:].T], -1) + adapter.up.bias[e]
+        expected = expected + 0.7 * w[..., e, None] * out_e
+    got = adapter(x)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(got.square().sum(), [x, *adapter.parameters()])
+    references = torch.autograd.grad(expected.square().sum(), [x, *adapter.parameters()])
+    for g, r in zip(grads, references):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)

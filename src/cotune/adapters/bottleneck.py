@@ -39,8 +39,12 @@ class GroupedUp(nn.Module):
             w_mix = torch.einsum("be,egok->bgok", mix, w)
             out = torch.einsum("bngk,bgok->bngo", zg, w_mix).flatten(-2)
             return out + (mix @ self.bias).unsqueeze(1)
-        out = torch.einsum("bngk,egok->bnego", zg, w).flatten(-2)  # [B, N, E, C]
-        return torch.einsum("bnec,bne->bnc", out + self.bias, mix)
+        # Per-token mixtures: weight the tiny z per expert first ([B, N, g, E, h/g]) and contract
+        # experts and hidden units in one grouped matmul, instead of E full-width outputs
+        # [B, N, E, C] (for a conv encoder's early stages, N is 112 x 112 positions).
+        mixed = zg.unsqueeze(-2) * mix[..., None, :, None]
+        out = torch.einsum("bngek,egok->bngo", mixed, w).flatten(-2)
+        return out + mix @ self.bias
 
 
 class MMAdapter(nn.Module):
