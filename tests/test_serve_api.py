@@ -29,7 +29,7 @@ httpx = pytest.importorskip("httpx")
 from cotune.config import load_config  # noqa: E402
 from cotune.serve import GenerationRequest, ServeConfig, load_service, parse_chat_request, prepare  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
-from cotune.serve.stream import AnswerStream  # noqa: E402
+from cotune.model.stream import AnswerStream  # noqa: E402
 
 MAX_TOKENS = 10
 QUESTIONS = ["what colour is the shape", "is it a circle", "what is the sound"]

@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers.generation.streamers import BaseStreamer
 
 from cotune.data.schema import Message, Sample, SkipSample
 from cotune.data.templates import encode_prompt
 from cotune.eval.runner import decode
 from cotune.model.generate import generate
+from cotune.model.stream import AnswerStream
 
 log = logging.getLogger(__name__)
 
@@ -39,42 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device for the model (default: cuda if available, else cpu)")
 
 
-class TokenStreamer(BaseStreamer):
-    """Writes the decoded answer to ``out`` as tokens arrive (the prompt, pushed first, is skipped).
-
-    The text is re-decoded from the answer's first token on every step, so multi-token characters
-    and word pieces come out right; a step whose text ends in an incomplete character waits.
-    """
+class TokenStreamer(AnswerStream):
+    """Writes each settled piece of the answer to ``out`` as it is generated (the decoding rules
+    are :class:`~cotune.model.stream.AnswerStream`'s, shared with ``cotune serve``), then a newline."""
 
     def __init__(self, tokenizer, out) -> None:
-        self.tokenizer, self.out = tokenizer, out
-        self.ids: list[int] = []
-        self.shown = 0
-        self.seen_prompt = False
+        super().__init__(tokenizer, on_text=self._write)
+        self.out = out
 
-    def put(self, value) -> None:
-        if not self.seen_prompt:  # generate pushes the prompt's ids before the first new token
-            self.seen_prompt = True
-            return
-        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
-        self._write(final=False)
-
-    def end(self) -> None:
-        self._write(final=True)
-        self.out.write("\n")
+    def _write(self, piece: str) -> None:
+        self.out.write(piece)
         self.out.flush()
 
-    def _write(self, final: bool) -> None:
-        ids = self.ids
-        if self.tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(self.tokenizer.eos_token_id)]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
-        if not final and text.endswith("\ufffd"):
-            return
-        if len(text) > self.shown:
-            self.out.write(text[self.shown:])
-            self.out.flush()
-            self.shown = len(text)
+    def end(self) -> None:
+        super().end()
+        self._write("\n")
 
 
 class ChatSession:

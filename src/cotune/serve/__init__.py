@@ -9,7 +9,8 @@
         ...  # POST f"{url}/v1/chat/completions"
 
 Files: ``config.py`` (limits), ``schema.py`` (request checking), ``prepare.py`` (prompt and media),
-``stream.py`` (streamed text, stop strings), ``engine.py`` (the model worker), ``service.py``
+``engine.py`` (the model worker; streamed text and stop strings come from
+:mod:`cotune.model.stream`, shared with ``cotune chat``), ``service.py``
 (loading), ``app.py`` (HTTP routes, needs FastAPI), ``server.py`` (uvicorn), ``static/index.html``
 (the chat page). FastAPI and uvicorn (the ``serve`` extra) are imported only by ``app.py`` and
 ``server.py``.

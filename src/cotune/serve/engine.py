@@ -29,7 +29,7 @@ from transformers import StoppingCriteriaList
 
 from cotune.model.generate import generate
 from cotune.serve.prepare import GenerationRequest
-from cotune.serve.stream import AnswerStream, StopWhenDone
+from cotune.model.stream import AnswerStream, StopWhenDone
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""The answer as it is generated: decoded text, stop strings, and the pieces safe to send.
+"""The answer as it is generated: decoded text, stop strings, and the pieces safe to show.
 
-:class:`AnswerStream` is a transformers streamer (``generate(..., streamer=...)``). Like ``cotune
-chat``'s streamer it re-decodes the answer from its first token at every step, so multi-token
-characters come out whole. It also ends the answer at the first stop string (OpenAI semantics:
+:class:`AnswerStream` is a transformers streamer (``generate(..., streamer=...)``), used by
+``cotune chat`` (pieces written to the terminal) and ``cotune serve`` (pieces sent as events). It
+re-decodes the answer from its first token at every step, so multi-token characters come out whole. It also ends the answer at the first stop string (OpenAI semantics:
 the stop string is not part of the answer) and only releases text that cannot change any more:
 not an incomplete character, not the start of a stop string, not trailing whitespace. The pieces
 it releases therefore always join to the final answer, which equals ``cotune predict``'s decoding
