@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import tiny
 from corpus import write_easyvqa
-from cotune.demo import DemoPlan, demo_config, run_demo
+from cotune.demo import DemoPlan, run_demo
 from cotune.encoders.mobilenet import MobileNetV2
 from cotune.model import load
 
@@ -89,9 +89,14 @@ def test_demo_run_is_an_ordinary_run_directory(demo_run):
     # Training moved the adapters away from their zero initialisation.
     ups = [v for k, v in model.trainable_state_dict().items() if k.endswith("up.weight")]
     assert ups and any(float(v.abs().max()) > 0 for v in ups)
-    # The mixture held all three kinds of data.
-    config = demo_config(result.out, result.out, plan, {"image": 1, "audio": 1, "text": 1}, overrides)
-    assert [d.kind for d in config.data.train] == ["easyvqa", "audioqa", "alpaca"]
+    # The mixture held all three kinds of data, yes/no and open questions as separate entries whose
+    # samples partition each set (the data report counts the other half as filtered).
+    report = json.loads((run / "data_report.json").read_text())["datasets"]
+    assert sorted(report) == ["audioqa:open", "audioqa:yes_no", "easyvqa:open", "easyvqa:yes_no", "textqa:train"]
+    for name in ("easyvqa", "audioqa"):
+        open_, yes_no = report[f"{name}:open"], report[f"{name}:yes_no"]
+        assert open_["kept"] > 0 and yes_no["kept"] > 0
+        assert (open_["total"], open_["filtered"]) == (yes_no["filtered"], yes_no["total"])
 
 
 def test_demo_rerun_reuses_the_run_and_reproduces_the_scores(demo_run):

@@ -93,3 +93,25 @@ def test_real_package_reads_with_published_counts(tmp_path):
         assert len({s.metadata["image_id"] for s in samples}) == images
         assert {s.metadata["answer"] for s in samples} == answers and len(answers) == 13
         assert sum(s.metadata["answer"] in ("yes", "no") for s in samples) == yes_no
+
+
+def test_answers_filter_splits_yes_no_from_open_and_counts_what_it_leaves(tmp_path):
+    records = [["what color is the shape?", "red", 0], ["is there a circle?", "No.", 0], ["is it blue?", " YES ", 1],
+               ["what shape is in the image?", "circle", 1], ["bad", "", 1]]
+    data = write_easyvqa(tmp_path, records=records)
+    everything, all_report = read(data)
+    open_, open_report = read(data, answers="open")
+    yes_no, yes_no_report = read(data, answers="yes_no")
+    assert [s.id for s in open_] == ["train-0", "train-3"]
+    assert [s.id for s in yes_no] == ["train-1", "train-2"]
+    assert sorted(s.id for s in open_ + yes_no) == sorted(s.id for s in everything)
+    # a filtered sample is neither in total nor a skip; the unusable record is a skip in every view
+    assert (open_report.total, open_report.filtered, open_report.skipped) == (3, 2, Counter(empty_answer=1))
+    assert (yes_no_report.total, yes_no_report.filtered) == (3, 2)
+    assert (all_report.total, all_report.filtered) == (5, 0)
+    assert open_report.as_dict()["filtered"] == 2
+
+
+def test_answers_filter_rejects_unknown_choice():
+    with pytest.raises(Exception, match="answers"):
+        DatasetConfig(kind="easyvqa", path="x", answers="yesno")

@@ -115,7 +115,8 @@ def run_check(args: argparse.Namespace) -> tuple[DataReport, float]:
 def format_report(report: DataReport) -> str:
     lines = []
     for name, ds in report.datasets.items():
-        lines.append(f"{name}: {ds.total} records, {ds.kept} kept, {ds.total - ds.kept} skipped")
+        filtered = f" ({ds.filtered} more left out by answers:)" if ds.filtered else ""
+        lines.append(f"{name}: {ds.total} records, {ds.kept} kept, {ds.total - ds.kept} skipped{filtered}")
         for reason, count in sorted(ds.skipped.items()):
             lines.append(f"  {reason}: {count}  e.g. {ds.examples[reason][0]}")
     return "\n".join(lines)

@@ -14,6 +14,10 @@ def _check_reader(key: str, name: str) -> None:
         raise ConfigError(READERS.unknown_message(name, key))
 
 
+#: ``DatasetConfig.answers`` choices.
+ANSWER_FILTERS = ("all", "yes_no", "open")
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """One dataset read by a registered reader (``kind``).
@@ -22,7 +26,10 @@ class DatasetConfig:
     ``weight``: per-sample sampling rate in a mixture (1: each sample once per epoch, 2: twice);
     ``media_root``: where relative media paths point (default: the reader's convention, e.g.
     ScienceQA's ``<path>/images`` with ``<split>/<pid>/`` below it, else ``path``'s directory); ``prompt_format``: ScienceQA's LaVIN format (e.g. ``QCM-ALE``); ``prompt``: the
-    instruction for caption datasets; ``limit``: read at most this many records.
+    instruction for caption datasets; ``limit``: read at most this many records; ``answers``:
+    ``all``, or keep only the samples whose last answer is ``yes``/``no`` (``yes_no``) or is not
+    (``open``); filtered samples are counted, not skipped. Two entries of one dataset with different
+    ``answers`` and weights rebalance a set that is mostly yes/no (docs/data.md).
     """
 
     kind: str
@@ -35,9 +42,11 @@ class DatasetConfig:
     use_caption: bool = False
     prompt: str | None = None
     limit: int | None = None
+    answers: str = "all"
 
     def __post_init__(self) -> None:
         _check_reader("kind", self.kind)
+        check_choice("answers", self.answers, ANSWER_FILTERS)
         if self.kind == "scienceqa":
             from cotune.data.scienceqa_prompt import PROMPT_FORMATS
 

@@ -22,6 +22,7 @@ class DatasetReport:
     name: str
     total: int = 0
     kept: int = 0
+    filtered: int = 0  # left out on purpose (``DatasetConfig.answers``), not part of ``total``
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     dropped_at_load: dict[str, str] = field(default_factory=dict)  # sample id -> reason
@@ -43,6 +44,7 @@ class DatasetReport:
     def merge(self, other: "DatasetReport") -> None:
         self.total += other.total
         self.kept += other.kept
+        self.filtered += other.filtered
         self.skipped.update(other.skipped)
         for reason, details in other.examples.items():
             shown = self.examples.setdefault(reason, [])
@@ -52,6 +54,7 @@ class DatasetReport:
         return {
             "total": self.total,
             "kept": self.kept,
+            "filtered": self.filtered,
             "skipped": dict(sorted(self.skipped.items())),
             "examples": {k: v for k, v in sorted(self.examples.items())},
         }
@@ -79,6 +82,7 @@ class DataReport:
         return {
             "total": summary["total"],
             "kept": summary["kept"],
+            "filtered": summary["filtered"],
             "skipped": summary["skipped"],
             "datasets": {name: r.as_dict() for name, r in self.datasets.items()},
         }
@@ -89,4 +93,5 @@ class DataReport:
     def log_summary(self) -> None:
         for name, report in self.datasets.items():
             skipped = sum(report.skipped.values())
-            log.info("data %s: %d records, %d kept, %d skipped %s", name, report.total, report.kept, skipped, dict(report.skipped))
+            filtered = f" ({report.filtered} more left out by answers:)" if report.filtered else ""
+            log.info("data %s: %d records, %d kept, %d skipped %s%s", name, report.total, report.kept, skipped, dict(report.skipped), filtered)

@@ -96,21 +96,36 @@ def emit(
 ) -> Iterator[Sample]:
     """Yields ``make(record, index)`` for at most ``config.limit`` records, counting each in
     ``report.total``; a SkipSample (raised by ``make`` or read in place of a record) and an id
-    already yielded (``malformed_record``) are reported with the record's position."""
+    already yielded (``malformed_record``) are reported with the record's position. Samples that
+    ``config.answers`` leaves out are counted in ``report.filtered``, not in ``total``."""
     seen: set[str] = set()
     for index, (where, record) in enumerate(itertools.islice(records, config.limit)):
-        report.total += 1
         try:
             if isinstance(record, SkipSample):
                 raise record
             sample = make(record, index)
+            if not answer_filter_keeps(sample, config.answers):
+                report.filtered += 1
+                continue
             if sample.id in seen:
                 raise SkipSample("malformed_record", f"duplicate id {sample.id!r}")
         except SkipSample as skip:
+            report.total += 1
             report.skip(skip.reason, f"{where}: {skip.detail}")
             continue
+        report.total += 1
         seen.add(sample.id)
         yield sample
+
+
+def answer_filter_keeps(sample: Sample, answers: str) -> bool:
+    """Whether ``DatasetConfig.answers`` (``all``, ``yes_no``, ``open``) keeps ``sample``, judged
+    by its last assistant turn (case, surrounding space and a final full stop ignored)."""
+    if answers == "all":
+        return True
+    last = next((m.content for m in reversed(sample.messages) if m.role == "assistant"), "")
+    is_yes_no = last.strip().rstrip(".").strip().lower() in ("yes", "no")
+    return is_yes_no == (answers == "yes_no")
 
 
 # --- record fields ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 from cotune.config.data import DatasetConfig
 from cotune.data.readers import READERS
+from cotune.data.readers.common import answer_filter_keeps
 from cotune.data.report import DatasetReport
 from cotune.data.schema import Message, Sample, SkipSample, resolve_media_path
 from cotune.data.scienceqa_prompt import build_prompt, check_format
@@ -62,14 +63,20 @@ def _samples(
 ) -> Iterator[Sample]:
     seen: set[str] = set()
     for pid in pids:
-        report.total += 1
         try:
             if not isinstance(pid, str) or pid in seen:
                 raise SkipSample("malformed_record", f"pid_splits.json[{config.split!r}]: bad or repeated pid {pid!r}")
             seen.add(pid)
-            yield _sample(config, pid, problems.get(pid), captions.get(pid, ""), media_root, where)
+            sample = _sample(config, pid, problems.get(pid), captions.get(pid, ""), media_root, where)
         except SkipSample as skip:
+            report.total += 1
             report.skip(skip.reason, skip.detail)
+            continue
+        if answer_filter_keeps(sample, config.answers):
+            report.total += 1
+            yield sample
+        else:
+            report.filtered += 1
 
 
 def _sample(config: DatasetConfig, pid: str, problem: Any, caption: Any, media_root: Path, where: Path) -> Sample:
