@@ -26,7 +26,16 @@ small decode op and run several times slower.
     python benchmarks/generation.py --quick         # one round, fewer tokens; prints only
     python benchmarks/generation.py --profile       # also: top ops of one unmerged vs merged decode
 
-Results go to ``benchmarks/results/generation.md`` (without ``--quick``).
+``--zoo`` runs the same comparison on the zoo's real models (``zoo_model.py``): the bare
+SmolLM2-135M-Instruct (transformers, float32) vs cotune with the demo's MM-Adapters + MobileNetV2
+and LaVIN neck (7 image tokens), and with LoRA r=16 + mlp2x-gelu on the 49-token grid, unmerged
+and merged; default 3 rounds of 24 new tokens (the demo's answers are a few tokens; its text
+evaluation generates up to 24):
+
+    python benchmarks/generation.py --zoo           # ~4 min on 2 cores; writes benchmarks/results/generation-zoo-cpu.md
+    python benchmarks/generation.py --zoo --quick   # one round, 16 tokens; prints only
+
+Results go to ``benchmarks/results/generation.md`` (``--zoo``: ``generation-zoo-cpu.md``; without ``--quick``).
 """
 
 from __future__ import annotations
@@ -44,15 +53,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "tests"))
 import tiny  # noqa: E402
+import zoo_model  # noqa: E402
 from mini_model import CASES, CLIP, TOKENIZER_SIZE, cotune_config, save_backbones  # noqa: E402
 from throughput_report import Contention, machine  # noqa: E402
 
 ROWS = ("base", "unmerged", "merged")
 
 
-def build(work: Path, case: str) -> dict:
+def build(work: Path, case: str, zoo: bool = False) -> dict:
     """The base LLM, the randomised cotune model, and the same weights merged, written to
-    ``work/merged-<case>`` and loaded back (what a user of the merged directory runs)."""
+    ``work/merged-<case>`` and loaded back (what a user of the merged directory runs);
+    ``zoo``: the zoo's SmolLM2 and MobileNetV2 instead of the mini backbones."""
     import shutil
 
     import transformers
@@ -60,7 +71,7 @@ def build(work: Path, case: str) -> dict:
     from cotune.model import build_model, load
     from cotune.model.merge import merge_model
 
-    config = cotune_config(work, case)
+    config = zoo_model.zoo_config(case) if zoo else cotune_config(work, case)
 
     def randomised():
         torch.manual_seed(0)
@@ -68,26 +79,31 @@ def build(work: Path, case: str) -> dict:
         tiny.randomise_trainables(model, seed=1, std=0.02)
         return model.eval()
 
-    base = transformers.AutoModelForCausalLM.from_pretrained(save_backbones(work)["llm"]).eval()
+    if zoo:
+        base = zoo_model.base_llm()[0]
+    else:
+        base = transformers.AutoModelForCausalLM.from_pretrained(save_backbones(work)["llm"]).eval()
     merged_dir = work / f"merged-{case}"
     shutil.rmtree(merged_dir, ignore_errors=True)
     merge_model(randomised(), merged_dir)
     return {"base": base, "unmerged": randomised(), "merged": load(merged_dir)}
 
 
-def prompts(model, batch: int, length: int, images: int = 0) -> dict:
-    """Left-padded prompt ids [B, T] (``images`` rows start with the image placeholders) and media."""
+def prompts(model, batch: int, length: int, images: int = 0, zoo: bool = False) -> dict:
+    """Left-padded prompt ids [B, T] (``images`` rows start with the image placeholders) and media;
+    text ids are random non-special ids of the tokenizer (the mini one's, or SmolLM2's with ``zoo``)."""
     from cotune.model import left_pad
 
     g = torch.Generator().manual_seed(batch)
+    first, vocab = (zoo_model.FIRST_WORD_ID, zoo_model.SMOL["vocab_size"]) if zoo else (4, TOKENIZER_SIZE)
     rows = []
     for i in range(batch):
-        text = torch.randint(4, TOKENIZER_SIZE, (length,), generator=g).tolist()
+        text = torch.randint(first, vocab, (length,), generator=g).tolist()
         media = [model.placeholder_ids["image"]] * model.num_media_tokens("image") if i < images else []
         rows.append([model.tokenizer.bos_token_id, *media, *text])
     ids, mask = left_pad(rows, model.tokenizer.pad_token_id)
     pixels = torch.randn(images, 3, CLIP["image_size"], CLIP["image_size"], generator=g)
-    return {"ids": ids, "mask": mask, "media": {"image": pixels} if images else None}
+    return {"ids": ids, "mask": mask, "media": {"image": pixels} if images else None, "pad": model.tokenizer.pad_token_id}
 
 
 def run_once(name: str, model, batch: dict, new_tokens: int) -> float:
@@ -98,7 +114,7 @@ def run_once(name: str, model, batch: dict, new_tokens: int) -> float:
     start = time.perf_counter()
     with torch.inference_mode():
         if name == "base":
-            out = model.generate(input_ids=batch["ids"], attention_mask=batch["mask"], pad_token_id=0, **fixed)
+            out = model.generate(input_ids=batch["ids"], attention_mask=batch["mask"], pad_token_id=batch["pad"], **fixed)
             out = out[:, batch["ids"].shape[1]:]
         else:
             out = generate(model, batch["ids"], batch["mask"], media=batch["media"], **fixed)
@@ -112,8 +128,8 @@ def measure(models: dict, args: argparse.Namespace) -> list[dict]:
     median over rounds of each row's speed relative to the reference row timed in the same round
     (base; unmerged for the mixed batch), which cancels the slow drifts of a shared machine."""
     cotune = models["unmerged"]
-    cases = [(b, prompts(cotune, b, args.prompt), ROWS) for b in (1, 8)]
-    cases.append((8, prompts(cotune, 8, args.prompt, images=4), ROWS[1:]))
+    cases = [(b, prompts(cotune, b, args.prompt, zoo=args.zoo), ROWS) for b in (1, 8)]
+    cases.append((8, prompts(cotune, 8, args.prompt, images=4, zoo=args.zoo), ROWS[1:]))
     results = []
     for size, batch, rows in cases:
         for name in rows:  # warm-up (first-call allocations, lazy imports)
@@ -135,7 +151,7 @@ def profile_decode(models: dict, args: argparse.Namespace) -> dict[str, list[tup
     """Top ops by self CPU time over one batch-1 generation of 16 tokens, per cotune row."""
     from torch.profiler import ProfilerActivity, profile
 
-    batch = prompts(models["unmerged"], 1, args.prompt)
+    batch = prompts(models["unmerged"], 1, args.prompt, zoo=args.zoo)
     out = {}
     for name in ROWS:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -178,8 +194,10 @@ def profile_lines(profiles: dict[str, dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one round, 16 new tokens, results not saved")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 4; --quick 1)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="generated tokens per row (default 48; --quick 16)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 4, --zoo 3; --quick 1)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="generated tokens per row (default 48, --zoo 24; --quick 16)")
+    parser.add_argument("--zoo", action="store_true", help="the zoo's SmolLM2-135M-Instruct + MobileNetV2 (zoo_model.py) instead "
+                        "of the mini backbones; results/generation-zoo-cpu.md")
     parser.add_argument("--prompt", type=int, default=32, help="random text tokens per prompt (default 32)")
     parser.add_argument("--case", choices=CASES, action="append", help="only this case (repeatable; default: all)")
     parser.add_argument("--profile", action="store_true", help="also profile one decode per row")
@@ -188,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads (default 1: on a shared 2-core machine two OpenMP threads spin-wait on each "
                              "other at every small decode op and run several times slower)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.rounds = args.rounds or (1 if args.quick else 4)
-    args.new_tokens = args.new_tokens or (16 if args.quick else 48)
+    build_threads = torch.get_num_threads()
+    args.rounds = args.rounds or (1 if args.quick else 3 if args.zoo else 4)
+    args.new_tokens = args.new_tokens or (16 if args.quick else 24 if args.zoo else 48)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -199,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         results, profiles = {}, {}
         for case in args.case or CASES:
-            models = build(work, case)
+            # Built and merged with torch's default threads: with one thread the merge check of the zoo's
+            # 30-layer model failed (logits 4.4e-3 apart, limit 3.5e-3) although the unmerged model's own
+            # logits move by 1.8e-3 between 1 and 2 threads and by 3.5e-3 against float64 (fp32 rounding).
+            torch.set_num_threads(build_threads)
+            models = build(work, case, args.zoo)
+            torch.set_num_threads(args.threads)
             results[case] = measure(models, args)
             if args.profile:
                 profiles[case] = profile_decode(models, args)
@@ -207,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     others = contention.others()
     command = "python benchmarks/generation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = "\n".join([
-        "# Generation throughput (cpu, fp32)", "",
+        f"# Generation throughput (cpu, fp32{', zoo models' if args.zoo else ''})", "",
         f"Command: `{command.strip()}` (total runtime {time.monotonic() - started:.0f} s)", "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine("cpu").items()), "",
         f"Other processes used {others[0]:.0f} core-seconds during the run ({100 * others[1]:.1f}% of the machine). "
@@ -216,14 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         "mixed batch) timed in the same round, which cancels the drifts of a shared machine. On this machine "
         "repeated runs differ by about +-5%.", "",
         f"Greedy decoding, {args.new_tokens} new tokens per row after a {args.prompt}-token text prompt (+ BOS), KV cache on; "
-        "tokens/s = batch x new tokens / wall time of the whole generate call (prefill included). Models: see "
-        "`benchmarks/generation.py` (mini LLaMA hidden 512, 8 layers, vocab 8000; random adapter weights).", "",
+        "tokens/s = batch x new tokens / wall time of the whole generate call (prefill included). "
+        + (f"{zoo_model.MODEL_TEXT} Base: the bare SmolLM2 (transformers `generate`); random trainable weights (std 0.02); "
+           "image rows of the mixed batch carry 7 (`mma`) or 49 (`lora`) image tokens of a random 224 px image." if args.zoo else
+           "Models: see `benchmarks/generation.py` (mini LLaMA hidden 512, 8 layers, vocab 8000; random adapter weights)."), "",
         *table(results), "",
         *(["## Profiles", "", *profile_lines(profiles)] if profiles else []),
     ])
     print(report)
     if not args.quick:
-        out = ROOT / "benchmarks" / "results" / "generation.md"
+        out = ROOT / "benchmarks" / "results" / ("generation-zoo-cpu.md" if args.zoo else "generation.md")
         out.write_text(report + "\n")
         print(f"wrote {out}")
     return 0

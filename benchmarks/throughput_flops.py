@@ -85,7 +85,11 @@ def forward_flops_by_component(counter) -> dict[str, float]:
     """Forward FLOPs per CotuneModel component (``llm``, ``encoder``, ``connector``) from a counter
     that saw only the forward pass (the module tracker's attribution of backward ops is unreliable)."""
     names = {"CotuneModel.llm": "llm", "CotuneModel.encoders.image.backbone": "encoder", "CotuneModel.connectors.image": "connector"}
-    return {names[k]: float(sum(ops.values())) for k, ops in counter.get_flop_counts().items() if k in names}
+    counts = counter.get_flop_counts()
+    parts = {names[k]: float(sum(ops.values())) for k, ops in counts.items() if k in names}
+    if "encoder" not in parts and "CotuneModel" in counts:  # MobileNetV2's blocks are called one by one, not its forward
+        parts["encoder"] = float(sum(counts["CotuneModel"].values())) - sum(parts.values())
+    return parts
 
 
 # ---------------------------------------------------------------------------------- GEMM
@@ -114,11 +118,12 @@ def gemm_rate(shape: tuple[int, int, int], device: str, dtype: torch.dtype, reps
     return 2 * m * k * n / best
 
 
-def gemm_table(device: str, dtype: torch.dtype, quick: bool) -> dict:
-    """The square GEMM rate and the rates at the model's shapes (with their FLOP-weighted harmonic mean)."""
-    square = gemm_rate(SQUARE, device, dtype, 2 if quick else 4)
+def gemm_table(device: str, dtype: torch.dtype, quick: bool, shapes=MODEL_SHAPES, square: float | None = None) -> dict:
+    """The square GEMM rate (measured unless given) and the rates at ``shapes`` ((M, K, N), count per
+    forward), with their FLOP-weighted harmonic mean."""
+    square = square or gemm_rate(SQUARE, device, dtype, 2 if quick else 4)
     rows, flops, seconds = [], 0.0, 0.0
-    for shape, count in MODEL_SHAPES:
+    for shape, count in shapes:
         rate = gemm_rate(shape, device, dtype, 3 if quick else 10)
         work = 2 * shape[0] * shape[1] * shape[2] * count
         flops, seconds = flops + work, seconds + work / rate

@@ -25,10 +25,24 @@ full S x S square even when causal) and also counted analytically (see ``analyti
     python benchmarks/train_throughput.py --steps 20 --device cuda   # (the CUDA path is untested)
     python benchmarks/train_throughput.py --case mma --work /tmp/tt  # one config, JSON on stdout
 
+``--zoo`` runs the same two configurations on the zoo's real small models instead (SmolLM2-135M-Instruct
++ MobileNetV2 with the demo's MM-Adapters and LaVIN neck, or LoRA + mlp2x-gelu on the 49-token grid;
+``zoo_model.py``), each at the demo's shape (batch 16, 48-token chat rows with 7 image tokens) and at a
+longer one (batch 4 x 256 tokens, the GEMM-friendlier row for the FLOP/s fraction); every row is
+compared to the GEMM rate at its own shapes (576 / 192 / 1536 / 49152 dims):
+
+    python benchmarks/train_throughput.py --zoo           # ~3 min on 2 idle cores; results/train_throughput-zoo-cpu.md
+    python benchmarks/train_throughput.py --zoo --quick   # one step per row, one process; results not saved
+    python benchmarks/train_throughput.py --zoo --threads 1   # on a shared machine (see --threads)
+
+The zoo copies come from ``cotune zoo fetch HuggingFaceTB/SmolLM2-135M-Instruct torchvision/mobilenet_v2``
+(``$COTUNE_CACHE`` or ``~/.cache/cotune``).
+
 Each config runs in its own process (peak RSS is its own); the report notes how much CPU other
 processes took meanwhile, because on a 2-core machine any neighbour distorts the timings.
 
-Results go to ``benchmarks/results/train_throughput-<device>.md`` (fp32 runs without --quick).
+Results go to ``benchmarks/results/train_throughput-<device>.md`` (``--zoo``: ``train_throughput-zoo-<device>.md``;
+fp32 runs without --quick).
 """
 
 from __future__ import annotations
@@ -49,8 +63,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).parent))
+import zoo_model  # noqa: E402
 from mini_model import BATCH, CASES, SEQ, SQUARE, cotune_config, save_backbones, synthetic_batch  # noqa: E402
-from throughput_flops import _now, analytic_flops, flop_counter, forward_flops_by_component, gemm_table  # noqa: E402
+from throughput_flops import _now, analytic_flops, flop_counter, forward_flops_by_component, gemm_rate, gemm_table  # noqa: E402
 from throughput_report import Contention, report, summarise  # noqa: E402
 log = logging.getLogger("benchmarks.train_throughput")
 
@@ -62,33 +77,49 @@ def _peak_memory_gb(device: str) -> float:
 
 
 class Stepper:
-    """One training step of the model, as the Trainer takes it with one micro-batch, in phases."""
+    """One training step of the model, as the Trainer takes it with one micro-batch, in phases.
 
-    def __init__(self, work: Path, case: str, device: str, precision: str) -> None:
+    ``make_batch(model)`` gives the batch; ``lr``: every group's learning rate (None: the config's
+    per-group peak rates); ``supervised_logits``: the LM head only where labels are (the Trainer's way)."""
+
+    def __init__(self, config, make_batch, device: str, precision: str, lr: float | None = 1e-4,
+                 supervised_logits: bool = False) -> None:
         from cotune.model import build_model
         from cotune.train.groups import optimizer_groups
         from cotune.train.loop import _make_optimizer
 
-        self.config = cotune_config(work, case)
-        self.device = device
+        self.config, self.device, self.supervised_logits = config, device, supervised_logits
         torch.manual_seed(0)
         self.model = build_model(self.config, device=device)
         self.model.train()
-        groups, _settings = optimizer_groups(self.model, self.config.train, steps_per_epoch=100)
+        groups, settings = optimizer_groups(self.model, self.config.train, steps_per_epoch=100)
         for group in groups:
-            group["lr"] = 1e-4
+            group["lr"] = settings[group["group"]].lr if lr is None else lr
         self.optimizer = _make_optimizer(groups, self.config.train)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.media = self.model.num_media_tokens("image")
-        self.batch = synthetic_batch(self.model, self.media, BATCH, SEQ, device)
+        self.batch = make_batch(self.model)
         self.dtype = torch.bfloat16 if precision == "bf16" else None
+
+    @classmethod
+    def mini(cls, work: Path, case: str, device: str, precision: str) -> "Stepper":
+        """The mini backbones of mini_model.py, batch BATCH x SEQ, lr 1e-4, logits everywhere."""
+        return cls(cotune_config(work, case), lambda m: synthetic_batch(m, m.num_media_tokens("image"), BATCH, SEQ, device),
+                   device, precision)
+
+    @classmethod
+    def zoo(cls, case: str, shape: str, device: str, precision: str) -> "Stepper":
+        """The zoo backbones of zoo_model.py, a ``shape`` chat batch, the demo's learning rates."""
+        return cls(zoo_model.zoo_config(case), lambda m: zoo_model.chat_batch(m, shape, device), device, precision,
+                   lr=None, supervised_logits=True)
 
     def forward(self) -> torch.Tensor:
         """The mean loss (autocast to bf16 when asked, as the Trainer does on GPUs)."""
         b = self.batch
         context = torch.autocast(self.device, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
         with context:
-            return self.model(b["input_ids"], b["attention_mask"], labels=b["labels"], media=b["media"]).loss
+            return self.model(b["input_ids"], b["attention_mask"], labels=b["labels"], media=b["media"],
+                              supervised_logits=self.supervised_logits).loss
 
     def update(self) -> None:
         torch.nn.utils.clip_grad_norm_(self.trainable, self.config.train.max_grad_norm)
@@ -107,10 +138,14 @@ class Stepper:
         return float(loss.detach()), [b - a for a, b in zip(marks, marks[1:])]
 
 
-def run_case(work: Path, case: str, device: str, precision: str, steps: int, warmup: int, profile_rows: int) -> dict:
-    """Builds the model of ``case``; times ``steps`` steps after ``warmup`` (the first counted by
-    FlopCounterMode, forward and backward apart); optionally profiles one more step."""
-    step = Stepper(work, case, device, precision)
+def run_case(work: Path, case: str, device: str, precision: str, steps: int, warmup: int, profile_rows: int,
+             shape: str | None = None) -> dict:
+    """Builds the model of ``case`` (the zoo's, with a ``shape`` batch, when ``shape`` is given); times
+    ``steps`` steps after ``warmup`` (the first counted by FlopCounterMode, forward and backward
+    apart); optionally profiles one more step."""
+    step = Stepper.zoo(case, shape, device, precision) if shape else Stepper.mini(work, case, device, precision)
+    batch, seq = step.batch["input_ids"].shape
+    kept = zoo_model.supervised_positions(step.batch)
     forward_counter, backward_counter = flop_counter(), flop_counter()
     with forward_counter:
         loss = step.forward()
@@ -124,13 +159,14 @@ def run_case(work: Path, case: str, device: str, precision: str, steps: int, war
         last_loss, phase = step()
         phases.append(phase)
     result = {
-        "case": case, "device": device, "precision": precision, "threads": torch.get_num_threads(), "batch": BATCH,
-        "seq": SEQ, "media_tokens": step.media, "steps": steps, "warmup": warmup, "phases": phases, "loss": last_loss,
+        "case": case, "label": f"{case}, {shape} {batch}x{seq}" if shape else case, "shape": shape, "kept_positions": kept,
+        "device": device, "precision": precision, "threads": torch.get_num_threads(), "batch": batch,
+        "seq": seq, "media_tokens": step.media, "steps": steps, "warmup": warmup, "phases": phases, "loss": last_loss,
         "peak_memory_gb": _peak_memory_gb(device),
         "params_total": sum(p.numel() for p in step.model.parameters()), "params_trainable": sum(p.numel() for p in step.trainable),
         "counted_fwd": float(forward_counter.get_total_flops()), "counted_bwd": float(backward_counter.get_total_flops()),
         "counted_fwd_components": forward_flops_by_component(forward_counter),
-        "analytic": analytic_flops(case, BATCH, SEQ, step.media),
+        "analytic": zoo_model.analytic_flops(case, batch, seq, kept) if shape else analytic_flops(case, batch, seq, step.media),
         "optimizer": "fused AdamW" if step.optimizer.defaults.get("fused") else "foreach AdamW",
     }
     if profile_rows:
@@ -179,10 +215,12 @@ def profile_step(step: Stepper, device: str, rows: int) -> dict:
             "categories": dict(sorted(categories.items(), key=lambda kv: -kv[1]))}
 
 
-def run_case_subprocess(work: Path, case: str, args: argparse.Namespace) -> dict:
+def run_case_subprocess(work: Path, case: str, args: argparse.Namespace, shape: str | None = None, profile_rows: int = 0) -> dict:
     """``run_case`` in a fresh process, so its peak RSS is its own."""
     command = [sys.executable, __file__, "--work", str(work), "--case", case, "--device", args.device, "--precision", args.precision,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--profile-rows", str(args.profile_rows)]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--profile-rows", str(profile_rows),
+               "--threads", str(torch.get_num_threads())]
+    command += ["--zoo", "--shape", shape] if shape else []
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
@@ -191,28 +229,38 @@ def run_case_subprocess(work: Path, case: str, args: argparse.Namespace) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps per config (default 12; --quick 3)")
+    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps per config (default 12, --zoo 3; --quick 3, --zoo 1)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps, the first FLOP-counted (default 2; --quick 1)")
-    parser.add_argument("--quick", action="store_true", help="fewer steps, no profile, one process: < 1 min; results not saved")
+    parser.add_argument("--quick", action="store_true", help="fewer steps, no profile, one process: < 1 min (--zoo: a few); results not saved")
+    parser.add_argument("--zoo", action="store_true", help="the zoo's SmolLM2-135M-Instruct + MobileNetV2 (zoo_model.py) instead of "
+                        "the mini backbones, at the demo's shape and a 256-token one; results/train_throughput-zoo-<device>.md")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: autocast the step and measure bf16 GEMMs (results not saved)")
     parser.add_argument("--work", type=Path, default=None, help="where the backbones go (default: a temporary directory)")
     parser.add_argument("--case", choices=CASES, help="run only this config in this process and print its JSON")
-    parser.add_argument("--profile-rows", type=int, default=12, help="top ops to list per config (0: no profile)")
+    parser.add_argument("--shape", choices=tuple(zoo_model.SHAPES), default="demo", help="with --zoo --case: the batch shape")
+    parser.add_argument("--profile-rows", type=int, default=12, help="top ops to list per config (0: no profile; --zoo: demo shape only)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the steps and the GEMM rates (default: torch's, one per core); 1 on a busy "
+                             "machine, where two OpenMP threads wait on each other (a zoo step measured 3-8x slower)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args.steps = max(1, args.steps or (3 if args.quick else 12))
+    args.steps = max(1, args.steps or ((1 if args.zoo else 3) if args.quick else (3 if args.zoo else 12)))
     args.warmup = max(1, args.warmup or (1 if args.quick else 2))
     if args.quick:
         args.profile_rows = 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.case:
-        if args.work is None:
-            parser.error("--case needs --work")
-        save_backbones(args.work)
-        print(json.dumps(run_case(args.work, args.case, args.device, args.precision, args.steps, args.warmup, args.profile_rows)))
+        if args.work is None and not args.zoo:
+            parser.error("--case needs --work (or --zoo)")
+        if not args.zoo:
+            save_backbones(args.work)
+        shape = args.shape if args.zoo else None
+        print(json.dumps(run_case(args.work, args.case, args.device, args.precision, args.steps, args.warmup, args.profile_rows, shape)))
         return 0
     with tempfile.TemporaryDirectory(prefix="cotune-train-bench-") as tmp:
         work = args.work or Path(tmp)
@@ -222,29 +270,40 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_all(work: Path, args: argparse.Namespace) -> int:
     start, contention = time.perf_counter(), Contention()
-    save_backbones(work)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    gemm = gemm_table(args.device, dtype, args.quick)
-    log.info("GEMM %s: %.1f GFLOP/s; model shapes %.1f GFLOP/s", SQUARE, gemm["square"] / 1e9, gemm["model_shape_rate"] / 1e9)
+    if args.zoo:
+        rows = [(case, shape) for case in zoo_model.CASES for shape in zoo_model.SHAPES]
+        gemm = {"square": gemm_rate(SQUARE, args.device, dtype, 2 if args.quick else 4), "by_row": {}}
+        log.info("GEMM %s: %.1f GFLOP/s", SQUARE, gemm["square"] / 1e9)
+    else:
+        rows = [(case, None) for case in CASES]
+        save_backbones(work)
+        gemm = gemm_table(args.device, dtype, args.quick)
+        log.info("GEMM %s: %.1f GFLOP/s; model shapes %.1f GFLOP/s", SQUARE, gemm["square"] / 1e9, gemm["model_shape_rate"] / 1e9)
     results = []
-    for case in CASES:
+    for case, shape in rows:
+        profile_rows = args.profile_rows if shape in (None, "demo") else 0
         if args.quick:  # one process: saves start-up, but peak RSS is then cumulative
-            results.append(run_case(work, case, args.device, args.precision, args.steps, args.warmup, 0))
+            results.append(run_case(work, case, args.device, args.precision, args.steps, args.warmup, 0, shape))
         else:
-            results.append(run_case_subprocess(work, case, args))
-        s = summarise(results[-1], gemm)
-        log.info("%s: %.2f s/step, %.0f tokens/s, %.1f GFLOP/s (%.0f%% of square GEMM)", case, s["mean_s"], s["tokens_per_s"],
-                 s["achieved"] / 1e9, 100 * s["vs_square"])
+            results.append(run_case_subprocess(work, case, args, shape, profile_rows))
+        r = results[-1]
+        if args.zoo:  # the GEMM rate at this row's shapes, measured right after it
+            shapes = zoo_model.model_shapes(r["batch"], r["seq"], r["kept_positions"])
+            gemm["by_row"][r["label"]] = gemm_table(args.device, dtype, args.quick, shapes, gemm["square"])
+        s = summarise(r, gemm)
+        log.info("%s: %.2f s/step (min %.2f), %.0f tokens/s, %.1f GFLOP/s (%.0f%% of square GEMM, %.0f%% of model-shape GEMM)",
+                 r["label"], s["mean_s"], s["min_s"], s["tokens_per_s"], s["achieved"] / 1e9, 100 * s["vs_square"], 100 * s["vs_model"])
     command = ("python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])).strip()
     others = contention.others()
     if others[1] > 0.05:
         log.warning("other processes used %.0f%% of the machine during the run: timings are pessimistic", 100 * others[1])
-    text = report(results, gemm, args, command, time.perf_counter() - start, others)
+    text = report(results, gemm, args, command, time.perf_counter() - start, others, zoo=args.zoo)
     if args.quick:
-        text += "\n--quick: both configs ran in one process (peak RSS is cumulative), few steps: a smoke test.\n"
+        text += "\n--quick: all configs ran in one process (peak RSS is cumulative), few steps: a smoke test.\n"
     print(text)
     if not args.quick and args.precision == "fp32":
-        path = ROOT / "benchmarks" / "results" / f"train_throughput-{args.device}.md"
+        path = ROOT / "benchmarks" / "results" / f"train_throughput-{'zoo-' if args.zoo else ''}{args.device}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         log.info("wrote %s", path.relative_to(ROOT))

@@ -34,7 +34,10 @@ from cotune.model.merge_probe import analyse_sites, find_sites, llm_routing_mixe
 log = logging.getLogger(__name__)
 
 #: Largest merged-vs-unmerged logit difference accepted on the probe batch, relative to max(1, |logits|).
-FP32_TOLERANCE = 1e-4
+#: Float32 rounding alone moves a deep model's logits by more than 1e-4 relative: SmolLM2-135M's
+#: unmerged logits differ by 1.8e-3 between 1 and 2 CPU threads and by 3.5-5.3e-3 from float64
+#: (|logits| about 35), so a 1e-4 check failed correct merges; a wrong fold is far above 1e-3.
+FP32_TOLERANCE = 1e-3
 HALF_TOLERANCE = 5e-2
 
 
