@@ -1,5 +1,5 @@
-"""Convergence of the five balance methods on a toy colour-VQA task (a stand-in for the mini-world
-recipes until the offline demo's data exists).
+"""Convergence of the five balance methods on a toy colour-VQA task (tiny random backbones; the
+same comparison on real small models and data is ``balance_zoo.py``).
 
 Task: 30 x 30 images of one of four colours with noise; "what colour is the image" -> the colour
 word; a quarter of the samples are text-only ("is the answer yes" -> yes). Model: the tiny random

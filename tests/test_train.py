@@ -271,3 +271,23 @@ def test_bf16_autocast_trains_on_cpu(tiny_root, tmp_path):
     records = metrics(tmp_path / "run")
     assert all(math.isfinite(r["loss"]) and "skipped" not in r for r in records)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_callbacks_see_every_step_and_their_time_is_not_step_time(tiny_root, tmp_path):
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def on_train_begin(self, trainer):
+            self.events.append(("begin", trainer.state.step))
+
+        def on_step_end(self, trainer, record):
+            self.events.append(("step", record["step"], record["step_seconds"]))
+            time.sleep(0.5)  # a benchmark's evaluation between steps
+
+    recorder, only_begin = Recorder(), type("OnlyBegin", (), {"on_train_begin": lambda self, trainer: None})()
+    Trainer(config(tiny_root, tmp_path, max_steps=3), tmp_path / "run", callbacks=[recorder, only_begin]).run()
+    assert [e[:2] for e in recorder.events] == [("begin", 0), ("step", 1), ("step", 2), ("step", 3)]
+    seconds = [e[2] for e in recorder.events[1:]]
+    assert all(0 < s < 0.5 for s in seconds), seconds  # the callback's sleep is never counted
+    assert [r["step_seconds"] for r in metrics(tmp_path / "run") if "loss" in r] == seconds

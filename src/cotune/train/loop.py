@@ -57,12 +57,19 @@ def _make_optimizer(param_groups, train):
 
 
 class Trainer:
-    """Runs ``config`` in ``run_dir`` (``resume``: continue from its latest checkpoint)."""
+    """Runs ``config`` in ``run_dir`` (``resume``: continue from its latest checkpoint).
 
-    def __init__(self, config: CotuneConfig, run_dir: str | Path, resume: bool = False, accelerator=None) -> None:
+    ``callbacks``: objects with any of ``on_train_begin(trainer)`` and ``on_step_end(trainer,
+    record)``, called on every process; ``record`` is the step's metrics (already written). Time
+    spent in callbacks, validation and checkpointing is left out of the next step's
+    ``step_seconds`` (wall time of one step: data loading, forward, backward, optimizer, kappa
+    estimate), so a benchmark can evaluate between steps without stopping a clock of its own."""
+
+    def __init__(self, config: CotuneConfig, run_dir: str | Path, resume: bool = False, accelerator=None, callbacks=()) -> None:
         from accelerate import Accelerator
 
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.callbacks = list(callbacks)
         cuda = torch.cuda.is_available()
         # accelerate drives the processes only; autocast and loss scaling are ours, so Trainers with
         # different precisions can run in one process (accelerate's precision state is global).
@@ -317,6 +324,8 @@ class Trainer:
     def _train(self, progress: Progress) -> None:
         accum = self.config.train.grad_accum
         self.model.train()
+        self._notify("on_train_begin", self)
+        self._step_started = time.perf_counter()
         while self.state.step < self.total_steps:
             batches_iter, pending = self._batches(), []
             for batch in batches_iter:
@@ -333,8 +342,15 @@ class Trainer:
             self.state.epoch += 1
             self.state.epoch_step = 0
 
+    def _notify(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            handler = getattr(callback, event, None)
+            if handler is not None:
+                handler(*args)
+
     def _after_step(self, record: dict, progress: Progress) -> None:
         train, step = self.config.train, self.state.step
+        record["step_seconds"] = time.perf_counter() - self._step_started
         if train.eval_every and step % train.eval_every == 0 and self.config.data.eval:
             record.update(evaluate_loss(self))
             self.model.train()
@@ -349,6 +365,8 @@ class Trainer:
             raise Interrupted(stop, self.save_checkpoint())
         if step % train.checkpoint_every == 0 and step < self.total_steps:
             self.save_checkpoint()
+        self._notify("on_step_end", self, record)
+        self._step_started = time.perf_counter()
 
     def _finish(self) -> Path:
         latest = list_checkpoints(self.run_dir)

@@ -1,0 +1,237 @@
+"""The five balance methods on real small models: an image recipe and an audio recipe from the zoo.
+
+Recipes: the demo recipe (``cotune/demo/demo.yaml``: SmolLM2-135M-Instruct, MM-Adapters in every
+LLM and encoder block, a LaVIN neck, float32) with one encoder each. ``image``: MobileNetV2 on
+easy-VQA (first 4,000 train questions); ``audio``: Whisper tiny.en (2 s crop) on the synthetic
+sound QA set (``cotune.demo.pipeline.synthesise``, 1,500 clips, 1,200 train). As in the demo,
+yes/no questions are drawn at a lower rate (70 % open, 30 % yes/no; docs/data.md). Sides as in
+docs/balance.md: S = encoder adapters + neck + modality embedding, T = LLM adapters. Changed from
+the demo: one encoder, batch 8, 80 steps, warmup 5, adapter dropout 0 (so the exact kappa estimate
+reuses the training forward: 3 extra forwards instead of 4, and runs are deterministic).
+
+Each method trains from the same seed on the same sample order. Validation loss on the first 48
+test questions every 5 steps; after training, greedy generation on 128 other test questions scored
+by cotune's evaluation (normalised exact match): accuracy, and accuracy on the open (not yes/no)
+questions, which the answer priors alone cannot carry. Target validation loss: ``constant``'s final
+one. Reported per method: steps and train seconds to the target (data, steps and kappa estimates;
+validation excluded; constant's estimates are left out, it does not use them; step 1 is left out
+for every method except its estimate, since the first run pays one-off warm-up costs),
+final validation loss, accuracy, mean kappa; commit / constant steps with the <= 0.75x target
+marked met or NOT met. kappa: exact, every 3 steps, windows of 12 steps from step 5 (6 windows);
+the CD baselines run without estimates (their kappa is 0 or 1 by construction).
+
+Sizing, for 2 idle cores. Measured in the image recipe between other processes' bursts: a step
+1.4 s, an exact estimate 1.9 s (3 eval forwards of the batch; the demo's 4.5 s step is batch 16
+with three inputs), 32 greedy answers 3.1 s. Every 3 steps an estimate adds ~0.65 s a step, so
+80 steps take ~160 s with estimates and ~110 s without; 16 validation passes of 6 batches ~30 s,
+128 answers ~15 s, building the model ~10 s: ~3.6 min a run with estimates, ~2.7 min without;
+3 + 2 runs per recipe, two recipes: ~32 min (audio steps assumed as fast; not measured idle).
+``--quick``: constant and commit, 10 steps, 16 validation and 32 test questions, 200 clips: ~4
+min idle; prints, writes nothing under benchmarks/results (its files go to ``--work``). On a shared
+machine everything is slower and the seconds are noisy: the report records the load and other
+processes' share of the CPU.
+
+Writes ``results/balance_zoo-cpu.{json,md}``, ``results/balance_zoo/<recipe>-convergence.png``
+and the ``cotune report`` figures (loss, kappa, lr multipliers, grad norms, KL) in
+``results/balance_zoo/<recipe>/``. Needs the zoo (``COTUNE_CACHE``; fetched when missing).
+
+    python -m benchmarks.balance_zoo [--quick] [--recipes image audio] [--methods ...] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from balance_methods import METHODS  # noqa: E402
+from balance_zoo_report import markdown, plot_convergence, summarise  # noqa: E402
+from throughput_report import Contention, machine  # noqa: E402
+
+from cotune.config import load_config  # noqa: E402
+from cotune.report import make_report  # noqa: E402
+from cotune.train import Trainer  # noqa: E402
+
+log = logging.getLogger("balance_zoo")
+RECIPES = ("image", "audio")
+#: Training shares by answer type (the demo's 0.35 : 0.15 image and 0.25 : 0.1 audio ratios).
+SHARES = {"open": 0.7, "yes_no": 0.3}
+TASK = {"image": "easyvqa", "audio": "audioqa"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much each run does (module docstring)."""
+
+    steps: int = 80
+    batch_size: int = 8
+    warmup: int = 5
+    eval_every: int = 5
+    val_questions: int = 48
+    test_questions: int = 128
+    every_k: int = 3
+    window: int = 12
+    image_questions: int = 4000
+    audio_clips: int = 1500
+    max_new_tokens: int = 6
+    seed: int = 0
+    methods: tuple[str, ...] = METHODS
+
+    @classmethod
+    def quick(cls) -> "Plan":
+        return cls(steps=10, warmup=2, eval_every=2, val_questions=16, test_questions=32, every_k=2, window=4,
+                   image_questions=1000, audio_clips=200, methods=("constant", "commit"))
+
+
+def prepare_data(work: Path, plan: Plan) -> dict[str, dict]:
+    """The zoo (easy-VQA, the backbones) and one synthetic sound QA set; the reader entries per recipe."""
+    from cotune.demo.pipeline import DemoPlan, packaged_recipe, prepare_zoo, synthesise
+
+    easyvqa = prepare_zoo(load_config(data=packaged_recipe()), None, None)
+    out = work / f"sounds-{plan.audio_clips}-seed{plan.seed}"
+    synthesise(out, DemoPlan(audio_clips=plan.audio_clips, seed=plan.seed))
+    return {"image": {"kind": "easyvqa", "path": str(easyvqa), "limit": plan.image_questions},
+            "audio": {"kind": "audioqa", "path": str(out / "data" / "audioqa")}}
+
+
+def read(entry: dict) -> list:
+    """The samples of a dataset entry as its reader yields them (no media decoded)."""
+    from cotune.config import DatasetConfig
+    from cotune.data.readers import READERS
+    from cotune.data.report import DatasetReport
+
+    config = DatasetConfig(**entry)
+    return list(READERS.get(config.kind)(config, DatasetReport(config.name)))
+
+
+def recipe_config(recipe: str, method: str, source: dict, plan: Plan, sizes: dict[str, int]):
+    """The demo recipe with only ``recipe``'s encoder, this benchmark's data, length and ``method``."""
+    from cotune.demo.pipeline import packaged_recipe
+
+    raw = packaged_recipe()
+    raw["seed"] = plan.seed
+    raw["model"]["encoders"] = {recipe: raw["model"]["encoders"][recipe]}
+    raw["model"]["encoders"][recipe]["adapter"]["dropout"] = 0.0
+    raw["model"]["llm"]["adapter"]["dropout"] = 0.0
+    raw["train"]["groups"]["encoder"] = {recipe: raw["train"]["groups"]["encoder"][recipe]}
+    # Weights are per-sample rates: share / size gives each answer type its share of the epoch.
+    raw["data"]["train"] = [{**source, "split": "train", "answers": answers, "name": f"{recipe}:{answers}",
+                             "weight": round(1000.0 * share / max(1, sizes[answers]), 6)} for answers, share in SHARES.items()]
+    raw["data"]["eval"] = [{**source, "split": "test", "limit": plan.val_questions, "name": "val"}]
+    raw["data"].update(batch_size=plan.batch_size, epoch_size=plan.steps * plan.batch_size)
+    raw["train"].update(max_steps=plan.steps, warmup_steps=plan.warmup, eval_every=plan.eval_every, log_every=plan.eval_every,
+                        checkpoint_every=10 * plan.steps)
+    cd = method in ("feature_cd", "language_cd")
+    raw["balance"] = {"method": method, "estimator": "none" if cd else "exact", "every_k": plan.every_k, "window": plan.window}
+    return load_config(data=raw)
+
+
+def test_set(config, recipe: str, source: dict, plan: Plan):
+    """``test_questions`` seeded test questions of ``recipe``'s set, none of them a validation question."""
+    from cotune.eval.runner import EvalSet, load_eval_set, select
+    from cotune.eval.tasks import TASKS
+
+    validation = {s.id for s in read({**source, "split": "test", "limit": plan.val_questions})}
+    full = load_eval_set(config, (TASKS.get(TASK[recipe]), Path(source["path"])), "test")
+    held_out = [s for s in full.samples if s.id not in validation]
+    return EvalSet(full.task, full.path, full.config, full.report, select(held_out, plan.test_questions, plan.seed),
+                   plan.test_questions, plan.seed)
+
+
+def accuracy(trainer, eval_set, out: Path, plan: Plan) -> dict:
+    """Greedy answers of the trained model: accuracy on all and on the open questions (percent)."""
+    from cotune.eval.runner import evaluate_run
+
+    metrics = evaluate_run(trainer.model, trainer.config, eval_set, batch_size=32, max_new_tokens=plan.max_new_tokens, out=out)
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    open_ = [r["correct"] for r in records if r["references"][0].strip().lower() not in ("yes", "no")]
+    return {"accuracy": metrics.get("accuracy"), "open_accuracy": 100.0 * float(np.mean(open_)) if open_ else None,
+            "questions": len(records), "open_questions": len(open_), "eval_seconds": metrics["seconds"]}
+
+
+def run_recipe(recipe: str, source: dict, plan: Plan, work: Path) -> tuple[dict, list[Path]]:
+    """Trains every method of ``plan`` on ``recipe``; returns per-method results and run directories."""
+    sizes = {answers: len(read({**source, "answers": answers})) for answers in SHARES}
+    results, runs, eval_set = {}, [], None
+    for method in plan.methods:
+        config = recipe_config(recipe, method, source, plan, sizes)
+        eval_set = eval_set or test_set(config, recipe, source, plan)
+        run_dir = work / "runs" / recipe / method
+        shutil.rmtree(run_dir, ignore_errors=True)
+        started = time.perf_counter()
+        trainer = Trainer(config, run_dir)  # logs step_seconds: validation excluded
+        trainer.run()
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        results[method] = {"records": records, **accuracy(trainer, eval_set, run_dir / "eval", plan),
+                           "run_seconds": time.perf_counter() - started}
+        log.info("%s %s: val loss %.3f, accuracy %s, %.0f s", recipe, method, records[-1].get("eval/loss", float("nan")),
+                 results[method]["accuracy"], results[method]["run_seconds"])
+        runs.append(run_dir)
+        del trainer
+        gc.collect()  # one model at a time in memory
+    return {"sizes": sizes, **summarise(results)}, runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="constant and commit, 10 steps; prints, writes no results")
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="default: all five (--quick: constant commit)")
+    parser.add_argument("--steps", type=int, help="steps per run, a multiple of the validation interval (default 80; --quick 10)")
+    parser.add_argument("--work", type=Path, help="runs and synthetic data (default: a temporary directory)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    plan = Plan.quick() if args.quick else Plan()
+    plan = dataclasses.replace(plan, **({"methods": tuple(args.methods)} if args.methods else {}),
+                               **({"steps": args.steps} if args.steps else {}))
+    if plan.steps % plan.eval_every:
+        parser.error(f"--steps: must be a multiple of the validation interval {plan.eval_every}")
+    if "constant" not in plan.methods:
+        parser.error("--methods: constant is needed (it sets the target validation loss)")
+    plan = dataclasses.replace(plan, methods=("constant",) + tuple(m for m in plan.methods if m != "constant"))
+    started, contention, load_before = time.perf_counter(), Contention(), os.getloadavg()
+    work = args.work or Path(tempfile.mkdtemp(prefix="cotune-balance-zoo-"))
+    sources = prepare_data(work, plan)
+    out = ROOT / "benchmarks" / "results" if not args.quick else work / "results"
+    figures = out / "balance_zoo"
+    recipes = {}
+    for recipe in args.recipes:
+        recipes[recipe], runs = run_recipe(recipe, sources[recipe], plan, work)
+        make_report(runs, figures / recipe)
+        plot_convergence(recipes[recipe], recipe, figures / f"{recipe}-convergence.png")
+    command = "python -m benchmarks.balance_zoo " + " ".join(argv if argv is not None else sys.argv[1:])
+    facts = {"command": command.strip(), "machine": machine("cpu"), "load_average_before": load_before,
+             "load_average_after": os.getloadavg(), "other_processes_share": round(contention.others()[1], 3),
+             "total_seconds": round(time.perf_counter() - started, 1), "plan": dataclasses.asdict(plan)}
+    text = markdown(recipes, facts)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "balance_zoo-cpu.md").write_text(text)
+    (out / "balance_zoo-cpu.json").write_text(json.dumps({**facts, "recipes": recipes}, indent=2) + "\n")
+    print(f"wrote {out / 'balance_zoo-cpu.md'}, {out / 'balance_zoo-cpu.json'} and figures in {figures}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

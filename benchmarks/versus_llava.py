@@ -1,0 +1,440 @@
+"""cotune's LaVIN-style recipe against the LLaVA-style route, on easy-VQA with SmolLM2-135M-Instruct
+and MobileNetV2: trainable parameters, tokens/s, samples/s, peak memory, and the training wall time
+each needs to reach the baseline's final held-out accuracy.
+
+Sides (each runs in its own process, so peak RSS is its own):
+
+* ``cotune``: the demo recipe (``cotune/demo/demo.yaml``) restricted to images: the Whisper
+  encoder and its settings dropped, everything else as shipped: MM-Adapters (dim 8, 2 experts) in
+  all 30 SmolLM2 blocks and all 18 MobileNetV2 blocks, a LaVIN neck on the 7 x 7 grid averaged row
+  by row (7 image tokens), the modality embedding, CoMMIT balancing (exact kappa every 50 steps),
+  the recipe's learning rates (LLM adapters 1e-3, encoder adapters 3e-4, neck and modality
+  embedding 3e-3), 15 warmup steps, cosine, cotune's own Trainer.
+* ``baseline``: ``llava_baseline.py``, written as a user would with transformers + PEFT: all 49
+  patch tokens of the same grid through an ``mlp2x_gelu`` projector spliced into the LLM's
+  ``inputs_embeds``, LoRA on every linear layer of the LLM, ``transformers.Trainer``, LLaVA-1.5's
+  LoRA recipe (r 128, alpha 256, dropout 0.05, lr 2e-4, cosine, warmup ratio 0.03, weight decay 0)
+  with the projector at stage 1's lr 1e-3 because nothing pretrained it (that module's docstring
+  lists every choice). ``LlavaForConditionalGeneration`` is not used: it needs a transformers
+  vision config, which cotune's MobileNetV2 has not.
+
+Same for both, so the comparison is the method and not the data:
+
+* backbones: the zoo's SmolLM2-135M-Instruct and MobileNetV2 (the same files), float32 on CPU;
+  on CUDA the frozen LLM in bfloat16 with bf16 autocast (as ``cotune demo`` does on a GPU);
+* images: 224 px through MobileNetV2's image processor as cotune builds it (the 64 px easy-VQA
+  PNGs resized to 256 and centre-cropped to 224), so both see the same pixels;
+* training samples: ``steps x batch_size`` easy-VQA train questions drawn once (seeded, without
+  replacement) from the first ``--pool`` questions at the demo's open : yes/no rate (``SHARES``
+  in ``cotune/demo/pipeline.py``: 0.35 : 0.15, i.e. 70 % colour/shape, 30 % yes/no; easy-VQA itself
+  is 74 % yes/no), written once as an easy-VQA questions file that both sides read, each sample
+  seen once in an order each side shuffles with its own seeded sampler;
+* prompts: the tokenizer's chat template with the system prompt "Answer briefly.", the image in
+  front of the question; the answer and the end-of-turn token supervised;
+* the batch size and the number of steps;
+* held-out accuracy: the same ``--eval-questions`` easy-VQA test questions (a seeded subset chosen
+  as ``cotune eval --limit N --sample-seed 0`` chooses), greedy answers of at most 6 new tokens
+  (the demo's ``max_new_tokens``), decoded and scored by cotune's easy-VQA task (VQA-normalised
+  exact match, ``cotune.eval.tasks``) for both sides' predictions.
+
+Timing: each side's training clock starts when its training loop starts (model loading and data
+set preparation are not counted) and stops for every evaluation, so "train seconds" is training
+only, data loading and optimizer included. Evaluations run every ``--eval-every`` steps and after
+the last. The baseline's target is its accuracy at its last evaluation; cotune's time to reach it
+is the train seconds of its first evaluation at or above it (the headline: the curves are only
+measured at evaluation points), and linearly interpolated between that evaluation and the one
+before (given too). tokens/s counts every sequence token that is not padding, media tokens
+included (7 per sample for cotune, 49 for the baseline); samples/s counts training samples; both
+over the whole train seconds. Peak memory: ``getrusage`` maxrss of the side's process (model
+loading and evaluation included), on CUDA also ``torch.cuda.max_memory_allocated``.
+
+Default size: 100 steps of 16 samples per side (1,600 questions; 16 is the demo's batch size, the
+one cotune's recipe was tuned at), evaluations every 20 steps on 200 test questions. Sized from
+short runs on the 2-core machine while other processes loaded it, one torch thread: 8.4 CPU
+seconds per cotune step and 18.2 per baseline step (4 steps of 16, first step included), so on 2
+idle cores about 5 and 11 s a step if two threads give ~1.7x: ~8 + ~18 minutes of training,
+~6 minutes of evaluations (5 per side) and ~1 minute of loading, about 33 minutes in all (an
+estimate: not yet measured idle). 150 steps would take about 45 minutes; 100 x 16 gives more
+samples per minute than 150 x 8.
+
+    COTUNE_CACHE=/tmp/zoo/cache python -m benchmarks.versus_llava             # writes results/versus_llava-cpu.{json,md,png}
+    COTUNE_CACHE=/tmp/zoo/cache python -m benchmarks.versus_llava --quick     # a few minutes idle; prints only
+    python -m benchmarks.versus_llava --device cuda --steps 600 --eval-every 50 --eval-questions 1000
+
+``--side cotune|baseline --work DIR`` runs one side in this process (what the parent starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import llava_baseline  # noqa: E402
+from throughput_report import Contention, machine  # noqa: E402
+from versus_llava_report import report_files  # noqa: E402
+
+log = logging.getLogger("benchmarks.versus_llava")
+
+LLM_ID, VISION_ID = "HuggingFaceTB/SmolLM2-135M-Instruct", "torchvision/mobilenet_v2"
+SYSTEM_PROMPT = "Answer briefly."
+MAX_NEW_TOKENS = 6
+SIDES = ("cotune", "baseline")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What both sides do (module docstring)."""
+
+    steps: int = 100
+    batch_size: int = 16
+    eval_every: int = 20
+    eval_questions: int = 200
+    eval_batch_size: int = 32
+    eval_at_start: bool = False
+    pool: int = 12000
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 2
+
+    @classmethod
+    def quick(cls, **fields) -> "Plan":
+        return cls(**{"steps": 12, "batch_size": 8, "eval_every": 6, "eval_questions": 32, **fields})
+
+
+def open_share() -> float:
+    """The demo's share of colour/shape questions among image questions (0.35 / (0.35 + 0.15))."""
+    from cotune.demo.pipeline import SHARES
+
+    return SHARES["image:open"] / (SHARES["image:open"] + SHARES["image:yes_no"])
+
+
+def is_yes_no(answer: str) -> bool:
+    return answer.strip().lower() in ("yes", "no")
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def draw_training_set(easyvqa: Path, plan: Plan, work: Path) -> Path:
+    """Writes ``work/train-set/train/questions.json``: steps x batch_size questions of the first
+    ``pool`` train questions, open and yes/no at the demo's rate, drawn without replacement."""
+    questions = json.loads((easyvqa / "train" / "questions.json").read_text())[: plan.pool]
+    total = plan.steps * plan.batch_size
+    want_open = round(total * open_share())
+    pools = {"open": [q for q in questions if not is_yes_no(q[1])], "yes_no": [q for q in questions if is_yes_no(q[1])]}
+    for kind, want in (("open", want_open), ("yes_no", total - want_open)):
+        if want > len(pools[kind]):
+            raise ValueError(f"--pool {plan.pool}: {len(pools[kind])} {kind} questions, the run needs {want}; raise --pool")
+    rng = random.Random(plan.seed)
+    drawn = rng.sample(pools["open"], want_open) + rng.sample(pools["yes_no"], total - want_open)
+    rng.shuffle(drawn)
+    target = work / "train-set" / "train" / "questions.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(drawn))
+    return target.parents[1]
+
+
+def eval_samples(easyvqa: Path, plan: Plan):
+    """The held-out easy-VQA test questions both sides answer: cotune's reader, and the seeded
+    subset cotune's evaluation selects for ``--limit N --sample-seed SEED``."""
+    from cotune.config import DatasetConfig
+    from cotune.data.report import DatasetReport
+    from cotune.eval.runner import read_dataset, select
+
+    config = DatasetConfig(kind="easyvqa", path=str(easyvqa), split="test", name="easyvqa:test")
+    return select(read_dataset(config, DatasetReport(config.name)), plan.eval_questions, plan.seed)
+
+
+def score_answers(pairs) -> dict:
+    """(Sample, generated text) pairs -> accuracy (cotune's easy-VQA scoring) with the yes/no and
+    open (colour/shape) breakdown."""
+    from cotune.eval.tasks import TASKS, item_record, score
+
+    task = TASKS.get("easyvqa")
+    records = [item_record(task, sample, text) for sample, text in pairs]
+    accuracy = score(task, records, {sample.id: sample.metadata for sample, _ in pairs})["accuracy"]
+    result = {"accuracy": accuracy, "questions": len(records)}
+    for kind, keep in (("yes_no", True), ("open", False)):
+        chosen = [r for r in records if is_yes_no(r["references"][0]) == keep]
+        result[f"{kind}_accuracy"] = round(100.0 * sum(r["correct"] for r in chosen) / len(chosen), 2) if chosen else None
+        result[f"{kind}_questions"] = len(chosen)
+    return result
+
+
+# ---------------------------------------------------------------------------------- timing
+
+
+class Curve:
+    """Training wall time with evaluations taken out, and the accuracy at each evaluation."""
+
+    def __init__(self, evaluate) -> None:
+        self.evaluate, self.points = evaluate, []
+        self.paused = self.paused_cpu = 0.0
+        self.started = self.started_cpu = None
+
+    def start(self) -> None:
+        self.started, self.started_cpu = time.perf_counter(), time.process_time()
+
+    def point(self, step: int, samples: int, tokens: int) -> None:
+        # CPU seconds (all threads of this process) next to wall seconds: on a shared machine the
+        # wall time grows with other processes' load; with one thread the CPU time hardly does (with
+        # several, OpenMP threads waiting for each other count as CPU time too).
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # queued kernels belong to training, not to the evaluation
+        train_s = time.perf_counter() - self.started - self.paused
+        train_cpu_s = time.process_time() - self.started_cpu - self.paused_cpu
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        result = self.evaluate()
+        eval_s = time.perf_counter() - begin
+        self.paused += eval_s
+        self.paused_cpu += time.process_time() - begin_cpu
+        self.points.append({"step": step, "train_s": round(train_s, 2), "train_cpu_s": round(train_cpu_s, 2), "samples": samples,
+                            "tokens": tokens, "eval_s": round(eval_s, 2), **result})
+        log.info("step %d: accuracy %.1f %% (yes/no %s, open %s) after %.0f s of training; evaluation took %.0f s",
+                 step, result["accuracy"], result["yes_no_accuracy"], result["open_accuracy"], train_s, eval_s)
+
+
+def _due(step: int, plan: Plan) -> bool:
+    return step % plan.eval_every == 0 or step == plan.steps
+
+
+def _peak_memory(device: str) -> dict:
+    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # Linux: KiB
+    if device.startswith("cuda"):
+        peak["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return peak
+
+
+# ---------------------------------------------------------------------------------- cotune
+
+
+def cotune_config(train_set: Path, easyvqa: Path, plan: Plan):
+    """The demo recipe restricted to images, on the drawn training set."""
+    from cotune.config import load_config
+    from cotune.demo.pipeline import packaged_recipe
+
+    recipe = packaged_recipe()
+    del recipe["model"]["encoders"]["audio"]
+    del recipe["train"]["groups"]["encoder"]["audio"]
+    recipe["seed"] = plan.seed
+    recipe["data"]["train"] = [{"kind": "easyvqa", "path": str(train_set), "split": "train", "name": "easyvqa:drawn",
+                                "media_root": str(easyvqa / "train" / "images")}]
+    recipe["data"].update(batch_size=plan.batch_size, epoch_size=plan.steps * plan.batch_size)
+    recipe["train"].update(max_steps=plan.steps, checkpoint_every=plan.steps, keep_checkpoints=1)
+    if plan.device.startswith("cuda"):
+        recipe["model"]["llm"]["dtype"] = "bfloat16"
+        recipe["train"]["precision"] = "bf16"
+    return load_config(data=recipe)
+
+
+def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
+    from cotune.data.spec import data_spec_from_model
+    from cotune.eval.runner import predict_samples
+    from cotune.train import Trainer
+
+    class CurvePoints:
+        """The benchmark's evaluations between steps; the Trainer leaves callback time out of its
+        step times, and the Curve takes it off this side's training clock."""
+
+        def on_train_begin(self, trainer) -> None:
+            curve.start()
+            if plan.eval_at_start:
+                curve.point(0, 0, 0)
+
+        def on_step_end(self, trainer, record: dict) -> None:
+            if _due(trainer.state.step, plan):
+                curve.point(trainer.state.step, trainer.state.samples_seen, trainer.state.tokens_seen)
+
+    config = cotune_config(work / "train-set", easyvqa, plan)
+    samples = eval_samples(easyvqa, plan)
+    trainer = Trainer(config, work / "cotune-run", callbacks=[CurvePoints()])
+    trainer.setup()
+    spec = data_spec_from_model(trainer.model, config.data)
+
+    def evaluate() -> dict:
+        answers = predict_samples(trainer.model, spec, samples, batch_size=plan.eval_batch_size, max_new_tokens=MAX_NEW_TOKENS)
+        return score_answers([(p.sample, p.text) for p in answers])
+
+    curve = Curve(evaluate)
+    trainer.run()
+    counts = trainer.model.parameter_counts()
+    losses = [json.loads(line) for line in (work / "cotune-run" / "metrics.jsonl").read_text().splitlines()]
+    return {"side": "cotune", "trainable_params": sum(c["trainable"] for c in counts.values()),
+            "total_params": sum(c["total"] for c in counts.values()), "components": counts,
+            "image_tokens": spec.encoders[0].tokens, "curve": curve.points,
+            "losses": [{"step": r["step"], "loss": r["loss"]} for r in losses if "loss" in r], **_peak_memory(plan.device)}
+
+
+# ---------------------------------------------------------------------------------- baseline
+
+
+def run_baseline(work: Path, easyvqa: Path, plan: Plan) -> dict:
+    from transformers import PrinterCallback, TrainerCallback
+
+    from cotune.eval.runner import decode
+    from cotune.zoo.sources import resolve_path
+
+    cuda = plan.device.startswith("cuda")
+    torch.manual_seed(plan.seed)  # the projector's initialisation
+    model, tokenizer, processor, n = llava_baseline.build_baseline(
+        resolve_path(LLM_ID), resolve_path(VISION_ID), llm_dtype=torch.bfloat16 if cuda else torch.float32)
+    model.to(plan.device)
+    samples = eval_samples(easyvqa, plan)
+    dataset = llava_baseline.VqaDataset(work / "train-set" / "train" / "questions.json", easyvqa / "train" / "images",
+                                        tokenizer, processor, n, SYSTEM_PROMPT)
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        model.eval()
+        pairs = []
+        settings = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "eos_token_id": tokenizer.eos_token_id,
+                    "pad_token_id": tokenizer.pad_token_id}
+        for start in range(0, len(samples), plan.eval_batch_size):
+            batch = samples[start : start + plan.eval_batch_size]
+            rows = [llava_baseline.prompt_ids(tokenizer, s.messages[0].content, SYSTEM_PROMPT, n) for s in batch]
+            ids, mask = llava_baseline.left_pad(rows, tokenizer.pad_token_id)
+            pixels = torch.stack([llava_baseline.pixel_values(processor, s.media["image"][0]) for s in batch])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                out = model.generate(ids.to(plan.device), mask.to(plan.device), pixels.to(plan.device), **settings)
+            pairs += [(s, decode(tokenizer, row)) for s, row in zip(batch, out.cpu())]
+        model.train()
+        return score_answers(pairs)
+
+    curve = Curve(evaluate)
+
+    class CurveCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            curve.start()
+            if plan.eval_at_start:
+                curve.point(0, 0, 0)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and (state.global_step % 10 == 0 or state.global_step == plan.steps):
+                log.info("step %d/%d loss=%.4f lr=%.2e", state.global_step, plan.steps, logs["loss"], logs.get("learning_rate", 0.0))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if _due(state.global_step, plan):
+                curve.point(state.global_step, state.global_step * plan.batch_size, state.num_input_tokens_seen)
+
+    trainer = llava_baseline.make_trainer(model, dataset, llava_baseline.Collator(tokenizer.pad_token_id), steps=plan.steps,
+                                          batch_size=plan.batch_size, out=work / "baseline-run", seed=plan.seed,
+                                          device=plan.device, callbacks=[CurveCallback()], logging_steps=1)
+    trainer.remove_callback(PrinterCallback)  # a printed dict per step; CurveCallback logs every 10
+    trainer.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    components = {name: {"total": sum(p.numel() for p in part.parameters()),
+                         "trainable": sum(p.numel() for p in part.parameters() if p.requires_grad)}
+                  for name, part in (("llm (+ LoRA)", model.llm), ("vision tower", model.vision_tower), ("projector", model.projector))}
+    return {"side": "baseline", "trainable_params": trainable, "total_params": sum(p.numel() for p in model.parameters()),
+            "components": components, "image_tokens": n, "curve": curve.points,
+            "losses": [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r],
+            "recipe": asdict(llava_baseline.LlavaRecipe()), **_peak_memory(plan.device)}
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def run_side(side: str, work: Path, plan: Plan) -> dict:
+    """Runs ``side`` in a fresh process (its own peak RSS, one device setting) and returns its result."""
+    result = work / f"{side}.json"
+    command = [sys.executable, "-m", "benchmarks.versus_llava", "--side", side, "--work", str(work), "--result", str(result),
+               "--plan", json.dumps(asdict(plan))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads), "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the zoo copies; no 3 s hub probe per backbone
+    if not plan.device.startswith("cuda"):
+        env["CUDA_VISIBLE_DEVICES"] = ""  # cotune's Trainer takes a visible GPU by itself
+    log.info("%s: starting (%d steps of %d)", side, plan.steps, plan.batch_size)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env)
+    if done.returncode:
+        raise RuntimeError(f"the {side} side failed (exit {done.returncode}): {' '.join(command)}")
+    data = json.loads(result.read_text())
+    data["process_s"] = round(time.perf_counter() - started, 1)
+    return data
+
+
+def _child(args: argparse.Namespace) -> int:
+    plan = Plan(**json.loads(args.plan))
+    torch.set_num_threads(plan.threads)
+    from cotune.zoo import dataset_dir
+
+    easyvqa = dataset_dir("easy-vqa")
+    runner = run_cotune if args.side == "cotune" else run_baseline
+    args.result.write_text(json.dumps(runner(args.work, easyvqa, plan), indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="12 steps of 8, 32 questions: a few minutes; prints only")
+    parser.add_argument("--steps", type=int, help="optimizer steps per side (default 100; --quick 12)")
+    parser.add_argument("--batch-size", type=int, help="samples per step, both sides (default 16; --quick 8)")
+    parser.add_argument("--eval-every", type=int, help="evaluate every N steps and after the last (default 20; --quick 6)")
+    parser.add_argument("--eval-questions", type=int, help="held-out easy-VQA test questions (default 200; --quick 32)")
+    parser.add_argument("--eval-batch-size", type=int, default=32, help="questions per generation batch (default 32)")
+    parser.add_argument("--eval-at-start", action="store_true", help="also evaluate the untrained models (step 0)")
+    parser.add_argument("--pool", type=int, default=12000, help="draw training questions from the first N train questions (default 12000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: frozen LLM in bfloat16, bf16 autocast")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per side (default: all cores)")
+    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results; --quick writes only with --out)")
+    parser.add_argument("--work", type=Path, help="keep the training set and both runs here (default: a temporary directory)")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--plan", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.side:
+        if not (args.work and args.result and args.plan):
+            parser.error("--side needs --work, --result and --plan")
+        return _child(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    given = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("eval_every", args.eval_every),
+                                ("eval_questions", args.eval_questions)) if v is not None}
+    fields = dict(eval_batch_size=args.eval_batch_size, eval_at_start=args.eval_at_start, pool=args.pool, seed=args.seed,
+                  device=args.device, threads=args.threads, **given)
+    plan = Plan.quick(**fields) if args.quick else Plan(**fields)
+    for name in ("steps", "batch_size", "eval_every", "eval_questions", "eval_batch_size", "threads"):
+        if getattr(plan, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(plan, name)}")
+    torch.set_num_threads(plan.threads)
+    from cotune.zoo import dataset_dir
+
+    easyvqa = dataset_dir("easy-vqa")
+    started, contention = time.perf_counter(), Contention()
+    with tempfile.TemporaryDirectory(prefix="cotune-versus-llava-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for old in ("cotune-run", "baseline-run"):  # a reused --work: cotune's Trainer refuses a non-empty run directory
+            shutil.rmtree(work / old, ignore_errors=True)
+        draw_training_set(easyvqa, plan, work)
+        results = {side: run_side(side, work, plan) for side in SIDES}
+    command = ("python -m benchmarks.versus_llava " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    info = machine("cuda" if plan.device.startswith("cuda") else "cpu")
+    out = args.out or (None if args.quick else ROOT / "benchmarks" / "results")
+    text = report_files(results, plan, open_share(), MAX_NEW_TOKENS, command, info, contention.others(), time.perf_counter() - started, out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
