@@ -14,6 +14,7 @@ from cotune.balance.estimator import exact_estimate, jvp_estimate, snapshot
 from cotune.balance.regularizer import lag_weights
 from cotune.balance.scheduler import BalanceScheduler, kappa_of
 from cotune.balance.estimator import Estimate
+from cotune.balance.controller import BalanceController
 from cotune.config import BalanceConfig, load_config
 from cotune.train import Interrupted, Trainer
 
@@ -177,19 +178,63 @@ def test_cd_baselines_move_one_side_per_step(tiny_root, tmp_path, method, first)
         assert moved and moved <= groups_of[order[step % 2]], (step, moved)
 
 
-def test_regulariser_gradient_reaches_only_lagging_sides(tiny_root, tmp_path):
+@pytest.mark.parametrize("target", ["self_predict", "grad_norm"])
+def test_regulariser_gradient_reaches_only_lagging_sides(tiny_root, tmp_path, target):
     raw = corpus.run_config(tiny_root, tmp_path / "data", max_steps=1)
-    trainer = Trainer(load_config(data=raw, overrides=["balance.method=commit"]), tmp_path / "run")
+    trainer = Trainer(load_config(data=raw, overrides=["balance.method=commit", f"balance.aux_target={target}"]), tmp_path / "run")
     trainer.setup()
     controller = trainer.balance
     controller.lag = {"S": 1.0, "T": 0.0}
     batch = next(iter(trainer.data.loader))
-    out = trainer.model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], media=batch["media"])
-    controller.add_aux(out.logits, batch["labels"], 1.0)
+    with controller.forward_context():
+        out = trainer.model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], media=batch["media"])
+    controller.add_aux(out.logits, batch["labels"], 1.0, main_loss=out.loss)
     reached = set(controller._aux_grads)
     s_ids = {id(p) for p in controller.params["S"] if p.requires_grad}
     assert reached == s_ids and not reached & {id(p) for p in controller.params["T"]}
     assert any(torch.count_nonzero(g) for g in controller._aux_grads.values())
+
+
+def test_grad_norm_regulariser_is_minus_the_lagging_sides_gradient_norm_slope():
+    """aux_target grad_norm: the gradient added to the lagging side S is -lambda l_S d||grad_S L||/dS,
+    checked against central finite differences of the gradient norm along a random direction."""
+    model = Toy().double()
+    optimizer = torch.optim.SGD([{"params": [model.a], "group": "encoder.image"}, {"params": [model.b], "group": "llm"}], lr=0.1)
+    config = BalanceConfig(method="commit", aux_target="grad_norm", aux_weight=0.5)
+    controller = BalanceController(config, model, optimizer, start_step=0, reduce=float)
+    controller.lag = {"S": 0.8, "T": 0.0}
+    batch = toy_batch()
+
+    def loss_at(a):
+        logits = model.embed[batch["input_ids"]] @ (a + model.b)
+        return nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
+
+    value = controller.add_aux(None, batch["labels"], 1.0, main_loss=loss_at(model.a))
+    added = controller._aux_grads[id(model.a)]
+    assert set(controller._aux_grads) == {id(model.a)}
+
+    def grad_norm(a):
+        a = a.detach().requires_grad_(True)
+        return float(torch.autograd.grad(loss_at(a), a)[0].norm())
+
+    direction = torch.randn(6, 10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    eps = 1e-5
+    slope = (grad_norm(model.a + eps * direction) - grad_norm(model.a - eps * direction)) / (2 * eps)
+    assert float((added.double() * direction).sum()) == pytest.approx(-0.5 * 0.8 * slope, rel=1e-5)
+    assert value == pytest.approx(-0.5 * 0.8 * grad_norm(model.a))
+    assert abs(slope) > 1e-3  # a direction along which the norm really changes
+
+
+def test_grad_norm_regulariser_trains_and_changes_the_update(tiny_root, tmp_path):
+    """A commit run with the grad_norm variant: after the first window the lagging side gets the
+    double-backward gradient (logged as a negative aux loss) and the trained weights differ from the
+    same run without the regulariser."""
+    common = ["balance.method=commit", "balance.every_k=1", "balance.window=2", "balance.start_step=0", "balance.aux_target=grad_norm"]
+    with_aux, records = run(tiny_root, tmp_path, "gn", [*common, "balance.aux_weight=1.0"], max_steps=5, warmup_steps=0)
+    without, _ = run(tiny_root, tmp_path, "none", [*common, "balance.aux_weight=0"], max_steps=5, warmup_steps=0)
+    assert any(r.get("balance/aux_loss", 0) < 0 for r in records)
+    a, b = with_aux.model.trainable_state_dict(), without.model.trainable_state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_keeps_the_scheduler_state(tiny_root, tmp_path):

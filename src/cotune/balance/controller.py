@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -75,19 +76,59 @@ class BalanceController:
     def aux_active(self) -> bool:
         return self.config.method == "commit" and self.config.aux_weight > 0 and any(v > 0 for v in self.lag.values())
 
-    def add_aux(self, logits: torch.Tensor, labels: torch.Tensor, fraction: float, positions: torch.Tensor | None = None) -> float:
-        """Accumulates lambda * l_X * grad_X(L_aux) for lagging sides (graph kept for the main backward).
-        logits [B, S, V] or [B, K, V] at ``positions``; labels [B, S]."""
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """Context for the training forward: ``grad_norm`` back-propagates through a backward, and
+        only PyTorch's math attention kernel has a double backward (the fused ones have none)."""
+        if self.aux_active() and self.config.aux_target == "grad_norm":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
+
+    def add_aux(self, logits: torch.Tensor, labels: torch.Tensor, fraction: float, positions: torch.Tensor | None = None,
+                main_loss: torch.Tensor | None = None) -> float:
+        """Accumulates the regulariser's gradient for lagging sides (graph kept for the main backward).
+        logits [B, S, V] or [B, K, V] at ``positions``; labels [B, S]; ``main_loss``: the micro-batch's
+        scalar training loss (needed by ``aux_target: grad_norm``). Returns the regulariser's value."""
+        lagging = {side: [p for p in ps if p.requires_grad] for side, ps in self.params.items() if self.lag[side] > 0}
+        if self.config.aux_target == "grad_norm":
+            if main_loss is None:
+                raise ValueError("aux_target grad_norm needs the micro-batch's training loss (main_loss)")
+            return self._add_grad_norm(main_loss, lagging)
         loss = aux_loss(logits, labels, self.config.aux_target, positions) * fraction
-        lagging = [(side, p) for side, ps in self.params.items() if self.lag[side] > 0 for p in ps if p.requires_grad]
-        grads = torch.autograd.grad(loss, [p for _s, p in lagging], retain_graph=True, allow_unused=True)
-        for (side, p), g in zip(lagging, grads):
-            scaled = torch.zeros_like(p, dtype=torch.float32) if g is None else g.float() * (self.config.aux_weight * self.lag[side])
-            self._aux_grads[id(p)] = self._aux_grads.get(id(p), 0) + scaled
+        flat = [(side, p) for side, ps in lagging.items() for p in ps]
+        grads = torch.autograd.grad(loss, [p for _s, p in flat], retain_graph=True, allow_unused=True)
+        for (side, p), g in zip(flat, grads):
+            self._accumulate_aux(p, g, self.config.aux_weight * self.lag[side])
         return float(loss.detach())
 
-    def apply_aux(self, world: int, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Adds the accumulated regulariser gradients (averaged over processes) into ``.grad``."""
+    def _add_grad_norm(self, main_loss: torch.Tensor, lagging: dict[str, list[torch.nn.Parameter]]) -> float:
+        """The ``grad_norm`` variant: L_gn = -sum_X lambda l_X ||grad_X L_main||_2 over lagging sides X,
+        its gradient (a Hessian-vector product: one double backward per lagging side) routed to X's
+        own parameters only, like option A's. The norm is the micro-batch's (with grad_accum > 1 it is
+        not the step's)."""
+        value = 0.0
+        for side, params in lagging.items():
+            grads = torch.autograd.grad(main_loss, params, create_graph=True, allow_unused=True)
+            present = [g for g in grads if g is not None]
+            if not present:
+                continue
+            norm = torch.sqrt(sum(g.float().pow(2).sum() for g in present))
+            weight = self.config.aux_weight * self.lag[side]
+            if norm.requires_grad and float(norm.detach()) > 0:
+                hvp = torch.autograd.grad(norm, params, retain_graph=True, allow_unused=True)
+                for p, h in zip(params, hvp):
+                    self._accumulate_aux(p, h, -weight)
+            value -= weight * float(norm.detach())
+        return value
+
+    def _accumulate_aux(self, param: torch.nn.Parameter, grad: torch.Tensor | None, scale: float) -> None:
+        scaled = torch.zeros_like(param, dtype=torch.float32) if grad is None else grad.detach().float() * scale
+        self._aux_grads[id(param)] = self._aux_grads.get(id(param), 0) + scaled
+
+    def apply_aux(self, world: int, all_reduce: Callable[[torch.Tensor], torch.Tensor], loss_scale: float = 1.0) -> None:
+        """Adds the accumulated regulariser gradients (averaged over processes, times ``loss_scale``,
+        the fp16 GradScaler's current scale, which the main gradients still carry) into ``.grad``."""
         if not self._aux_grads:
             return
         for params in self.params.values():
@@ -96,6 +137,7 @@ class BalanceController:
                 if g is None:  # same on every process: lag weights and sides are global
                     continue
                 g = all_reduce(g) / world if world > 1 else g
+                g = g * loss_scale if loss_scale != 1.0 else g
                 p.grad = g.to(p.dtype) if p.grad is None else p.grad + g.to(p.grad.dtype)
         self._aux_grads = {}
 

@@ -56,7 +56,7 @@ class BalanceConfig:
         check_choice("reuse_training_logits", self.reuse_training_logits, ("auto", "never"))
         check_choice("aggregate", self.aggregate, ("mean", "median"))
         check_choice("rule", self.rule, ("reference", "kl_equalise"))
-        check_choice("aux_target", self.aux_target, ("self_predict", "entropy"))
+        check_choice("aux_target", self.aux_target, ("self_predict", "entropy", "grad_norm"))
         for name in ("every_k", "window", "cd_period"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -211,19 +211,22 @@ class Trainer:
         for index, batch in enumerate(batches):
             sync = index == len(batches) - 1 or self.world == 1
             context = contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
-            with context, self.autocast():
+            with context, self.autocast(), self.balance.forward_context():
                 out = model(**model_inputs(batch, self.accelerator.device), touch_all=self.world > 1, supervised_logits=True)
                 loss = out.loss_sum * (self.world / max(tokens, 1.0))
                 if index == len(batches) - 1 and self.balance.reuses_training_logits(self.state.step, self.config.train.precision):
                     self.balance.capture_training_logits(batch, out.logits, out.logit_positions)
                 if self.balance.aux_active():
                     fraction = batch["num_supervised"] / max(tokens / self.world, 1.0)
-                    self._aux_loss += self.balance.add_aux(out.logits, batch["labels"].to(out.logits.device), fraction, out.logit_positions)
+                    self._aux_loss += self.balance.add_aux(out.logits, batch["labels"].to(out.logits.device), fraction,
+                                                           out.logit_positions, main_loss=loss)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += float(out.loss_sum.detach())
             seen += int(batch["attention_mask"].sum())
             samples += len(batch["sample_ids"])
-        self.balance.apply_aux(self.world, lambda t: self.accelerator.reduce(t, reduction="sum"))
+        # The main gradients carry fp16's loss scale until unscale_; the regulariser's must too.
+        loss_scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+        self.balance.apply_aux(self.world, lambda t: self.accelerator.reduce(t, reduction="sum"), loss_scale)
         return self._reduce(loss_sum) / max(tokens, 1.0), int(self._reduce(seen)), int(self._reduce(samples))
 
     def _group_norms(self) -> dict[str, float]:
