@@ -101,6 +101,7 @@ class Plan:
     """What both sides do (module docstring)."""
 
     steps: int = 100
+    cotune_steps: int | None = None
     batch_size: int = 16
     eval_every: int = 20
     eval_questions: int = 200
@@ -110,6 +111,12 @@ class Plan:
     seed: int = 0
     device: str = "cpu"
     threads: int = 2
+
+    def steps_of(self, side: str) -> int:
+        """Optimizer steps of ``side``: ``cotune_steps`` (default ``steps``) lets cotune, whose steps
+        are cheaper, train for about the baseline's wall time, so that its time to the baseline's
+        accuracy is measured and not only bounded."""
+        return self.cotune_steps or self.steps if side == "cotune" else self.steps
 
     @classmethod
     def quick(cls, **fields) -> "Plan":
@@ -132,21 +139,37 @@ def is_yes_no(answer: str) -> bool:
 
 def draw_training_set(easyvqa: Path, plan: Plan, work: Path) -> Path:
     """Writes ``work/train-set/train/questions.json``: steps x batch_size questions of the first
-    ``pool`` train questions, open and yes/no at the demo's rate, drawn without replacement."""
+    ``pool`` train questions, open and yes/no at the demo's rate, drawn without replacement. With
+    ``cotune_steps`` > ``steps`` it also writes ``work/train-set-cotune``: that set plus further
+    questions drawn the same way from the rest of the pool (the baseline's draw is unchanged)."""
     questions = json.loads((easyvqa / "train" / "questions.json").read_text())[: plan.pool]
-    total = plan.steps * plan.batch_size
-    want_open = round(total * open_share())
     pools = {"open": [q for q in questions if not is_yes_no(q[1])], "yes_no": [q for q in questions if is_yes_no(q[1])]}
+    rng = random.Random(plan.seed)
+    drawn = _draw(pools, plan.steps * plan.batch_size, rng, plan.pool)
+    rng.shuffle(drawn)
+    _write_set(work / "train-set", drawn)
+    extra = plan.steps_of("cotune") - plan.steps
+    if extra > 0:
+        taken = {json.dumps(q) for q in drawn}
+        rest = {kind: [q for q in qs if json.dumps(q) not in taken] for kind, qs in pools.items()}
+        more = _draw(rest, extra * plan.batch_size, rng, plan.pool)
+        rng.shuffle(more)
+        _write_set(work / "train-set-cotune", drawn + more)
+    return work / "train-set"
+
+
+def _draw(pools: dict[str, list], total: int, rng: random.Random, pool: int) -> list:
+    want_open = round(total * open_share())
     for kind, want in (("open", want_open), ("yes_no", total - want_open)):
         if want > len(pools[kind]):
-            raise ValueError(f"--pool {plan.pool}: {len(pools[kind])} {kind} questions, the run needs {want}; raise --pool")
-    rng = random.Random(plan.seed)
-    drawn = rng.sample(pools["open"], want_open) + rng.sample(pools["yes_no"], total - want_open)
-    rng.shuffle(drawn)
-    target = work / "train-set" / "train" / "questions.json"
+            raise ValueError(f"--pool {pool}: {len(pools[kind])} {kind} questions left, the run needs {want}; raise --pool")
+    return rng.sample(pools["open"], want_open) + rng.sample(pools["yes_no"], total - want_open)
+
+
+def _write_set(root: Path, questions: list) -> None:
+    target = root / "train" / "questions.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(drawn))
-    return target.parents[1]
+    target.write_text(json.dumps(questions))
 
 
 def eval_samples(easyvqa: Path, plan: Plan):
@@ -209,8 +232,8 @@ class Curve:
                  step, result["accuracy"], result["yes_no_accuracy"], result["open_accuracy"], train_s, eval_s)
 
 
-def _due(step: int, plan: Plan) -> bool:
-    return step % plan.eval_every == 0 or step == plan.steps
+def _due(step: int, plan: Plan, side: str) -> bool:
+    return step % plan.eval_every == 0 or step == plan.steps_of(side)
 
 
 def _peak_memory(device: str) -> dict:
@@ -234,8 +257,9 @@ def cotune_config(train_set: Path, easyvqa: Path, plan: Plan):
     recipe["seed"] = plan.seed
     recipe["data"]["train"] = [{"kind": "easyvqa", "path": str(train_set), "split": "train", "name": "easyvqa:drawn",
                                 "media_root": str(easyvqa / "train" / "images")}]
-    recipe["data"].update(batch_size=plan.batch_size, epoch_size=plan.steps * plan.batch_size)
-    recipe["train"].update(max_steps=plan.steps, checkpoint_every=plan.steps, keep_checkpoints=1)
+    steps = plan.steps_of("cotune")
+    recipe["data"].update(batch_size=plan.batch_size, epoch_size=steps * plan.batch_size)
+    recipe["train"].update(max_steps=steps, checkpoint_every=steps, keep_checkpoints=1)
     if plan.device.startswith("cuda"):
         recipe["model"]["llm"]["dtype"] = "bfloat16"
         recipe["train"]["precision"] = "bf16"
@@ -257,10 +281,11 @@ def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
                 curve.point(0, 0, 0)
 
         def on_step_end(self, trainer, record: dict) -> None:
-            if _due(trainer.state.step, plan):
+            if _due(trainer.state.step, plan, "cotune"):
                 curve.point(trainer.state.step, trainer.state.samples_seen, trainer.state.tokens_seen)
 
-    config = cotune_config(work / "train-set", easyvqa, plan)
+    own = work / "train-set-cotune"
+    config = cotune_config(own if plan.steps_of("cotune") > plan.steps else work / "train-set", easyvqa, plan)
     samples = eval_samples(easyvqa, plan)
     trainer = Trainer(config, work / "cotune-run", callbacks=[CurvePoints()])
     trainer.setup()
@@ -328,7 +353,7 @@ def run_baseline(work: Path, easyvqa: Path, plan: Plan) -> dict:
                 log.info("step %d/%d loss=%.4f lr=%.2e", state.global_step, plan.steps, logs["loss"], logs.get("learning_rate", 0.0))
 
         def on_step_end(self, args, state, control, **kwargs):
-            if _due(state.global_step, plan):
+            if _due(state.global_step, plan, "baseline"):
                 curve.point(state.global_step, state.global_step * plan.batch_size, state.num_input_tokens_seen)
 
     trainer = llava_baseline.make_trainer(model, dataset, llava_baseline.Collator(tokenizer.pad_token_id), steps=plan.steps,
@@ -361,13 +386,31 @@ def run_side(side: str, work: Path, plan: Plan) -> dict:
     env.setdefault("HF_HUB_OFFLINE", "1")  # the zoo copies; no 3 s hub probe per backbone
     if not plan.device.startswith("cuda"):
         env["CUDA_VISIBLE_DEVICES"] = ""  # cotune's Trainer takes a visible GPU by itself
-    log.info("%s: starting (%d steps of %d)", side, plan.steps, plan.batch_size)
+    log.info("%s: starting (%d steps of %d)", side, plan.steps_of(side), plan.batch_size)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env)
     if done.returncode:
         raise RuntimeError(f"the {side} side failed (exit {done.returncode}): {' '.join(command)}")
     data = json.loads(result.read_text())
     data["process_s"] = round(time.perf_counter() - started, 1)
+    return data
+
+
+#: Plan fields that change the baseline's run (cotune_steps does not: its draw is unchanged).
+BASELINE_FIELDS = ("steps", "batch_size", "eval_every", "eval_questions", "eval_batch_size", "eval_at_start", "pool", "seed", "device", "threads")
+
+
+def reused_baseline(work: Path, plan: Plan) -> dict:
+    """The baseline's result from an earlier run in ``work`` with the same baseline settings."""
+    path = work / "baseline.json"
+    if not path.is_file():
+        raise SystemExit(f"--reuse-baseline: no {path}; run once without it (with --work {work})")
+    data = json.loads(path.read_text())
+    recorded = data.get("plan", {})
+    differ = [f for f in BASELINE_FIELDS if recorded.get(f) != getattr(plan, f)]
+    if differ:
+        raise SystemExit(f"--reuse-baseline: {path} was run with other settings ({', '.join(f'{f} {recorded.get(f)!r}' for f in differ)})")
+    log.info("baseline: reusing %s (%s steps)", path, recorded["steps"])
     return data
 
 
@@ -378,7 +421,8 @@ def _child(args: argparse.Namespace) -> int:
 
     easyvqa = dataset_dir("easy-vqa")
     runner = run_cotune if args.side == "cotune" else run_baseline
-    args.result.write_text(json.dumps(runner(args.work, easyvqa, plan), indent=2) + "\n")
+    result = {**runner(args.work, easyvqa, plan), "plan": asdict(plan)}
+    args.result.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -386,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="12 steps of 8, 32 questions: a few minutes; prints only")
     parser.add_argument("--steps", type=int, help="optimizer steps per side (default 100; --quick 12)")
+    parser.add_argument("--cotune-steps", type=int, help="cotune's steps if not --steps: its steps are cheaper, so it can train "
+                        "for about the baseline's wall time (default: --steps)")
+    parser.add_argument("--reuse-baseline", action="store_true", help="take the baseline's result from --work/baseline.json when "
+                        "it was run with the same settings (the baseline does not depend on cotune's code or steps)")
     parser.add_argument("--batch-size", type=int, help="samples per step, both sides (default 16; --quick 8)")
     parser.add_argument("--eval-every", type=int, help="evaluate every N steps and after the last (default 20; --quick 6)")
     parser.add_argument("--eval-questions", type=int, help="held-out easy-VQA test questions (default 200; --quick 32)")
@@ -408,11 +456,14 @@ def main(argv: list[str] | None = None) -> int:
         return _child(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    given = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("eval_every", args.eval_every),
+    given = {k: v for k, v in (("steps", args.steps), ("cotune_steps", args.cotune_steps), ("batch_size", args.batch_size),
+                                ("eval_every", args.eval_every),
                                 ("eval_questions", args.eval_questions)) if v is not None}
     fields = dict(eval_batch_size=args.eval_batch_size, eval_at_start=args.eval_at_start, pool=args.pool, seed=args.seed,
                   device=args.device, threads=args.threads, **given)
     plan = Plan.quick(**fields) if args.quick else Plan(**fields)
+    if plan.cotune_steps is not None and plan.cotune_steps < 1:
+        parser.error(f"--cotune-steps: must be >= 1, got {plan.cotune_steps}")
     for name in ("steps", "batch_size", "eval_every", "eval_questions", "eval_batch_size", "threads"):
         if getattr(plan, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(plan, name)}")
@@ -424,10 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cotune-versus-llava-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for old in ("cotune-run", "baseline-run"):  # a reused --work: cotune's Trainer refuses a non-empty run directory
+        for old in ("cotune-run",) if args.reuse_baseline else ("cotune-run", "baseline-run"):  # a reused --work: cotune's Trainer refuses a non-empty run directory
             shutil.rmtree(work / old, ignore_errors=True)
         draw_training_set(easyvqa, plan, work)
-        results = {side: run_side(side, work, plan) for side in SIDES}
+        reused = reused_baseline(work, plan) if args.reuse_baseline else None  # checked before cotune's run
+        results = {side: reused if side == "baseline" and reused else run_side(side, work, plan) for side in SIDES}
     command = ("python -m benchmarks.versus_llava " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     info = machine("cuda" if plan.device.startswith("cuda") else "cpu")
     out = args.out or (None if args.quick else ROOT / "benchmarks" / "results")

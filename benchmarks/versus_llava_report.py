@@ -144,7 +144,7 @@ def limits(summary: dict, eval_every: int) -> list[str]:
             f"{b['image_tokens']} of them image tokens)")
     if not c["to_target"]["reached"]:
         notes.append(
-            f"- Time to the baseline's accuracy: **not met**. After the same {c['samples']:,} samples cotune's held-out accuracy is "
+            f"- Time to the baseline's accuracy: **not met**. After {c['samples']:,} samples cotune's held-out accuracy is "
             f"{_accuracy(c['final'])}, below the baseline's final {_accuracy(b['final'])}, so it never reached the target in this run; "
             f"the ratio is at least {t['time_ratio']['lower_bound']:.2f} (all of cotune's train time over the baseline's time to its "
             f"accuracy). Per step, {cost}: "
@@ -190,6 +190,16 @@ def plot(results: dict[str, dict], summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _steps_sentence(plan) -> str:
+    cotune_steps = plan.cotune_steps or plan.steps
+    questions = f"{plan.steps * plan.batch_size:,} training questions drawn once without replacement from the pool"
+    if cotune_steps == plan.steps:
+        return f"Both sides: {plan.steps} steps of {plan.batch_size} samples, {questions}"
+    return (f"Baseline: {plan.steps} steps of {plan.batch_size} samples, {questions}; cotune, whose steps are cheaper: "
+            f"{cotune_steps} steps (`--cotune-steps`, about the baseline's training time), the same questions plus "
+            f"{(cotune_steps - plan.steps) * plan.batch_size:,} more drawn the same way")
+
+
 def report_files(results: dict, plan, share: float, max_new_tokens: int, command: str, info: dict, others: tuple, runtime: float, out: Path | None) -> str:
     """The Markdown report; with ``out``, also writes versus_llava-<device>.{md,json,png} there."""
     summary = summarise(results)
@@ -202,9 +212,8 @@ def report_files(results: dict, plan, share: float, max_new_tokens: int, command
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
         f"Other processes used {others[0]:.0f} core-seconds during the run ({100 * others[1]:.1f}% of the machine)"
         + (": **timings are pessimistic**." if others[1] > 0.05 else "."), "",
-        f"Task: easy-VQA, SmolLM2-135M-Instruct + MobileNetV2 (the zoo's copies), {precision}. Both sides: {plan.steps} steps of "
-        f"{plan.batch_size} samples ({plan.steps * plan.batch_size:,} training questions drawn once without replacement from the first "
-        f"{plan.pool:,} train questions, {100 * share:.0f} % colour/shape and {100 * (1 - share):.0f} % yes/no as the demo draws them; each "
+        f"Task: easy-VQA, SmolLM2-135M-Instruct + MobileNetV2 (the zoo's copies), {precision}. {_steps_sentence(plan)} "
+        f"({plan.pool:,} first train questions, {100 * share:.0f} % colour/shape and {100 * (1 - share):.0f} % yes/no as the demo draws them; each "
         "seen once), the chat template with system prompt \"Answer briefly.\", 224 px MobileNetV2 inputs. Held-out: the same "
         f"{held['questions']} easy-VQA test questions (seed {plan.seed}: {held['yes_no_questions']} yes/no, {held['open_questions']} "
         "colour/shape), greedy, "
