@@ -411,7 +411,7 @@ def reused_baseline(work: Path, plan: Plan) -> dict:
     if differ:
         raise SystemExit(f"--reuse-baseline: {path} was run with other settings ({', '.join(f'{f} {recorded.get(f)!r}' for f in differ)})")
     log.info("baseline: reusing %s (%s steps)", path, recorded["steps"])
-    return data
+    return {**data, "reused_from": str(path)}
 
 
 def _child(args: argparse.Namespace) -> int:

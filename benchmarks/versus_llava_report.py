@@ -208,7 +208,10 @@ def report_files(results: dict, plan, share: float, max_new_tokens: int, command
     baseline_recipe, held = results["baseline"]["recipe"], results["cotune"]["curve"][-1]
     text = "\n".join([
         f"# cotune versus the LLaVA-style route ({device})", "",
-        f"Command: `{command}` (total runtime {runtime / 60:.1f} min: both sides, model loading and evaluations included)", "",
+        f"Command: `{command}` (total runtime {runtime / 60:.1f} min: "
+        + (f"cotune's side, model loading and evaluations included; the baseline's result reused from `{results['baseline']['reused_from']}`, "
+           "an earlier run with the same settings)" if results["baseline"].get("reused_from") else
+           "both sides, model loading and evaluations included)"), "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
         f"Other processes used {others[0]:.0f} core-seconds during the run ({100 * others[1]:.1f}% of the machine)"
         + (": **timings are pessimistic**." if others[1] > 0.05 else "."), "",
