@@ -76,6 +76,8 @@ def test_demo_writes_metrics_run_and_report(demo_run):
         assert metrics[name] == pytest.approx(100.0 * sum(r["correct"] for r in lines) / len(lines), abs=0.01)
     assert sorted(p.name for p in (out / "report").glob("*.png"))  # report figures were drawn
     assert metrics["targets"]["text_retention"]["target"] == 95.0
+    timed = metrics["targets"]["total_minutes"]  # a first run is judged on its whole time
+    assert timed["met"] is (timed["value"] <= 15.0) and timed["value"] == pytest.approx(metrics["total_seconds"] / 60, abs=0.01)
     assert len(result.examples) == 9
 
 
@@ -107,4 +109,5 @@ def test_demo_rerun_reuses_the_run_and_reproduces_the_scores(demo_run):
     assert {p.name: p.stat().st_mtime_ns for p in weights.iterdir()} == stamp  # not trained again
     for key in ("image_accuracy", "audio_accuracy", "text_accuracy", "text_accuracy_base"):
         assert again.metrics[key] == result.metrics[key]
+    assert again.metrics["targets"]["total_minutes"]["met"] is None  # a rerun's time is not the first run's
 

@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label:28s} {_pct(before[key]):>8s} {_pct(after[key]):>8s} {m['questions'][key]:>10d}")
     print(f"\ntrainable parameters: {m['trainable_parameters']:,} of {m['total_parameters']:,}; total time {m['total_seconds'] / 60:.1f} min")
     for name, target in m["targets"].items():
-        print(f"target {name} >= {target['target']}: {_pct(target['value'])} {'met' if target['met'] else 'NOT met'}")
+        verdict = "not judged (this run reused earlier phases)" if target["met"] is None else "met" if target["met"] else "NOT met"
+        value = f"{target['value']:.1f}" if name == "total_minutes" else _pct(target["value"])
+        print(f"target {name} {target['compare']} {target['target']}: {value} {verdict}")
     print("\nexample answers after training:")
     for ex in result.examples:
         refs = ", ".join(ex.get("references") or [])
