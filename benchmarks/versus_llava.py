@@ -116,7 +116,7 @@ class Plan:
         """Optimizer steps of ``side``: ``cotune_steps`` (default ``steps``) lets cotune, whose steps
         are cheaper, train for about the baseline's wall time, so that its time to the baseline's
         accuracy is measured and not only bounded."""
-        return self.cotune_steps or self.steps if side == "cotune" else self.steps
+        return (self.cotune_steps or self.steps) if side == "cotune" else self.steps
 
     @classmethod
     def quick(cls, **fields) -> "Plan":
@@ -475,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cotune-versus-llava-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for old in ("cotune-run",) if args.reuse_baseline else ("cotune-run", "baseline-run"):  # a reused --work: cotune's Trainer refuses a non-empty run directory
+        # A reused --work: cotune's Trainer refuses a non-empty run directory.
+        for old in ("cotune-run",) if args.reuse_baseline else ("cotune-run", "baseline-run"):
             shutil.rmtree(work / old, ignore_errors=True)
         draw_training_set(easyvqa, plan, work)
         reused = reused_baseline(work, plan) if args.reuse_baseline else None  # checked before cotune's run

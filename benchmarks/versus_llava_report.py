@@ -196,7 +196,7 @@ def _steps_sentence(plan) -> str:
     if cotune_steps == plan.steps:
         return f"Both sides: {plan.steps} steps of {plan.batch_size} samples, {questions}"
     return (f"Baseline: {plan.steps} steps of {plan.batch_size} samples, {questions}; cotune, whose steps are cheaper: "
-            f"{cotune_steps} steps (`--cotune-steps`, about the baseline's training time), the same questions plus "
+            f"{cotune_steps} steps (`--cotune-steps`, to train for about as long as the baseline), the same questions plus "
             f"{(cotune_steps - plan.steps) * plan.batch_size:,} more drawn the same way")
 
 
