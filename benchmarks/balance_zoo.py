@@ -88,6 +88,7 @@ class Plan:
     max_new_tokens: int = 6
     seed: int = 0
     methods: tuple[str, ...] = METHODS
+    rule: str = "reference"  # the coordinated methods' multiplier rule (balance.rule)
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -134,7 +135,8 @@ def recipe_config(recipe: str, method: str, source: dict, plan: Plan, sizes: dic
     raw["train"].update(max_steps=plan.steps, warmup_steps=plan.warmup, eval_every=plan.eval_every, log_every=plan.eval_every,
                         checkpoint_every=10 * plan.steps)
     cd = method in ("feature_cd", "language_cd")
-    raw["balance"] = {"method": method, "estimator": "none" if cd else "exact", "every_k": plan.every_k, "window": plan.window}
+    raw["balance"] = {"method": method, "estimator": "none" if cd else "exact", "every_k": plan.every_k, "window": plan.window,
+                      "rule": plan.rule}
     return load_config(data=raw)
 
 
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="steps per run, a multiple of the validation interval (default 80; --quick 10)")
     parser.add_argument("--work", type=Path, help="runs and synthetic data (default: a temporary directory)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--rule", choices=("reference", "kl_equalise"), default="reference",
+                        help="balance.rule of commit_clr and commit (default reference; kl_equalise writes results/balance_zoo-kl_equalise-cpu.*)")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.disable_progress_bar()
     plan = Plan.quick() if args.quick else Plan()
-    plan = dataclasses.replace(plan, **({"methods": tuple(args.methods)} if args.methods else {}),
+    plan = dataclasses.replace(plan, rule=args.rule, **({"methods": tuple(args.methods)} if args.methods else {}),
                                **({"steps": args.steps} if args.steps else {}))
     if plan.steps % plan.eval_every:
         parser.error(f"--steps: must be a multiple of the validation interval {plan.eval_every}")
@@ -214,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="cotune-balance-zoo-"))
     sources = prepare_data(work, plan)
     out = ROOT / "benchmarks" / "results" if not args.quick else work / "results"
-    figures = out / "balance_zoo"
+    name = "balance_zoo" if plan.rule == "reference" else f"balance_zoo-{plan.rule}"  # the recorded results stay
+    figures = out / name
     recipes = {}
     for recipe in args.recipes:
         recipes[recipe], runs = run_recipe(recipe, sources[recipe], plan, work)
@@ -227,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(recipes, facts)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "balance_zoo-cpu.md").write_text(text)
-    (out / "balance_zoo-cpu.json").write_text(json.dumps({**facts, "recipes": recipes}, indent=2) + "\n")
-    print(f"wrote {out / 'balance_zoo-cpu.md'}, {out / 'balance_zoo-cpu.json'} and figures in {figures}")
+    (out / f"{name}-cpu.md").write_text(text)
+    (out / f"{name}-cpu.json").write_text(json.dumps({**facts, "recipes": recipes}, indent=2) + "\n")
+    print(f"wrote {out / f'{name}-cpu.md'}, {out / f'{name}-cpu.json'} and figures in {figures}")
     return 0
 
 

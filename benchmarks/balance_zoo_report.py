@@ -99,7 +99,7 @@ def markdown(recipes: dict[str, dict], facts: dict) -> str:
         f"Demo recipe (SmolLM2-135M-Instruct, MM-Adapters everywhere, LaVIN neck, float32) with one encoder, adapter dropout 0; "
         f"batch {plan['batch_size']}, {plan['steps']} steps, warmup {plan['warmup']}, cosine, the demo's per-group learning rates; "
         f"training draws 70 % open / 30 % yes/no questions. kappa: exact, every {plan['every_k']} steps, windows of "
-        f"{plan['window']} steps (CD baselines: not estimated). Validation loss on the first {plan['val_questions']} test questions "
+        f"{plan['window']} steps, rule `{plan.get('rule', 'reference')}` (CD baselines: not estimated). Validation loss on the first {plan['val_questions']} test questions "
         f"every {plan['eval_every']} steps; accuracy: greedy answers (normalised exact match) to {plan['test_questions']} other "
         "test questions. One seed: differences of one evaluation interval are within noise. Train seconds: data, steps and "
         "kappa estimates, validation excluded; constant's estimates are left out (it does not use them), and so is step 1 "
