@@ -90,9 +90,13 @@ def answer_accuracy(trainer) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, help="steps per method (default 80; --quick 20)")
+    parser.add_argument("--quick", action="store_true", help="20 steps per method; prints, writes results under --work only")
     parser.add_argument("--work", type=Path)
     args = parser.parse_args(argv)
+    args.steps = args.steps or (20 if args.quick else 80)
+    if args.steps < 10:
+        parser.error(f"--steps: at least 10 (one validation every 10 steps), got {args.steps}")
     work = args.work or Path(tempfile.mkdtemp(prefix="cotune-methods-"))
     files = write_task(work / "task", n_train=160, n_val=40)
     results, runs = {}, []
@@ -109,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     target = max(r["eval_loss"][0][1] for r in results.values()) * 0.5
     for r in results.values():
         r["steps_to_half_first_eval_loss"] = next((s for s, v in r["eval_loss"] if v <= target), None)
-    out = Path(__file__).parent / "results"
+    out = work / "results" if args.quick else Path(__file__).parent / "results"
+    out.mkdir(parents=True, exist_ok=True)
     make_report(runs, out / "balance_methods")
     (out / "balance_methods-cpu.json").write_text(json.dumps(results, indent=2))
     lines = ["# Balance methods on the toy colour-VQA task (cpu)", "",
-             f"Command: `python benchmarks/balance_methods.py --steps {args.steps}`; tiny random backbones, 160 train / 40 validation samples, "
+             f"Command: `python benchmarks/balance_methods.py --steps {args.steps}{' --quick' if args.quick else ''}`; tiny random backbones, 160 train / 40 validation samples, "
              "batch 8, lr 5e-2 cosine, kappa every 2 steps, windows of 10 steps from step 5. Figures: `balance_methods/`.", "",
              f"| method | final val loss | steps to val loss <= {target:.3f} | answer-token accuracy | mean kappa |", "|---|---:|---:|---:|---:|"]
     for method, r in results.items():
