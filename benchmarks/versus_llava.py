@@ -70,8 +70,6 @@ import argparse
 import json
 import logging
 import os
-import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -87,6 +85,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import llava_baseline  # noqa: E402
 from throughput_report import Contention, machine  # noqa: E402
 from versus_llava_report import report_files  # noqa: E402
+from versus_llava_measure import Curve, draw_training_set, due, eval_samples, open_share, peak_memory, score_answers, train_set_dir  # noqa: E402
 
 log = logging.getLogger("benchmarks.versus_llava")
 
@@ -121,126 +120,6 @@ class Plan:
     @classmethod
     def quick(cls, **fields) -> "Plan":
         return cls(**{"steps": 12, "batch_size": 8, "eval_every": 6, "eval_questions": 32, **fields})
-
-
-def open_share() -> float:
-    """The demo's share of colour/shape questions among image questions (0.35 / (0.35 + 0.15))."""
-    from cotune.demo.pipeline import SHARES
-
-    return SHARES["image:open"] / (SHARES["image:open"] + SHARES["image:yes_no"])
-
-
-def is_yes_no(answer: str) -> bool:
-    return answer.strip().lower() in ("yes", "no")
-
-
-# ---------------------------------------------------------------------------------- data
-
-
-def draw_training_set(easyvqa: Path, plan: Plan, work: Path) -> Path:
-    """Writes ``work/train-set/train/questions.json``: steps x batch_size questions of the first
-    ``pool`` train questions, open and yes/no at the demo's rate, drawn without replacement. With
-    ``cotune_steps`` > ``steps`` it also writes ``work/train-set-cotune``: that set plus further
-    questions drawn the same way from the rest of the pool (the baseline's draw is unchanged)."""
-    questions = json.loads((easyvqa / "train" / "questions.json").read_text())[: plan.pool]
-    pools = {"open": [q for q in questions if not is_yes_no(q[1])], "yes_no": [q for q in questions if is_yes_no(q[1])]}
-    rng = random.Random(plan.seed)
-    drawn = _draw(pools, plan.steps * plan.batch_size, rng, plan.pool)
-    rng.shuffle(drawn)
-    _write_set(work / "train-set", drawn)
-    extra = plan.steps_of("cotune") - plan.steps
-    if extra > 0:
-        taken = {json.dumps(q) for q in drawn}
-        rest = {kind: [q for q in qs if json.dumps(q) not in taken] for kind, qs in pools.items()}
-        more = _draw(rest, extra * plan.batch_size, rng, plan.pool)
-        rng.shuffle(more)
-        _write_set(work / "train-set-cotune", drawn + more)
-    return work / "train-set"
-
-
-def _draw(pools: dict[str, list], total: int, rng: random.Random, pool: int) -> list:
-    want_open = round(total * open_share())
-    for kind, want in (("open", want_open), ("yes_no", total - want_open)):
-        if want > len(pools[kind]):
-            raise ValueError(f"--pool {pool}: {len(pools[kind])} {kind} questions left, the run needs {want}; raise --pool")
-    return rng.sample(pools["open"], want_open) + rng.sample(pools["yes_no"], total - want_open)
-
-
-def _write_set(root: Path, questions: list) -> None:
-    target = root / "train" / "questions.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(questions))
-
-
-def eval_samples(easyvqa: Path, plan: Plan):
-    """The held-out easy-VQA test questions both sides answer: cotune's reader, and the seeded
-    subset cotune's evaluation selects for ``--limit N --sample-seed SEED``."""
-    from cotune.config import DatasetConfig
-    from cotune.data.report import DatasetReport
-    from cotune.eval.runner import read_dataset, select
-
-    config = DatasetConfig(kind="easyvqa", path=str(easyvqa), split="test", name="easyvqa:test")
-    return select(read_dataset(config, DatasetReport(config.name)), plan.eval_questions, plan.seed)
-
-
-def score_answers(pairs) -> dict:
-    """(Sample, generated text) pairs -> accuracy (cotune's easy-VQA scoring) with the yes/no and
-    open (colour/shape) breakdown."""
-    from cotune.eval.tasks import TASKS, item_record, score
-
-    task = TASKS.get("easyvqa")
-    records = [item_record(task, sample, text) for sample, text in pairs]
-    accuracy = score(task, records, {sample.id: sample.metadata for sample, _ in pairs})["accuracy"]
-    result = {"accuracy": accuracy, "questions": len(records)}
-    for kind, keep in (("yes_no", True), ("open", False)):
-        chosen = [r for r in records if is_yes_no(r["references"][0]) == keep]
-        result[f"{kind}_accuracy"] = round(100.0 * sum(r["correct"] for r in chosen) / len(chosen), 2) if chosen else None
-        result[f"{kind}_questions"] = len(chosen)
-    return result
-
-
-# ---------------------------------------------------------------------------------- timing
-
-
-class Curve:
-    """Training wall time with evaluations taken out, and the accuracy at each evaluation."""
-
-    def __init__(self, evaluate) -> None:
-        self.evaluate, self.points = evaluate, []
-        self.paused = self.paused_cpu = 0.0
-        self.started = self.started_cpu = None
-
-    def start(self) -> None:
-        self.started, self.started_cpu = time.perf_counter(), time.process_time()
-
-    def point(self, step: int, samples: int, tokens: int) -> None:
-        # CPU seconds (all threads of this process) next to wall seconds: on a shared machine the
-        # wall time grows with other processes' load; with one thread the CPU time hardly does (with
-        # several, OpenMP threads waiting for each other count as CPU time too).
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # queued kernels belong to training, not to the evaluation
-        train_s = time.perf_counter() - self.started - self.paused
-        train_cpu_s = time.process_time() - self.started_cpu - self.paused_cpu
-        begin, begin_cpu = time.perf_counter(), time.process_time()
-        result = self.evaluate()
-        eval_s = time.perf_counter() - begin
-        self.paused += eval_s
-        self.paused_cpu += time.process_time() - begin_cpu
-        self.points.append({"step": step, "train_s": round(train_s, 2), "train_cpu_s": round(train_cpu_s, 2), "samples": samples,
-                            "tokens": tokens, "eval_s": round(eval_s, 2), **result})
-        log.info("step %d: accuracy %.1f %% (yes/no %s, open %s) after %.0f s of training; evaluation took %.0f s",
-                 step, result["accuracy"], result["yes_no_accuracy"], result["open_accuracy"], train_s, eval_s)
-
-
-def _due(step: int, plan: Plan, side: str) -> bool:
-    return step % plan.eval_every == 0 or step == plan.steps_of(side)
-
-
-def _peak_memory(device: str) -> dict:
-    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # Linux: KiB
-    if device.startswith("cuda"):
-        peak["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return peak
 
 
 # ---------------------------------------------------------------------------------- cotune
@@ -281,11 +160,10 @@ def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
                 curve.point(0, 0, 0)
 
         def on_step_end(self, trainer, record: dict) -> None:
-            if _due(trainer.state.step, plan, "cotune"):
+            if due(trainer.state.step, plan, "cotune"):
                 curve.point(trainer.state.step, trainer.state.samples_seen, trainer.state.tokens_seen)
 
-    own = work / "train-set-cotune"
-    config = cotune_config(own if plan.steps_of("cotune") > plan.steps else work / "train-set", easyvqa, plan)
+    config = cotune_config(train_set_dir(work, plan, "cotune"), easyvqa, plan)
     samples = eval_samples(easyvqa, plan)
     trainer = Trainer(config, work / "cotune-run", callbacks=[CurvePoints()])
     trainer.setup()
@@ -302,7 +180,7 @@ def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
     return {"side": "cotune", "trainable_params": sum(c["trainable"] for c in counts.values()),
             "total_params": sum(c["total"] for c in counts.values()), "components": counts,
             "image_tokens": spec.encoders[0].tokens, "curve": curve.points,
-            "losses": [{"step": r["step"], "loss": r["loss"]} for r in losses if "loss" in r], **_peak_memory(plan.device)}
+            "losses": [{"step": r["step"], "loss": r["loss"]} for r in losses if "loss" in r], **peak_memory(plan.device)}
 
 
 # ---------------------------------------------------------------------------------- baseline
@@ -353,7 +231,7 @@ def run_baseline(work: Path, easyvqa: Path, plan: Plan) -> dict:
                 log.info("step %d/%d loss=%.4f lr=%.2e", state.global_step, plan.steps, logs["loss"], logs.get("learning_rate", 0.0))
 
         def on_step_end(self, args, state, control, **kwargs):
-            if _due(state.global_step, plan, "baseline"):
+            if due(state.global_step, plan, "baseline"):
                 curve.point(state.global_step, state.global_step * plan.batch_size, state.num_input_tokens_seen)
 
     trainer = llava_baseline.make_trainer(model, dataset, llava_baseline.Collator(tokenizer.pad_token_id), steps=plan.steps,
@@ -368,7 +246,7 @@ def run_baseline(work: Path, easyvqa: Path, plan: Plan) -> dict:
     return {"side": "baseline", "trainable_params": trainable, "total_params": sum(p.numel() for p in model.parameters()),
             "components": components, "image_tokens": n, "curve": curve.points,
             "losses": [{"step": r["step"], "loss": r["loss"]} for r in trainer.state.log_history if "loss" in r],
-            "recipe": asdict(llava_baseline.LlavaRecipe()), **_peak_memory(plan.device)}
+            "recipe": asdict(llava_baseline.LlavaRecipe()), **peak_memory(plan.device)}
 
 
 # ---------------------------------------------------------------------------------- report

@@ -191,7 +191,7 @@ def plot(results: dict[str, dict], summary: dict, path: Path) -> None:
 
 
 def _steps_sentence(plan) -> str:
-    cotune_steps = plan.cotune_steps or plan.steps
+    cotune_steps = plan.steps_of("cotune")
     questions = f"{plan.steps * plan.batch_size:,} training questions drawn once without replacement from the pool"
     if cotune_steps == plan.steps:
         return f"Both sides: {plan.steps} steps of {plan.batch_size} samples, {questions}"

@@ -115,18 +115,19 @@ def test_cotune_steps_extend_the_baseline_draw_without_changing_it(tmp_path):
     """--cotune-steps: the baseline's training set is the draw of a same-steps run, and cotune's is
     that set plus new questions, with no question twice and the demo's open/yes-no rate kept."""
     import versus_llava as vl
+    import versus_llava_measure as data
 
     rng = np.random.default_rng(0)
     questions = [[f"q{i}", ["yes", "no", "red", "circle"][int(rng.integers(4))], i] for i in range(400)]
     (tmp_path / "evqa" / "train").mkdir(parents=True)
     (tmp_path / "evqa" / "train" / "questions.json").write_text(json.dumps(questions))
-    same = vl.draw_training_set(tmp_path / "evqa", vl.Plan(steps=5, batch_size=4), tmp_path / "same")
-    longer = vl.draw_training_set(tmp_path / "evqa", vl.Plan(steps=5, cotune_steps=12, batch_size=4), tmp_path / "longer")
+    same = data.draw_training_set(tmp_path / "evqa", vl.Plan(steps=5, batch_size=4), tmp_path / "same")
+    longer = data.draw_training_set(tmp_path / "evqa", vl.Plan(steps=5, cotune_steps=12, batch_size=4), tmp_path / "longer")
     read = lambda root: json.loads((root / "train" / "questions.json").read_text())
     assert read(same) == read(longer) and len(read(longer)) == 20
     assert not (tmp_path / "same" / "train-set-cotune").exists()
     cotune = read(tmp_path / "longer" / "train-set-cotune")
     assert cotune[:20] == read(longer) and len(cotune) == 48 and len({q[0] for q in cotune}) == 48
-    opened = sum(not vl.is_yes_no(q[1]) for q in cotune[20:])
-    assert opened == round(28 * vl.open_share())
+    opened = sum(not data.is_yes_no(q[1]) for q in cotune[20:])
+    assert opened == round(28 * data.open_share())
     assert vl.Plan(steps=5, cotune_steps=12).steps_of("cotune") == 12 and vl.Plan(steps=5).steps_of("cotune") == 5

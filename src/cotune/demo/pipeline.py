@@ -214,7 +214,7 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
     trained = (run_dir / "model").is_dir()
     before_file = out / "eval-before" / "summary.json"
     # Only a run that did every phase itself is timed against the target (a rerun reuses work).
-    first_run = not trained and not run_dir.is_dir() and not before_file.is_file()
+    first_run = not run_dir.is_dir() and not before_file.is_file()
     if before_file.is_file():
         before = json.loads(before_file.read_text())
     else:

@@ -1,0 +1,139 @@
+"""What both sides of ``versus_llava.py`` are measured on, and how: the training questions they
+draw, the held-out questions and their scoring, the training clock with evaluations taken off it,
+and peak memory. ``plan`` is that module's ``Plan``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("benchmarks.versus_llava")
+
+
+def open_share() -> float:
+    """The demo's share of colour/shape questions among image questions (0.35 / (0.35 + 0.15))."""
+    from cotune.demo.pipeline import SHARES
+
+    return SHARES["image:open"] / (SHARES["image:open"] + SHARES["image:yes_no"])
+
+
+def is_yes_no(answer: str) -> bool:
+    return answer.strip().lower() in ("yes", "no")
+
+
+def draw_training_set(easyvqa: Path, plan, work: Path) -> Path:
+    """Writes ``work/train-set/train/questions.json``: steps x batch_size questions of the first
+    ``pool`` train questions, open and yes/no at the demo's rate, drawn without replacement. With
+    ``cotune_steps`` > ``steps`` it also writes ``work/train-set-cotune``: that set plus further
+    questions drawn the same way from the rest of the pool (the baseline's draw is unchanged)."""
+    questions = json.loads((easyvqa / "train" / "questions.json").read_text())[: plan.pool]
+    pools = {"open": [q for q in questions if not is_yes_no(q[1])], "yes_no": [q for q in questions if is_yes_no(q[1])]}
+    rng = random.Random(plan.seed)
+    drawn = _draw(pools, plan.steps * plan.batch_size, rng, plan.pool)
+    rng.shuffle(drawn)
+    _write_set(train_set_dir(work, plan, "baseline"), drawn)
+    cotune_set = train_set_dir(work, plan, "cotune")
+    if cotune_set != train_set_dir(work, plan, "baseline"):
+        extra = plan.steps_of("cotune") - plan.steps
+        taken = {json.dumps(q) for q in drawn}
+        rest = {kind: [q for q in qs if json.dumps(q) not in taken] for kind, qs in pools.items()}
+        more = _draw(rest, extra * plan.batch_size, rng, plan.pool)
+        rng.shuffle(more)
+        _write_set(cotune_set, drawn + more)
+    return train_set_dir(work, plan, "baseline")
+
+
+def train_set_dir(work: Path, plan, side: str) -> Path:
+    """The easy-VQA-layout training set ``side`` reads: ``train-set``, or ``train-set-cotune`` when
+    cotune trains for more steps than the baseline."""
+    return work / ("train-set-cotune" if side == "cotune" and plan.steps_of("cotune") > plan.steps else "train-set")
+
+
+def _draw(pools: dict[str, list], total: int, rng: random.Random, pool: int) -> list:
+    want_open = round(total * open_share())
+    for kind, want in (("open", want_open), ("yes_no", total - want_open)):
+        if want > len(pools[kind]):
+            raise ValueError(f"--pool {pool}: {len(pools[kind])} {kind} questions left, the run needs {want}; raise --pool")
+    return rng.sample(pools["open"], want_open) + rng.sample(pools["yes_no"], total - want_open)
+
+
+def _write_set(root: Path, questions: list) -> None:
+    target = root / "train" / "questions.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(questions))
+
+
+def eval_samples(easyvqa: Path, plan):
+    """The held-out easy-VQA test questions both sides answer: cotune's reader, and the seeded
+    subset cotune's evaluation selects for ``--limit N --sample-seed SEED``."""
+    from cotune.config import DatasetConfig
+    from cotune.data.report import DatasetReport
+    from cotune.eval.runner import read_dataset, select
+
+    config = DatasetConfig(kind="easyvqa", path=str(easyvqa), split="test", name="easyvqa:test")
+    return select(read_dataset(config, DatasetReport(config.name)), plan.eval_questions, plan.seed)
+
+
+def score_answers(pairs) -> dict:
+    """(Sample, generated text) pairs -> accuracy (cotune's easy-VQA scoring) with the yes/no and
+    open (colour/shape) breakdown."""
+    from cotune.eval.tasks import TASKS, item_record, score
+
+    task = TASKS.get("easyvqa")
+    records = [item_record(task, sample, text) for sample, text in pairs]
+    accuracy = score(task, records, {sample.id: sample.metadata for sample, _ in pairs})["accuracy"]
+    result = {"accuracy": accuracy, "questions": len(records)}
+    for kind, keep in (("yes_no", True), ("open", False)):
+        chosen = [r for r in records if is_yes_no(r["references"][0]) == keep]
+        result[f"{kind}_accuracy"] = round(100.0 * sum(r["correct"] for r in chosen) / len(chosen), 2) if chosen else None
+        result[f"{kind}_questions"] = len(chosen)
+    return result
+
+
+class Curve:
+    """Training wall time with evaluations taken out, and the accuracy at each evaluation."""
+
+    def __init__(self, evaluate) -> None:
+        self.evaluate, self.points = evaluate, []
+        self.paused = self.paused_cpu = 0.0
+        self.started = self.started_cpu = None
+
+    def start(self) -> None:
+        self.started, self.started_cpu = time.perf_counter(), time.process_time()
+
+    def point(self, step: int, samples: int, tokens: int) -> None:
+        # CPU seconds (all threads of this process) next to wall seconds: on a shared machine the
+        # wall time grows with other processes' load; with one thread the CPU time hardly does (with
+        # several, OpenMP threads waiting for each other count as CPU time too).
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # queued kernels belong to training, not to the evaluation
+        train_s = time.perf_counter() - self.started - self.paused
+        train_cpu_s = time.process_time() - self.started_cpu - self.paused_cpu
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        result = self.evaluate()
+        eval_s = time.perf_counter() - begin
+        self.paused += eval_s
+        self.paused_cpu += time.process_time() - begin_cpu
+        self.points.append({"step": step, "train_s": round(train_s, 2), "train_cpu_s": round(train_cpu_s, 2), "samples": samples,
+                            "tokens": tokens, "eval_s": round(eval_s, 2), **result})
+        log.info("step %d: accuracy %.1f %% (yes/no %s, open %s) after %.0f s of training; evaluation took %.0f s",
+                 step, result["accuracy"], result["yes_no_accuracy"], result["open_accuracy"], train_s, eval_s)
+
+
+def due(step: int, plan, side: str) -> bool:
+    """Whether ``side`` evaluates after optimizer step ``step``: every ``eval_every`` steps and after its last."""
+    return step % plan.eval_every == 0 or step == plan.steps_of(side)
+
+
+def peak_memory(device: str) -> dict:
+    """Peak memory of this process: getrusage maxrss, and on CUDA the allocator's peak."""
+    peak = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # Linux: KiB
+    if device.startswith("cuda"):
+        peak["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return peak
