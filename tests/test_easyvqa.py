@@ -29,7 +29,8 @@ def test_good_records_exactly(tmp_path):
     assert samples[0].messages == [Message("user", "what color is the shape?"), Message("assistant", "red")]
     assert samples[0].media == {"image": [(data / "train" / "images" / "0.png").resolve()]}
     assert samples[2].media == {"image": [(data / "train" / "images" / "1.png").resolve()]}
-    assert samples[2].metadata == {"answer": "circle", "answers": ["circle"], "question": "what shape is in the image?", "image_id": 1}
+    assert samples[2].metadata == {"answer": "circle", "answers": ["circle"], "question": "what shape is in the image?", "image_id": 1,
+                                  "question_type": "shape"}
 
 
 def test_package_directory_and_data_directory_read_the_same(tmp_path):

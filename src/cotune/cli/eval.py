@@ -1,6 +1,7 @@
 """``cotune eval RUN_DIR --dataset NAME[:PATH] [--split test] [--limit N] [--sample-seed S]
-[--batch-size B] [--max-new-tokens M] --out DIR``: generate answers with a trained model, score them
-and write ``DIR/predictions.jsonl`` and ``DIR/metrics.json`` (formats: docs/eval.md)."""
+[--ablate shuffle|blank | --ablations shuffle,blank] [--batch-size B] [--max-new-tokens M] --out DIR``:
+generate answers with a trained model, score them and write ``DIR/predictions.jsonl`` and
+``DIR/metrics.json`` (formats: docs/eval.md); with ablations, how much the answers use the media."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import logging
 
 from cotune.cli.score import format_metrics, format_scienceqa
+from cotune.eval.ablation import ABLATIONS
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate N samples (the first N, or a random N with --sample-seed)")
     parser.add_argument("--sample-seed", type=int, metavar="S", help="with --limit: draw the N samples at random with seed S")
+    parser.add_argument(
+        "--ablate", choices=ABLATIONS, metavar="KIND",
+        help="evaluate with other media: shuffle (each sample gets another sample's media) or blank (grey image, silence)",
+    )
+    parser.add_argument(
+        "--ablations", type=_ablation_list, default=(), metavar="KIND[,KIND]",
+        help="evaluate with own media, then with each ablation (results under DIR/ablate-KIND), and report the gap",
+    )
+    parser.add_argument("--ablation-seed", type=int, default=0, metavar="S", help="seed of the shuffle (default: 0)")
     add_generation_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="where predictions.jsonl and metrics.json go")
+
+
+def _ablation_list(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in ABLATIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown ablation {', '.join(unknown) or value!r}; choose from {', '.join(ABLATIONS)}")
+    return tuple(dict.fromkeys(names))
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,15 +77,20 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
+    if args.ablate and args.ablations:
+        raise ConfigError("--ablate and --ablations: pass one (--ablate replaces the media; --ablations adds ablated runs)")
     # Everything the user gave is checked (run, dataset, split, flags) before the weights load.
     config = run_config(args.run_dir)
     data = load_eval_set(config, args.dataset, args.split, args.limit, args.sample_seed)
     model, config = load_for_inference(args, config)
     metrics = evaluate_run(
         model, config, data, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, out=args.out,
-        num_workers=args.num_workers, run_dir=args.run_dir,
+        num_workers=args.num_workers, run_dir=args.run_dir, ablate=args.ablate, ablations=args.ablations,
+        ablation_seed=args.ablation_seed,
     )
     print(format_report(metrics, RUN_KEYS))
+    if metrics.get("breakdown"):
+        print(format_grounding(metrics))
     return 0 if metrics["evaluated"] else 1
 
 
@@ -85,3 +109,34 @@ def format_report(metrics: dict, run_keys: tuple[str, ...]) -> str:
         f"{metrics['records']} records; skipped: {skipped}; {metrics['seconds']:.1f} s"
         + (f" ({rate:.2f} samples/s)" if rate else "")
     )
+
+
+def format_grounding(metrics: dict) -> str:
+    """Accuracy by answer type and against the wording prior; with ablations, own vs ablated and
+    the gap per group (docs/eval.md, "Does the model use its media?")."""
+    part = metrics["breakdown"]
+    lines = []
+    if metrics.get("ablation"):
+        lines.append(f"media ablated: {metrics['ablation']['kind']} ({metrics['ablation']['changed']} samples changed)")
+    groups = {**part["by_answer_type"], **{f"type:{k}": v for k, v in part.get("by_question_type", {}).items()}}
+    prior = part["wording_prior"]
+    groups.update({k: prior[k] for k in ("follows_prior", "counter_prior")})
+    ablations = metrics.get("ablations") or {}
+    header = f"{'group':<22}{'count':>7}{'own':>9}" + "".join(f"{name:>10}{'gap':>8}" for name in ablations)
+    lines.append(header)
+    for name, group in groups.items():
+        if not group["count"]:
+            continue
+        row = f"{name:<22}{group['count']:>7}{_pct(group['accuracy']):>9}"
+        for result in ablations.values():
+            entry = result["reliance"].get(name, {})
+            row += f"{_pct(entry.get('ablated')):>10}{_pct(entry.get('gap')):>8}"
+        lines.append(row)
+    if part["yes_no_balanced_accuracy"] is not None:
+        lines.append(f"yes/no balanced accuracy {_pct(part['yes_no_balanced_accuracy'])}; "
+                     f"answering from the wording alone {_pct(prior['accuracy'])} (majority by polarity: {prior['majority']})")
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -10,9 +10,11 @@ Nothing here has trainable parameters; the model is put in eval mode while gener
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,9 @@ from cotune.data.report import DatasetReport
 from cotune.data.schema import Sample, SkipSample
 from cotune.data.spec import DataSpec, data_spec_from_model
 from cotune.data.templates import IGNORE_INDEX, encode_prompt
+from cotune.eval.ablation import ablate as ablate_samples
+from cotune.eval.ablation import check_ablation
+from cotune.eval.breakdown import breakdown, reliance
 from cotune.eval.metrics import ScoreError
 from cotune.eval.tasks import EvalTask, item_record, parse_dataset, score
 from cotune.fileio import atomic_write_text
@@ -195,7 +200,8 @@ def load_eval_set(
 def evaluate_run(
     model, config: CotuneConfig, dataset: str | tuple[EvalTask, Path] | EvalSet, *, split: str = "test", limit: int | None = None,
     sample_seed: int | None = None, batch_size: int = 8, max_new_tokens: int = 64, out: str | Path | None = None,
-    num_workers: int = 0, run_dir: str | Path | None = None,
+    num_workers: int = 0, run_dir: str | Path | None = None, ablate: str | None = None, ablations: Sequence[str] = (),
+    ablation_seed: int = 0,
 ) -> dict:
     """Evaluates ``model`` (built from ``config``) on ``dataset``.
 
@@ -203,22 +209,62 @@ def evaluate_run(
     ``split``, ``limit`` and ``sample_seed`` were applied when reading it). Generates greedily,
     extracts and scores answers by the task. With ``out``, writes ``predictions.jsonl`` and
     ``metrics.json`` there atomically. Returns the metrics: ``accuracy`` where the task has one
-    (None when nothing could be evaluated), the metric's other fields, and :data:`RUN_KEYS`.
+    (None when nothing could be evaluated), the metric's other fields, the ``breakdown`` by answer
+    type and wording prior (:mod:`cotune.eval.breakdown`), and :data:`RUN_KEYS`.
+
+    ``ablate`` (``shuffle`` | ``blank``, :mod:`cotune.eval.ablation`) evaluates with ablated media
+    instead of the samples' own; metrics say which under ``ablation``. ``ablations`` evaluates with
+    own media first, then once per named ablation (written under ``out/ablate-<name>``), and adds
+    ``ablations``: per ablation its accuracy, breakdown and ``reliance`` (own vs ablated, per
+    group, and the gap). ``ablation_seed`` seeds the shuffle's derangement.
     """
     for flag, value in (("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens)):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
+    for name in ([ablate] if ablate else []) + list(ablations):
+        check_ablation(name, "--ablate" if name == ablate else "--ablations")
+    if ablate and ablations:
+        raise ConfigError("--ablate and --ablations: pass one (--ablate replaces the media; --ablations adds ablated runs)")
     data = dataset if isinstance(dataset, EvalSet) else load_eval_set(config, dataset, split, limit, sample_seed)
-    task, report = data.task, data.report
+    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_workers": num_workers, "run_dir": run_dir}
+    if not ablations:
+        return _evaluate(model, config, data, out=out, ablate=ablate, ablation_seed=ablation_seed, **settings)
+    metrics = _evaluate(model, config, data, out=None, **settings)
+    metrics["ablations"] = {}
+    for name in ablations:
+        where = None if out is None else Path(out) / f"ablate-{name}"
+        ablated = _evaluate(model, config, data, out=where, ablate=name, ablation_seed=ablation_seed, **settings)
+        metrics["ablations"][name] = {
+            "accuracy": ablated.get("accuracy"), "ablation": ablated["ablation"], "breakdown": ablated.get("breakdown"),
+            "reliance": reliance(metrics, ablated), "out": None if where is None else str(where),
+        }
+    if out is not None:
+        write_outputs(out, metrics.pop("_records"), metrics)
+    metrics.pop("_records", None)
+    return metrics
+
+
+def _evaluate(
+    model, config: CotuneConfig, data: EvalSet, *, batch_size: int, max_new_tokens: int, out, num_workers: int, run_dir,
+    ablate: str | None = None, ablation_seed: int = 0,
+) -> dict:
+    """One pass of :func:`evaluate_run` over ``data`` (own media, or ``ablate``'s). Without
+    ``out`` the scored records stay in the returned dict under ``_records`` for the caller."""
+    # Each pass counts its own skips (prompts, media) on top of the reader's.
+    task, report = data.task, copy.deepcopy(data.report)
     spec = data_spec_from_model(model, config.data)
-    log.info("evaluating %s: %d of %d records (%s template)", data.config.name, len(data.samples), report.total, spec.template)
-    start = time.perf_counter()
-    records, metadata = [], {}
-    for prediction in predict_samples(model, spec, data.samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                      report=report, num_workers=num_workers):
-        records.append(item_record(task, prediction.sample, prediction.text))
-        metadata[prediction.sample.id] = prediction.sample.metadata
-    seconds = time.perf_counter() - start
+    log.info("evaluating %s: %d of %d records (%s template%s)", data.config.name, len(data.samples), report.total,
+             spec.template, f", media ablated: {ablate}" if ablate else "")
+    with tempfile.TemporaryDirectory(prefix="cotune-ablate-") as workdir:
+        ablated = ablate_samples(data.samples, ablate, seed=ablation_seed, workdir=Path(workdir)) if ablate else None
+        samples = ablated.samples if ablated else data.samples
+        start = time.perf_counter()
+        records, metadata = [], {}
+        for prediction in predict_samples(model, spec, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                          report=report, num_workers=num_workers):
+            records.append(item_record(task, prediction.sample, prediction.text))
+            metadata[prediction.sample.id] = prediction.sample.metadata
+        seconds = time.perf_counter() - start
     run = {
         "run_dir": None if run_dir is None else str(run_dir), "dataset": task.name, "path": str(data.path),
         "split": data.config.split, "metric": task.metric, "template": spec.template, "records": report.total,
@@ -228,9 +274,15 @@ def evaluate_run(
         "samples_per_second": round(len(records) / seconds, 3) if records and seconds > 0 else None,
     }
     metrics = _score(task, records, metadata, out)
+    if records and task.has_accuracy:
+        metrics["breakdown"] = breakdown(records, metadata)
     metrics.update(run)
+    if ablated is not None:
+        metrics["ablation"] = ablated.describe()
     if out is not None:
         write_outputs(out, records, metrics)
+    else:
+        metrics["_records"] = records
     return metrics
 
 

@@ -13,8 +13,9 @@ site-packages directory); ``split`` is ``train`` or ``test``. ``media_root`` rep
 One sample per question: the user turn is the question (no marker: the template puts the image in
 front), the assistant turn the answer word. Id: ``<split>-<k>``, k the question's index in
 questions.json, so ids are stable as long as the file is. Metadata:
-``{"answer", "answers": [answer], "question", "image_id"}`` (``answers`` is the reference list the
-``vqa`` metric takes).
+``{"answer", "answers": [answer], "question", "image_id", "question_type"}`` (``answers`` is the
+reference list the ``vqa`` metric takes; ``question_type`` is ``yes_no``, ``shape`` or ``color``,
+from the answer: easy-VQA's 13 answers are yes, no, three shapes and eight colours).
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def data_root(path: Path) -> Path:
     raise ValueError(f"{path}: not an easy-VQA data directory (expected train/questions.json or easy_vqa/data/train/questions.json)")
 
 
+SHAPES = frozenset({"circle", "rectangle", "triangle"})
+
+
+def question_type(answer: str) -> str:
+    """``yes_no``, ``shape`` or ``color`` (module docstring)."""
+    word = answer.strip().lower()
+    return "yes_no" if word in ("yes", "no") else "shape" if word in SHAPES else "color"
+
+
 def _sample(record: Any, index: int, *, split: str, root: Path) -> Sample:
     sample_id = f"{split}-{index}"
     if not isinstance(record, list) or len(record) != 3:
@@ -70,5 +80,6 @@ def _sample(record: Any, index: int, *, split: str, root: Path) -> Sample:
     question, answer = question.strip(), answer.strip()
     messages = [Message("user", question), Message("assistant", answer)]
     media = attach_media(sample_id, messages, {"image": [f"{image_id}.png"]}, root)
-    metadata = {"answer": answer, "answers": [answer], "question": question, "image_id": image_id}
+    metadata = {"answer": answer, "answers": [answer], "question": question, "image_id": image_id,
+                "question_type": question_type(answer)}
     return Sample(sample_id, messages, media, metadata)
