@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import save_file
 
 import tiny
 from corpus import write_easyvqa
+from cotune.config import ConfigError
 from cotune.demo import DemoPlan, run_demo
 from cotune.encoders.mobilenet import MobileNetV2
 from cotune.model import load
@@ -74,6 +77,21 @@ def test_demo_writes_metrics_run_and_report(demo_run):
         lines = [json.loads(line) for line in (out / "eval-after" / key / "predictions.jsonl").read_text().splitlines()]
         assert len(lines) == metrics["questions"][key]
         assert metrics[name] == pytest.approx(100.0 * sum(r["correct"] for r in lines) / len(lines), abs=0.01)
+    # Media reliance: accuracy with shuffled media is that of the ablated predictions, the drop the difference.
+    for key in ("image", "audio"):
+        shuffled = [json.loads(line) for line in (out / "eval-after" / key / "ablate-shuffle" / "predictions.jsonl").read_text().splitlines()]
+        own = [json.loads(line) for line in (out / "eval-after" / key / "predictions.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in shuffled] == [r["id"] for r in own] and [r["question"] for r in shuffled] == [r["question"] for r in own]
+        accuracy = round(100.0 * sum(r["correct"] for r in shuffled) / len(shuffled), 2)
+        group = metrics["grounding"][key]["all"]
+        assert (group["own"], group["shuffled"]) == (metrics[f"{key}_accuracy"], accuracy) == (metrics[f"{key}_accuracy"], metrics[f"{key}_shuffled_accuracy"])
+        assert metrics[f"{key}_shuffle_drop"] == round(group["own"] - group["shuffled"], 2)
+        yes_no = [r for r in own if r["references"][0] in ("yes", "no")]
+        assert metrics["grounding"][key]["yes_no"]["count"] == len(yes_no)
+    assert metrics["image_counter_prior_accuracy"] == metrics["grounding"]["image"].get("counter_prior", {}).get("own")
+    assert sorted(metrics["targets"]) == sorted(
+        ["image_accuracy", "image_counter_prior_accuracy", "audio_accuracy", "audio_yes_no_accuracy", "text_retention",
+         "image_shuffle_drop", "audio_shuffle_drop", "total_minutes"])
     assert sorted(p.name for p in (out / "report").glob("*.png"))  # report figures were drawn
     assert metrics["targets"]["text_retention"]["target"] == 95.0
     timed = metrics["targets"]["total_minutes"]  # a first run is judged on its whole time
@@ -110,4 +128,24 @@ def test_demo_rerun_reuses_the_run_and_reproduces_the_scores(demo_run):
     for key in ("image_accuracy", "audio_accuracy", "text_accuracy", "text_accuracy_base"):
         assert again.metrics[key] == result.metrics[key]
     assert again.metrics["targets"]["total_minutes"]["met"] is None  # a rerun's time is not the first run's
+    # Another seed in the same folder would reuse this seed's data and run: refused before any work.
+    with pytest.raises(ConfigError, match="seed 0"):
+        run_demo(result.out, replace(plan, seed=1), easyvqa=root / "easy_vqa" / "data", overrides=overrides)
 
+
+
+def test_demo_seed_changes_data_draws_initialisation_and_evaluation_subsets(demo_run, tmp_path):
+    result, plan, overrides, root = demo_run
+    other = run_demo(tmp_path / "seed1", replace(plan, seed=1), easyvqa=root / "easy_vqa" / "data", overrides=overrides)
+
+    def digest(out):
+        return json.loads((out / "data" / "audioqa" / "synth.json").read_text())["sha256"]
+
+    def ids(out, key):
+        return [json.loads(line)["id"] for line in (out / "eval-after" / key / "predictions.jsonl").read_text().splitlines()]
+
+    assert digest(other.out) != digest(result.out)  # the synthetic sound set
+    assert ids(other.out, "image") != ids(result.out, "image")  # the evaluated easy-VQA subset
+    first, second = (json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[0]) for out in (result.out, other.out))
+    assert first["loss"] != second["loss"]  # the first batch and the initialisation
+    assert yaml.safe_load((other.out / "run" / "config.yaml").read_text())["seed"] == 1

@@ -1,4 +1,4 @@
-"""``cotune demo [--out DIR] [--quick]``: the offline end-to-end demo (docs/demo.md)."""
+"""``cotune demo [--out DIR] [--quick] [--seed N]``: the offline end-to-end demo (docs/demo.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="cotune-demo", metavar="DIR", help="output folder (default: ./cotune-demo); a rerun reuses what is done")
     parser.add_argument("--quick", action="store_true", help="a short run (60 steps, smaller evaluation) to check the setup")
     parser.add_argument("--steps", type=int, metavar="N", help="training steps (default: 200, quick: 60)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of every random choice: synthetic data, training draws and order, initialisation, "
+                        "evaluation subsets, the shuffle (default: 0)")
     parser.add_argument("--cache", metavar="DIR", help="zoo cache root (default: $COTUNE_CACHE, else ~/.cache/cotune)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the demo recipe (repeatable)")
 
@@ -22,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the offline demo: zoo, data, untuned baseline, training, evaluation, report."""
     plan = DemoPlan.quick() if args.quick else DemoPlan()
+    plan = replace(plan, seed=args.seed)
     if args.steps is not None:
         plan = replace(plan, steps=args.steps)
     result = run_demo(Path(args.out), plan, cache=args.cache, overrides=args.overrides)
@@ -31,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{'accuracy (%)':28s} {'before':>8s} {'after':>8s} {'questions':>10s}")
     for key, label in ROWS:
         print(f"{label:28s} {_pct(before[key]):>8s} {_pct(after[key]):>8s} {m['questions'][key]:>10d}")
+    print(format_grounding(m))
     print(f"\ntrainable parameters: {m['trainable_parameters']:,} of {m['total_parameters']:,}; total time {m['total_seconds'] / 60:.1f} min")
     for name, target in m["targets"].items():
         verdict = "not judged (this run reused earlier phases)" if target["met"] is None else "met" if target["met"] else "NOT met"
@@ -42,6 +47,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"  [{ex['set']}] {ex.get('question', '')!r} -> {ex.get('prediction', '')!r} (reference: {refs})")
     print(f"\nwritten: {result.out / 'metrics.json'}, {result.out / 'report'}, run directory {result.out / 'run'}")
     return 0
+
+
+GROUP_LABELS = {
+    "all": "all questions", "open": "open questions", "yes_no": "yes/no questions", "yes_no_balanced": "yes/no, balanced",
+    "follows_prior": "yes/no the wording predicts", "counter_prior": "yes/no against the wording",
+}
+
+
+def format_grounding(metrics: dict) -> str:
+    """After training: accuracy with each sample's own media and with another sample's (shuffled),
+    and the drop, per group: what the media add (docs/demo.md)."""
+    lines = [f"\n{'after training (%)':34s} {'own media':>10s} {'shuffled':>9s} {'drop':>6s} {'questions':>10s}"]
+    for key, label in (("image", "easy-VQA"), ("audio", "sound QA")):
+        for name, group in metrics["grounding"][key].items():
+            if name.startswith("type:") or name in ("follows_prior", "counter_prior") and key == "audio":
+                continue
+            lines.append(f"{label + ': ' + GROUP_LABELS[name]:34s} {_pct(group['own']):>10s} {_pct(group['shuffled']):>9s} "
+                         f"{_pct(group['drop']):>6s} {group['count']:>10d}")
+    return "\n".join(lines)
 
 
 def _pct(value) -> str:
