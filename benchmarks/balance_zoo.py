@@ -52,8 +52,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from balance_methods import METHODS  # noqa: E402
@@ -153,14 +151,20 @@ def test_set(config, recipe: str, source: dict, plan: Plan):
 
 
 def accuracy(trainer, eval_set, out: Path, plan: Plan) -> dict:
-    """Greedy answers of the trained model: accuracy on all and on the open questions (percent)."""
+    """Greedy answers of the trained model, with own and with shuffled media (cotune's shuffle
+    ablation): accuracy on all, open and yes/no questions (percent), the yes/no questions against
+    the wording prior, and how far accuracy drops with shuffled media."""
     from cotune.eval.runner import evaluate_run
 
-    metrics = evaluate_run(trainer.model, trainer.config, eval_set, batch_size=32, max_new_tokens=plan.max_new_tokens, out=out)
-    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    open_ = [r["correct"] for r in records if r["references"][0].strip().lower() not in ("yes", "no")]
-    return {"accuracy": metrics.get("accuracy"), "open_accuracy": 100.0 * float(np.mean(open_)) if open_ else None,
-            "questions": len(records), "open_questions": len(open_), "eval_seconds": metrics["seconds"]}
+    metrics = evaluate_run(trainer.model, trainer.config, eval_set, batch_size=32, max_new_tokens=plan.max_new_tokens, out=out,
+                           ablations=("shuffle",), ablation_seed=plan.seed)
+    part, gaps = metrics["breakdown"], metrics["ablations"]["shuffle"]["reliance"]
+    types = part["by_answer_type"]
+    return {"accuracy": metrics.get("accuracy"), "open_accuracy": types["open"]["accuracy"], "yes_no_accuracy": types["yes_no"]["accuracy"],
+            "questions": metrics["evaluated"], "open_questions": types["open"]["count"],
+            "counter_prior_accuracy": part["wording_prior"]["counter_prior"]["accuracy"],
+            "yes_no_balanced_accuracy": part["yes_no_balanced_accuracy"],
+            "shuffled_accuracy": gaps["all"]["ablated"], "shuffle_drop": gaps["all"]["gap"], "eval_seconds": metrics["seconds"]}
 
 
 def run_recipe(recipe: str, source: dict, plan: Plan, work: Path) -> tuple[dict, list[Path]]:

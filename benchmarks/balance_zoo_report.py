@@ -69,13 +69,16 @@ def recipe_lines(name: str, recipe: dict) -> list[str]:
     lines = [f"## {name}", "", f"Training pool: {recipe['sizes']['open']} open and {recipe['sizes']['yes_no']} yes/no questions. "
              f"Target validation loss: {target:.4f} (constant's final).", "",
              "| method | steps to target | train s to target | vs constant (steps, s) | final val loss | accuracy | "
-             "open-question accuracy | mean kappa | run s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "open-question accuracy | yes/no against the wording | shuffled media (drop) | mean kappa | run s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, m in recipe["methods"].items():
         ratios = f"{_f(m['steps_vs_constant'], '.2f', 'x')}, {_f(m['seconds_vs_constant'], '.2f', 'x')}"
         lines.append(
             f"| {method} | {_f(m['steps_to_target'], 'd')} | {_f(m['train_seconds_to_target'], '.0f')} | {ratios} | "
             f"{m['final_val_loss']:.4f} | {_f(m['accuracy'], '.1f', ' %')} ({m['questions']} q.) | "
-            f"{_f(m['open_accuracy'], '.1f', ' %')} ({m['open_questions']} q.) | {_f(m['mean_kappa'], '.3f')} | {m['run_seconds']:.0f} |")
+            f"{_f(m['open_accuracy'], '.1f', ' %')} ({m['open_questions']} q.) | {_f(m.get('counter_prior_accuracy'), '.1f', ' %')} | "
+            f"{_f(m.get('shuffled_accuracy'), '.1f', ' %')} ({_f(m.get('shuffle_drop'), '.1f')}) | {_f(m['mean_kappa'], '.3f')} | "
+            f"{m['run_seconds']:.0f} |")
     lines.append("")
     if verdict is not None:
         c, k = recipe["methods"]["commit"], recipe["methods"]["constant"]

@@ -85,7 +85,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import llava_baseline  # noqa: E402
 from throughput_report import Contention, machine  # noqa: E402
 from versus_llava_report import report_files  # noqa: E402
-from versus_llava_measure import Curve, draw_training_set, due, eval_samples, open_share, peak_memory, score_answers, train_set_dir  # noqa: E402
+from versus_llava_measure import (  # noqa: E402
+    Curve, draw_training_set, due, eval_samples, open_share, peak_memory, score_answers, shuffled_samples, train_set_dir,
+)
 
 log = logging.getLogger("benchmarks.versus_llava")
 
@@ -103,7 +105,7 @@ class Plan:
     cotune_steps: int | None = None
     batch_size: int = 16
     eval_every: int = 20
-    eval_questions: int = 200
+    eval_questions: int = 1000
     eval_batch_size: int = 32
     eval_at_start: bool = False
     pool: int = 12000
@@ -165,13 +167,17 @@ def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
 
     config = cotune_config(train_set_dir(work, plan, "cotune"), easyvqa, plan)
     samples = eval_samples(easyvqa, plan)
+    shuffled = shuffled_samples(samples, plan)
     trainer = Trainer(config, work / "cotune-run", callbacks=[CurvePoints()])
     trainer.setup()
     spec = data_spec_from_model(trainer.model, config.data)
 
+    def answer(items) -> list:
+        answers = predict_samples(trainer.model, spec, items, batch_size=plan.eval_batch_size, max_new_tokens=MAX_NEW_TOKENS)
+        return [(p.sample, p.text) for p in answers]
+
     def evaluate() -> dict:
-        answers = predict_samples(trainer.model, spec, samples, batch_size=plan.eval_batch_size, max_new_tokens=MAX_NEW_TOKENS)
-        return score_answers([(p.sample, p.text) for p in answers])
+        return score_answers(answer(samples), answer(shuffled))
 
     curve = Curve(evaluate)
     trainer.run()
@@ -198,25 +204,30 @@ def run_baseline(work: Path, easyvqa: Path, plan: Plan) -> dict:
         resolve_path(LLM_ID), resolve_path(VISION_ID), llm_dtype=torch.bfloat16 if cuda else torch.float32)
     model.to(plan.device)
     samples = eval_samples(easyvqa, plan)
+    shuffled = shuffled_samples(samples, plan)
     dataset = llava_baseline.VqaDataset(work / "train-set" / "train" / "questions.json", easyvqa / "train" / "images",
                                         tokenizer, processor, n, SYSTEM_PROMPT)
 
     @torch.no_grad()
-    def evaluate() -> dict:
-        model.eval()
+    def answer(items) -> list:
         pairs = []
         settings = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "eos_token_id": tokenizer.eos_token_id,
                     "pad_token_id": tokenizer.pad_token_id}
-        for start in range(0, len(samples), plan.eval_batch_size):
-            batch = samples[start : start + plan.eval_batch_size]
+        for start in range(0, len(items), plan.eval_batch_size):
+            batch = items[start : start + plan.eval_batch_size]
             rows = [llava_baseline.prompt_ids(tokenizer, s.messages[0].content, SYSTEM_PROMPT, n) for s in batch]
             ids, mask = llava_baseline.left_pad(rows, tokenizer.pad_token_id)
             pixels = torch.stack([llava_baseline.pixel_values(processor, s.media["image"][0]) for s in batch])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 out = model.generate(ids.to(plan.device), mask.to(plan.device), pixels.to(plan.device), **settings)
             pairs += [(s, decode(tokenizer, row)) for s, row in zip(batch, out.cpu())]
+        return pairs
+
+    def evaluate() -> dict:
+        model.eval()
+        result = score_answers(answer(samples), answer(shuffled))
         model.train()
-        return score_answers(pairs)
+        return result
 
     curve = Curve(evaluate)
 

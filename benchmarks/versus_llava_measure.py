@@ -80,19 +80,41 @@ def eval_samples(easyvqa: Path, plan):
     return select(read_dataset(config, DatasetReport(config.name)), plan.eval_questions, plan.seed)
 
 
-def score_answers(pairs) -> dict:
+def shuffled_samples(samples, plan):
+    """The same questions with each image swapped for another's (cotune's shuffle ablation)."""
+    from cotune.eval.ablation import ablate
+
+    return ablate(samples, "shuffle", seed=plan.seed).samples
+
+
+def score_answers(pairs, shuffled_pairs=None) -> dict:
     """(Sample, generated text) pairs -> accuracy (cotune's easy-VQA scoring) with the yes/no and
-    open (colour/shape) breakdown."""
+    open (colour/shape) breakdown and the yes/no questions whose answer the wording does not
+    predict (``counter_prior``); with ``shuffled_pairs`` (the same questions answered with shuffled
+    images) also the accuracy with shuffled images and the drop."""
+    from cotune.eval.breakdown import breakdown, reliance
     from cotune.eval.tasks import TASKS, item_record, score
 
-    task = TASKS.get("easyvqa")
-    records = [item_record(task, sample, text) for sample, text in pairs]
-    accuracy = score(task, records, {sample.id: sample.metadata for sample, _ in pairs})["accuracy"]
-    result = {"accuracy": accuracy, "questions": len(records)}
-    for kind, keep in (("yes_no", True), ("open", False)):
-        chosen = [r for r in records if is_yes_no(r["references"][0]) == keep]
-        result[f"{kind}_accuracy"] = round(100.0 * sum(r["correct"] for r in chosen) / len(chosen), 2) if chosen else None
-        result[f"{kind}_questions"] = len(chosen)
+    def scored(items):
+        task = TASKS.get("easyvqa")
+        records = [item_record(task, sample, text) for sample, text in items]
+        metadata = {sample.id: sample.metadata for sample, _ in items}
+        accuracy = score(task, records, metadata)["accuracy"]
+        return {"accuracy": accuracy, "evaluated": len(records), "breakdown": breakdown(records, metadata)}
+
+    own = scored(pairs)
+    part = own["breakdown"]
+    result = {"accuracy": own["accuracy"], "questions": own["evaluated"]}
+    for kind in ("yes_no", "open"):
+        result[f"{kind}_accuracy"] = part["by_answer_type"][kind]["accuracy"]
+        result[f"{kind}_questions"] = part["by_answer_type"][kind]["count"]
+    prior = part["wording_prior"]
+    result.update(counter_prior_accuracy=prior["counter_prior"]["accuracy"], counter_prior_questions=prior["counter_prior"]["count"],
+                  wording_prior_accuracy=prior["accuracy"], yes_no_balanced_accuracy=part["yes_no_balanced_accuracy"])
+    if shuffled_pairs is not None:
+        gaps = reliance(own, scored(shuffled_pairs))
+        result["shuffled"] = {name: {"accuracy": g["ablated"], "drop": g["gap"]} for name, g in gaps.items()}
+        result["shuffled_accuracy"], result["shuffle_drop"] = gaps["all"]["ablated"], gaps["all"]["gap"]
     return result
 
 

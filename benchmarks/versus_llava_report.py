@@ -46,22 +46,35 @@ def summarise(results: dict[str, dict]) -> dict:
             "tokens_per_s": last["tokens"] / last["train_s"], "samples_per_s": last["samples"] / last["train_s"],
             "peak_rss_gb": r["peak_rss_gb"], "peak_cuda_gb": r.get("peak_cuda_gb"),
             "eval_s": sum(p["eval_s"] for p in r["curve"]), "process_s": r.get("process_s"),
-            "final": {k: last[k] for k in ("accuracy", "yes_no_accuracy", "open_accuracy")},
+            "final": {k: last.get(k) for k in ("accuracy", "yes_no_accuracy", "open_accuracy", "counter_prior_accuracy",
+                                               "counter_prior_questions", "shuffled_accuracy", "shuffle_drop")},
+            "at_wording_prior": at_wording_prior(last),
             "to_target": time_to_reach(r["curve"], target),
         }
     cotune, baseline = sides["cotune"], sides["baseline"]
     params = cotune["trainable_params"] / baseline["trainable_params"]
     reach, base = cotune["to_target"], baseline["to_target"]
     time_ratio = reach["train_s"] / base["train_s"] if reach["reached"] else None
+    # Accuracy earned from the questions' wording is no target to race to: the time comparison is
+    # judged only when neither side answers yes/no from the wording.
+    judged = not cotune["at_wording_prior"] and not baseline["at_wording_prior"]
     return {
         "baseline_final_accuracy": target, "sides": sides,
         "targets": {
-            "time_ratio": {"target": TIME_TARGET, "value": time_ratio, "met": time_ratio is not None and time_ratio <= TIME_TARGET,
+            "time_ratio": {"target": TIME_TARGET, "value": time_ratio, "judged": judged,
+                           "met": (time_ratio is not None and time_ratio <= TIME_TARGET) if judged else None,
                            "interpolated": reach["interpolated_s"] / base["interpolated_s"] if reach["reached"] else None,
                            "lower_bound": None if reach["reached"] else cotune["train_s"] / base["train_s"]},
             "params_ratio": {"target": PARAMS_TARGET, "value": params, "met": params <= PARAMS_TARGET},
         },
     }
+
+
+def at_wording_prior(point: dict) -> bool:
+    """Whether an evaluation answers yes/no from the wording: below chance (50 %) on the yes/no
+    questions whose answer the wording does not predict (unknown counts as at the prior)."""
+    counter = point.get("counter_prior_accuracy")
+    return counter is None or counter < 50.0
 
 
 def _pct(value) -> str:
@@ -70,6 +83,11 @@ def _pct(value) -> str:
 
 def _accuracy(final: dict) -> str:
     return f"{_pct(final['accuracy'])} (yes/no {_pct(final['yes_no_accuracy'])}, colour/shape {_pct(final['open_accuracy'])})"
+
+
+def _grounding(final: dict) -> str:
+    return (f"against the wording {_pct(final.get('counter_prior_accuracy'))} of {final.get('counter_prior_questions') or 0}; "
+            f"shuffled images {_pct(final.get('shuffled_accuracy'))} (drop {_pct(final.get('shuffle_drop'))})")
 
 
 def _reach(r: dict) -> str:
@@ -100,6 +118,7 @@ def results_table(summary: dict) -> list[str]:
         rows.append(row("peak CUDA memory GB", "peak_cuda_gb", ".2f"))
     rows += [
         ("final held-out accuracy", _accuracy(c["final"]), _accuracy(b["final"]), ""),
+        ("final: yes/no against the wording; accuracy with shuffled images", _grounding(c["final"]), _grounding(b["final"]), ""),
         (f"train seconds to {summary['baseline_final_accuracy']:.1f} % (the baseline's final)", _reach(c["to_target"]),
          _reach(b["to_target"]), ""),
         ("evaluation seconds (all evaluations, not counted above)", f"{c['eval_s']:.0f}", f"{b['eval_s']:.0f}", ""),
@@ -112,9 +131,10 @@ def targets_table(summary: dict) -> list[str]:
     t = summary["targets"]
     time_value = (f"{t['time_ratio']['value']:.2f} (interpolated {t['time_ratio']['interpolated']:.2f})" if t["time_ratio"]["value"] is not None
                   else f"not reached (> {t['time_ratio']['lower_bound']:.2f})")
+    verdict = ("not judged: a side answers yes/no from the wording" if t["time_ratio"]["met"] is None
+               else "met" if t["time_ratio"]["met"] else "**NOT met**")
     return ["| target | value | met |", "|---|---:|---|",
-            f"| cotune's time to the baseline's final accuracy <= {TIME_TARGET}x the baseline's | {time_value} | "
-            f"{'met' if t['time_ratio']['met'] else '**NOT met**'} |",
+            f"| cotune's time to the baseline's final accuracy <= {TIME_TARGET}x the baseline's | {time_value} | {verdict} |",
             f"| cotune's trainable parameters <= {PARAMS_TARGET}x the baseline's | {t['params_ratio']['value']:.4f} | "
             f"{'met' if t['params_ratio']['met'] else '**NOT met**'} |"]
 
@@ -142,6 +162,12 @@ def limits(summary: dict, eval_every: int) -> list[str]:
     cost = (f"a cotune step took {c['s_per_step']:.2f} s against the baseline's {b['s_per_step']:.2f} s ({step_ratio:.2f}x; "
             f"{c['tokens_per_sample']:.0f} against {b['tokens_per_sample']:.0f} sequence tokens per sample, {c['image_tokens']} against "
             f"{b['image_tokens']} of them image tokens)")
+    if not t["time_ratio"]["judged"]:
+        wording = [f"{side} ({_grounding(summary['sides'][side]['final'])})" for side in ("cotune", "baseline")
+                   if summary["sides"][side]["at_wording_prior"]]
+        notes.append(f"- Time to the baseline's accuracy: **not judged**. Below chance on the yes/no questions whose answer "
+                     f"the wording does not predict: {'; '.join(wording)}. Their accuracy comes from the questions' wording, "
+                     "so reaching it sooner says nothing about learning to read the image.")
     if not c["to_target"]["reached"]:
         notes.append(
             f"- Time to the baseline's accuracy: **not met**. After {c['samples']:,} samples cotune's held-out accuracy is "

@@ -180,3 +180,19 @@ def test_ablation_flags_are_checked_before_loading(trained_run, tmp_path, capsys
     assert code == 2 and err.startswith("cotune: error:") and "pass one" in err
     code, _, err = cli(capsys, "eval", str(trained_run), "--dataset", f"easyvqa:{data}", "--ablations", "rotate", "--out", str(tmp_path / "y"))
     assert code == 2 and "unknown ablation 'rotate'" in err
+
+
+def test_sound_qa_and_easy_vqa_samples_carry_their_question_type(tmp_path):
+    from cotune.config import DatasetConfig
+    from cotune.data.readers import READERS
+    from cotune.data.report import DatasetReport
+
+    corpus.write_audioqa(tmp_path, n=2)
+    rows = (tmp_path / "train.csv").read_text().splitlines()
+    typed = [rows[0] + ",question_type", rows[1] + ",loudness-yes-no", rows[2] + ","]
+    (tmp_path / "typed.csv").write_text("\n".join(typed) + "\n")
+    samples = list(READERS.get("audioqa")(DatasetConfig(kind="audioqa", path=str(tmp_path / "typed.csv")), DatasetReport("a")))
+    assert samples[0].metadata["question_type"] == "loudness-yes-no" and "question_type" not in samples[1].metadata
+    data, records = _easyvqa(tmp_path / "e")
+    samples = list(READERS.get("easyvqa")(DatasetConfig(kind="easyvqa", path=str(data), split="test"), DatasetReport("e")))
+    assert [s.metadata["question_type"] for s in samples[:4]] == ["color", "yes_no", "shape", "yes_no"]

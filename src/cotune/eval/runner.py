@@ -227,29 +227,29 @@ def evaluate_run(
         raise ConfigError("--ablate and --ablations: pass one (--ablate replaces the media; --ablations adds ablated runs)")
     data = dataset if isinstance(dataset, EvalSet) else load_eval_set(config, dataset, split, limit, sample_seed)
     settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_workers": num_workers, "run_dir": run_dir}
-    if not ablations:
-        return _evaluate(model, config, data, out=out, ablate=ablate, ablation_seed=ablation_seed, **settings)
-    metrics = _evaluate(model, config, data, out=None, **settings)
-    metrics["ablations"] = {}
+    metrics, records = _evaluate(model, config, data, out, ablate=ablate, ablation_seed=ablation_seed, **settings)
+    if ablations:
+        metrics["ablations"] = {}
     for name in ablations:
         where = None if out is None else Path(out) / f"ablate-{name}"
-        ablated = _evaluate(model, config, data, out=where, ablate=name, ablation_seed=ablation_seed, **settings)
+        ablated, ablated_records = _evaluate(model, config, data, where, ablate=name, ablation_seed=ablation_seed, **settings)
+        if where is not None:
+            write_outputs(where, ablated_records, ablated)
         metrics["ablations"][name] = {
             "accuracy": ablated.get("accuracy"), "ablation": ablated["ablation"], "breakdown": ablated.get("breakdown"),
             "reliance": reliance(metrics, ablated), "out": None if where is None else str(where),
         }
     if out is not None:
-        write_outputs(out, metrics.pop("_records"), metrics)
-    metrics.pop("_records", None)
+        write_outputs(out, records, metrics)
     return metrics
 
 
 def _evaluate(
-    model, config: CotuneConfig, data: EvalSet, *, batch_size: int, max_new_tokens: int, out, num_workers: int, run_dir,
+    model, config: CotuneConfig, data: EvalSet, out, *, batch_size: int, max_new_tokens: int, num_workers: int, run_dir,
     ablate: str | None = None, ablation_seed: int = 0,
-) -> dict:
-    """One pass of :func:`evaluate_run` over ``data`` (own media, or ``ablate``'s). Without
-    ``out`` the scored records stay in the returned dict under ``_records`` for the caller."""
+) -> tuple[dict, list[dict]]:
+    """One pass of :func:`evaluate_run` over ``data`` (own media, or ``ablate``'s): its metrics
+    and scored records (``out`` only receives what was generated if scoring fails)."""
     # Each pass counts its own skips (prompts, media) on top of the reader's.
     task, report = data.task, copy.deepcopy(data.report)
     spec = data_spec_from_model(model, config.data)
@@ -279,11 +279,7 @@ def _evaluate(
     metrics.update(run)
     if ablated is not None:
         metrics["ablation"] = ablated.describe()
-    if out is not None:
-        write_outputs(out, records, metrics)
-    else:
-        metrics["_records"] = records
-    return metrics
+    return metrics, records
 
 
 def _score(task: EvalTask, records: list[dict], metadata: dict, out: str | Path | None) -> dict:
