@@ -116,3 +116,16 @@ def test_answers_filter_splits_yes_no_from_open_and_counts_what_it_leaves(tmp_pa
 def test_answers_filter_rejects_unknown_choice():
     with pytest.raises(Exception, match="answers"):
         DatasetConfig(kind="easyvqa", path="x", answers="yesno")
+
+
+def test_answer_and_polarity_filters_partition_the_yes_no_questions(tmp_path):
+    records = [["is there a red shape?", "yes", 0], ["is there not a red shape?", "no", 0], ["is no circle present?", "yes", 1],
+               ["does the image contain a circle?", "no", 1], ["is there a circle?", "yes", 1], ["what color is it?", "red", 0]]
+    data = write_easyvqa(tmp_path, records=records)
+    cells = {(answer, pol): [s.id for s in read(data, answers=answer, polarity=pol)[0]]
+             for answer in ("yes", "no") for pol in ("affirmative", "negated")}
+    assert cells == {("yes", "affirmative"): ["train-0", "train-4"], ("yes", "negated"): ["train-2"],
+                     ("no", "affirmative"): ["train-3"], ("no", "negated"): ["train-1"]}
+    assert [s.id for s in read(data, polarity="negated")[0]] == ["train-1", "train-2"]
+    with pytest.raises(Exception, match="polarity"):
+        DatasetConfig(kind="easyvqa", path="x", polarity="negative")

@@ -15,7 +15,9 @@ def _check_reader(key: str, name: str) -> None:
 
 
 #: ``DatasetConfig.answers`` choices.
-ANSWER_FILTERS = ("all", "yes_no", "open")
+ANSWER_FILTERS = ("all", "yes_no", "yes", "no", "open")
+#: ``DatasetConfig.polarity`` choices.
+POLARITY_FILTERS = ("all", "affirmative", "negated")
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,11 @@ class DatasetConfig:
     ``media_root``: where relative media paths point (default: the reader's convention, e.g.
     ScienceQA's ``<path>/images`` with ``<split>/<pid>/`` below it, else ``path``'s directory); ``prompt_format``: ScienceQA's LaVIN format (e.g. ``QCM-ALE``); ``prompt``: the
     instruction for caption datasets; ``limit``: read at most this many records; ``answers``:
-    ``all``, or keep only the samples whose last answer is ``yes``/``no`` (``yes_no``) or is not
-    (``open``); filtered samples are counted, not skipped. Two entries of one dataset with different
-    ``answers`` and weights rebalance a set that is mostly yes/no (docs/data.md).
+    ``all``, or keep only the samples whose last answer is ``yes``/``no`` (``yes_no``), ``yes``,
+    ``no``, or neither (``open``); ``polarity``: ``all``, or keep only the questions with
+    (``negated``) or without (``affirmative``) a negation word; filtered samples are counted, not
+    skipped. Entries of one dataset with different ``answers``/``polarity`` and weights rebalance a
+    set that is mostly yes/no, or whose yes/no answers follow the questions' wording (docs/data.md).
     """
 
     kind: str
@@ -43,10 +47,12 @@ class DatasetConfig:
     prompt: str | None = None
     limit: int | None = None
     answers: str = "all"
+    polarity: str = "all"
 
     def __post_init__(self) -> None:
         _check_reader("kind", self.kind)
         check_choice("answers", self.answers, ANSWER_FILTERS)
+        check_choice("polarity", self.polarity, POLARITY_FILTERS)
         if self.kind == "scienceqa":
             from cotune.data.scienceqa_prompt import PROMPT_FORMATS
 

@@ -21,24 +21,18 @@ per group the two accuracies and their ``gap`` (own - ablated, in points).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
+from cotune.data.questions import YES_NO, polarity
 from cotune.eval.metrics import percent
 from cotune.eval.metrics.vqa import normalize_answer
 
-_YES_NO = frozenset({"yes", "no"})
-_NEGATION = re.compile(r"\b(not|no|never)\b|n't\b", re.IGNORECASE)
+__all__ = ["breakdown", "is_yes_no", "polarity", "reliance", "wording_prior"]
 
 
 def is_yes_no(references: Sequence[str]) -> bool:
     refs = [normalize_answer(r) for r in references]
-    return bool(refs) and all(r in _YES_NO for r in refs)
-
-
-def polarity(question: str) -> str:
-    """``negated`` if the question has a negation word (not, no, never, n't), else ``affirmative``."""
-    return "negated" if _NEGATION.search(question) else "affirmative"
+    return bool(refs) and all(r in YES_NO for r in refs)
 
 
 def _group(records: Sequence[dict]) -> dict:

@@ -14,6 +14,7 @@ from typing import Any
 
 from cotune.config.data import DatasetConfig
 from cotune.data.report import DatasetReport
+from cotune.data.questions import YES_NO, answer_word, polarity
 from cotune.data.schema import MEDIA_MARKERS, ROLES, Message, Sample, SkipSample, resolve_media_path
 
 #: A record's position for skip details ("<file> line 3", "<file> record 3") and the record, or
@@ -104,7 +105,7 @@ def emit(
             if isinstance(record, SkipSample):
                 raise record
             sample = make(record, index)
-            if not answer_filter_keeps(sample, config.answers):
+            if not answer_filter_keeps(sample, config.answers, config.polarity):
                 report.filtered += 1
                 continue
             if sample.id in seen:
@@ -118,14 +119,20 @@ def emit(
         yield sample
 
 
-def answer_filter_keeps(sample: Sample, answers: str) -> bool:
-    """Whether ``DatasetConfig.answers`` (``all``, ``yes_no``, ``open``) keeps ``sample``, judged
-    by its last assistant turn (case, surrounding space and a final full stop ignored)."""
-    if answers == "all":
+def answer_filter_keeps(sample: Sample, answers: str, polarity_filter: str = "all") -> bool:
+    """Whether ``DatasetConfig.answers`` (``all``, ``yes_no``, ``yes``, ``no``, ``open``) and
+    ``DatasetConfig.polarity`` (``all``, ``affirmative``, ``negated``) keep ``sample``, judged by its
+    last assistant turn (case, surrounding space and a final full stop ignored) and the last user
+    turn before it."""
+    if answers == "all" and polarity_filter == "all":
         return True
     last = next((m.content for m in reversed(sample.messages) if m.role == "assistant"), "")
-    is_yes_no = last.strip().rstrip(".").strip().lower() in ("yes", "no")
-    return is_yes_no == (answers == "yes_no")
+    word = answer_word(last)
+    kept = {"all": True, "yes_no": word in YES_NO, "open": word not in YES_NO, "yes": word == "yes", "no": word == "no"}[answers]
+    if kept and polarity_filter != "all":
+        question = next((m.content for m in reversed(sample.messages) if m.role == "user"), "")
+        kept = polarity(question) == polarity_filter
+    return kept
 
 
 # --- record fields ----------------------------------------------------------------------------
