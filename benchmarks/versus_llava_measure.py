@@ -17,10 +17,12 @@ log = logging.getLogger("benchmarks.versus_llava")
 
 
 def open_share() -> float:
-    """The demo's share of colour/shape questions among image questions (0.35 / (0.35 + 0.15))."""
+    """The demo's share of colour/shape questions among image questions (its ``image:open``
+    entry over all ``image:`` entries)."""
     from cotune.demo.pipeline import SHARES
 
-    return SHARES["image:open"] / (SHARES["image:open"] + SHARES["image:yes_no"])
+    image = {key: share for key, share in SHARES.items() if key.startswith("image:")}
+    return image["image:open"] / sum(image.values())
 
 
 def is_yes_no(answer: str) -> bool:

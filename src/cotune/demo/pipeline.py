@@ -108,9 +108,10 @@ def demo_config(out: Path, easyvqa: Path, plan: DemoPlan, sizes: dict[str, int],
         if sizes[key] == 0:  # e.g. a small easy-VQA copy without open questions
             log.warning("demo: no training samples for %s; left out of the mixture", key)
             continue
-        source, answers = key.split(":")
-        name = f"{names[source]}:{answers if answers != 'all' else 'train'}"
-        recipe["data"]["train"].append({**sources[source], "answers": answers, "weight": weight[key], "name": name})
+        source, answers, *polarity = key.split(":")
+        name = ":".join([names[source], answers if answers != "all" else "train", *polarity])
+        recipe["data"]["train"].append({**sources[source], "answers": answers, "polarity": polarity[0] if polarity else "all",
+                                        "weight": weight[key], "name": name})
     recipe["data"]["batch_size"] = plan.batch_size
     recipe["data"]["epoch_size"] = plan.steps * plan.batch_size
     recipe["train"]["max_steps"] = plan.steps
