@@ -196,3 +196,10 @@ def test_sound_qa_and_easy_vqa_samples_carry_their_question_type(tmp_path):
     data, records = _easyvqa(tmp_path / "e")
     samples = list(READERS.get("easyvqa")(DatasetConfig(kind="easyvqa", path=str(data), split="test"), DatasetReport("e")))
     assert [s.metadata["question_type"] for s in samples[:4]] == ["color", "yes_no", "shape", "yes_no"]
+
+
+def test_ablating_a_text_only_dataset_is_a_user_error_before_loading(trained_run, tmp_path, capsys):  # noqa: F811
+    (tmp_path / "qa.json").write_text(json.dumps([{"instruction": "what colour is the sky", "output": "blue", "answers": ["blue"]}]))
+    code, _, err = cli(capsys, "eval", str(trained_run), "--dataset", f"textqa:{tmp_path / 'qa.json'}", "--ablations", "shuffle",
+                       "--out", str(tmp_path / "x"))
+    assert code == 2 and err.startswith("cotune: error: --ablate/--ablations") and not (tmp_path / "x").exists()

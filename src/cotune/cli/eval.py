@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     # Everything the user gave is checked (run, dataset, split, flags) before the weights load.
     config = run_config(args.run_dir)
     data = load_eval_set(config, args.dataset, args.split, args.limit, args.sample_seed)
+    if (args.ablate or args.ablations) and not any(sample.media for sample in data.samples):
+        raise ConfigError(f"--ablate/--ablations: {args.dataset} has no image or audio to ablate")
     model, config = load_for_inference(args, config)
     metrics = evaluate_run(
         model, config, data, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, out=args.out,

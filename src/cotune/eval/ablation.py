@@ -1,7 +1,8 @@
 """Media ablations: the same questions with other media, to measure whether answers use them.
 
 ``shuffle`` gives every sample the media of another sample of the evaluated set (per media kind, a
-seeded derangement: no sample keeps media identical to its own); ``blank`` gives every sample a
+seeded derangement: no sample keeps media identical to its own while another file exists to give
+it); ``blank`` gives every sample a
 uniform mid-grey image and one second of silence. The text of each sample is unchanged, so the
 prompts are token for token those of the normal evaluation. A model whose accuracy does not fall
 when its media are shuffled answers from the wording, not from what it sees or hears.
