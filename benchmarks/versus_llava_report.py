@@ -170,7 +170,7 @@ def limits(summary: dict, eval_every: int) -> list[str]:
                      "so reaching it sooner says nothing about learning to read the image.")
     if not c["to_target"]["reached"]:
         notes.append(
-            f"- Time to the baseline's accuracy: **not met**. After {c['samples']:,} samples cotune's held-out accuracy is "
+            f"- Time to the baseline's accuracy: {'not judged' if not t['time_ratio']['judged'] else '**not met**'}. After {c['samples']:,} samples cotune's held-out accuracy is "
             f"{_accuracy(c['final'])}, below the baseline's final {_accuracy(b['final'])}, so it never reached the target in this run; "
             f"the ratio is at least {t['time_ratio']['lower_bound']:.2f} (all of cotune's train time over the baseline's time to its "
             f"accuracy). Per step, {cost}: "
@@ -178,13 +178,13 @@ def limits(summary: dict, eval_every: int) -> list[str]:
                f"both limit it: it learns less per sample, and even learning as fast a step would cost more than {TIME_TARGET}x."))
         return notes
     steps = c["to_target"]["step"] / b["to_target"]["step"]
-    verdict = "met" if t["time_ratio"]["met"] else "**not met**"
+    verdict = "not judged" if t["time_ratio"]["met"] is None else "met" if t["time_ratio"]["met"] else "**not met**"
     notes.append(
         f"- Time to the baseline's accuracy ({summary['baseline_final_accuracy']:.1f} %): {verdict}, "
         f"{t['time_ratio']['value']:.2f}x. It splits into the cost of a step and the steps needed: {cost}, and cotune got there at "
         f"step {c['to_target']['step']} against the baseline's step {b['to_target']['step']} ({steps:.2f}x; with evaluations every "
         f"{eval_every} steps, neither is seen more finely than that).")
-    if not t["time_ratio"]["met"]:
+    if t["time_ratio"]["met"] is False:
         notes.append(f"- At this cost per step ({step_ratio:.2f}x) cotune would have to reach the baseline's accuracy within "
                      f"{TIME_TARGET / step_ratio:.2f}x the baseline's steps to meet {TIME_TARGET}x; it needed {steps:.2f}x.")
     return notes

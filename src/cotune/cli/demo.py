@@ -61,7 +61,7 @@ def format_grounding(metrics: dict) -> str:
     lines = [f"\n{'after training (%)':34s} {'own media':>10s} {'shuffled':>9s} {'drop':>6s} {'questions':>10s}"]
     for key, label in (("image", "easy-VQA"), ("audio", "sound QA")):
         for name, group in metrics["grounding"][key].items():
-            if name.startswith("type:") or name in ("follows_prior", "counter_prior") and key == "audio":
+            if name.startswith("type:") or (key == "audio" and name in ("follows_prior", "counter_prior")):
                 continue
             lines.append(f"{label + ': ' + GROUP_LABELS[name]:34s} {_pct(group['own']):>10s} {_pct(group['shuffled']):>9s} "
                          f"{_pct(group['drop']):>6s} {group['count']:>10d}")
