@@ -9,7 +9,8 @@ import argparse
 import logging
 
 from cotune.cli.score import format_metrics, format_scienceqa
-from cotune.eval.ablation import ABLATIONS
+from cotune.eval.ablation import ABLATIONS, check_ablations
+from cotune.eval.breakdown import group_accuracies
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
-    if args.ablate and args.ablations:
-        raise ConfigError("--ablate and --ablations: pass one (--ablate replaces the media; --ablations adds ablated runs)")
+    check_ablations(args.ablate, args.ablations)
     # Everything the user gave is checked (run, dataset, split, flags) before the weights load.
     config = run_config(args.run_dir)
     data = load_eval_set(config, args.dataset, args.split, args.limit, args.sample_seed)
@@ -120,16 +120,16 @@ def format_grounding(metrics: dict) -> str:
     lines = []
     if metrics.get("ablation"):
         lines.append(f"media ablated: {metrics['ablation']['kind']} ({metrics['ablation']['changed']} samples changed)")
-    groups = {**part["by_answer_type"], **{f"type:{k}": v for k, v in part.get("by_question_type", {}).items()}}
+    # The whole set and the balanced yes/no accuracy are printed above and below the table.
+    groups = {k: v for k, v in group_accuracies(metrics).items() if k not in ("all", "yes_no_balanced")}
     prior = part["wording_prior"]
-    groups.update({k: prior[k] for k in ("follows_prior", "counter_prior")})
     ablations = metrics.get("ablations") or {}
     header = f"{'group':<22}{'count':>7}{'own':>9}" + "".join(f"{name:>10}{'gap':>8}" for name in ablations)
     lines.append(header)
-    for name, group in groups.items():
-        if not group["count"]:
+    for name, (accuracy, count) in groups.items():
+        if not count:
             continue
-        row = f"{name:<22}{group['count']:>7}{_pct(group['accuracy']):>9}"
+        row = f"{name:<22}{count:>7}{_pct(accuracy):>9}"
         for result in ablations.values():
             entry = result["reliance"].get(name, {})
             row += f"{_pct(entry.get('ablated')):>10}{_pct(entry.get('gap')):>8}"

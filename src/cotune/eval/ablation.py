@@ -45,6 +45,17 @@ def check_ablation(name: str, flag: str = "--ablate") -> str:
     return name
 
 
+def check_ablations(ablate: str | None, ablations: Sequence[str]) -> None:
+    """ConfigError for an unknown name or for both ``ablate`` (replace the media) and
+    ``ablations`` (add ablated runs) at once."""
+    if ablate:
+        check_ablation(ablate, "--ablate")
+    for name in ablations:
+        check_ablation(name, "--ablations")
+    if ablate and ablations:
+        raise ConfigError("--ablate and --ablations: pass one (--ablate replaces the media; --ablations adds ablated runs)")
+
+
 def ablate(samples: Sequence[Sample], kind: str, *, seed: int = 0, workdir: Path | None = None) -> Ablated:
     """``samples`` with their media ablated (module docstring). ``blank`` writes its two files
     into ``workdir`` (which must exist). ConfigError if no sample has media."""

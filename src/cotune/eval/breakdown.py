@@ -27,7 +27,7 @@ from cotune.data.questions import YES_NO, polarity
 from cotune.eval.metrics import percent
 from cotune.eval.metrics.vqa import normalize_answer
 
-__all__ = ["breakdown", "is_yes_no", "polarity", "reliance", "wording_prior"]
+__all__ = ["breakdown", "group_accuracies", "is_yes_no", "polarity", "reliance", "wording_prior"]
 
 
 def is_yes_no(references: Sequence[str]) -> bool:
@@ -45,8 +45,10 @@ def breakdown(records: Sequence[dict], metadata: dict[str, dict] | None = None) 
     ``correct``, ``question`` and ``references``); ``metadata``: sample id -> metadata."""
     metadata = metadata or {}
     scored = [r for r in records if r.get("correct") is not None]
-    yes_no = [r for r in scored if is_yes_no(r["references"])]
-    result = {"by_answer_type": {"yes_no": _group(yes_no), "open": _group([r for r in scored if r not in yes_no])}}
+    kinds = [is_yes_no(r["references"]) for r in scored]
+    yes_no = [r for r, kind in zip(scored, kinds) if kind]
+    open_ = [r for r, kind in zip(scored, kinds) if not kind]
+    result = {"by_answer_type": {"yes_no": _group(yes_no), "open": _group(open_)}}
     types: dict[str, list[dict]] = {}
     for record in scored:
         kind = (metadata.get(record["id"]) or {}).get("question_type")
@@ -83,8 +85,9 @@ def wording_prior(yes_no: Sequence[dict]) -> dict:
     }
 
 
-def _accuracies(metrics: dict) -> dict[str, tuple[float | None, int]]:
-    """Flattened group -> (accuracy, count) of one evaluation's metrics."""
+def group_accuracies(metrics: dict) -> dict[str, tuple[float | None, int]]:
+    """Group -> (accuracy, count) of one evaluation's metrics, in the order of :func:`reliance`'s
+    groups (module docstring)."""
     parts = metrics.get("breakdown") or {}
     out = {"all": (metrics.get("accuracy"), metrics.get("evaluated", 0))}
     for name, group in (parts.get("by_answer_type") or {}).items():
@@ -104,7 +107,7 @@ def reliance(own: dict, ablated: dict) -> dict:
     """Per group: ``{"own", "ablated", "gap", "count"}`` (gap = own - ablated, points; None where
     either side has no accuracy). Groups: ``all``, the answer types, ``type:<question type>``,
     ``follows_prior``, ``counter_prior``, ``yes_no_balanced``."""
-    mine, theirs = _accuracies(own), _accuracies(ablated)
+    mine, theirs = group_accuracies(own), group_accuracies(ablated)
     result = {}
     for name, (accuracy, count) in mine.items():
         other = theirs.get(name, (None, 0))[0]

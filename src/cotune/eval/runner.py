@@ -31,7 +31,7 @@ from cotune.data.schema import Sample, SkipSample
 from cotune.data.spec import DataSpec, data_spec_from_model
 from cotune.data.templates import IGNORE_INDEX, encode_prompt
 from cotune.eval.ablation import ablate as ablate_samples
-from cotune.eval.ablation import check_ablation
+from cotune.eval.ablation import check_ablations
 from cotune.eval.breakdown import breakdown, reliance
 from cotune.eval.metrics import ScoreError
 from cotune.eval.tasks import EvalTask, item_record, parse_dataset, score
@@ -221,10 +221,7 @@ def evaluate_run(
     for flag, value in (("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens)):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
-    for name in ([ablate] if ablate else []) + list(ablations):
-        check_ablation(name, "--ablate" if name == ablate else "--ablations")
-    if ablate and ablations:
-        raise ConfigError("--ablate and --ablations: pass one (--ablate replaces the media; --ablations adds ablated runs)")
+    check_ablations(ablate, ablations)
     data = dataset if isinstance(dataset, EvalSet) else load_eval_set(config, dataset, split, limit, sample_seed)
     settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_workers": num_workers, "run_dir": run_dir}
     metrics, records = _evaluate(model, config, data, out, ablate=ablate, ablation_seed=ablation_seed, **settings)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cotune.config.data import DatasetConfig
+from cotune.data.questions import YES_NO, answer_word
 from cotune.data.readers import READERS
 from cotune.data.readers.common import attach_media, emit, json_records, media_root
 from cotune.data.report import DatasetReport
@@ -59,8 +60,8 @@ SHAPES = frozenset({"circle", "rectangle", "triangle"})
 
 def question_type(answer: str) -> str:
     """``yes_no``, ``shape`` or ``color`` (module docstring)."""
-    word = answer.strip().lower()
-    return "yes_no" if word in ("yes", "no") else "shape" if word in SHAPES else "color"
+    word = answer_word(answer)
+    return "yes_no" if word in YES_NO else "shape" if word in SHAPES else "color"
 
 
 def _sample(record: Any, index: int, *, split: str, root: Path) -> Sample:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cotune.data.questions import YES_NO
 from cotune.eval.metrics import METRICS, percent
 from cotune.eval.metrics.vqa import check_items, normalize_answer
-
-_YES_NO = frozenset({"yes", "no"})
 
 
 def question_type(references: Sequence[str]) -> str:
     """``yes_no`` if every *normalised* reference is yes or no, else ``single_word``."""
-    return "yes_no" if all(reference in _YES_NO for reference in references) else "single_word"
+    return "yes_no" if all(reference in YES_NO for reference in references) else "single_word"
 
 
 @METRICS.register("audioqa")
