@@ -111,6 +111,39 @@ def _check_full_precision(trainable: str, dtype: str) -> None:
         raise ConfigError(f"dtype: trainable 'full' keeps the trained weights in float32, got dtype {dtype!r}")
 
 
+QUANT_TYPES = ("nf4", "fp4")
+# Encoders loaded through transformers' from_pretrained, which is where BitsAndBytesConfig applies.
+QUANTIZABLE_ENCODERS = ("clip", "siglip", "vit", "dinov2", "whisper", "wav2vec2", "hubert")
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """Frozen backbone weights stored in 4 or 8 bits (bitsandbytes, through transformers'
+    ``BitsAndBytesConfig``): QLoRA's and LaVIN-lite's setting.
+
+    Only the backbone's linear layers are quantized; embeddings, norms, the LM head and every
+    trainable part (adapters, LoRA, necks, modality rows) keep their own dtype. ``type`` and
+    ``double_quant`` apply to 4 bits; ``compute_dtype`` is the dtype 4-bit layers compute in.
+    """
+
+    bits: int = 4
+    type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_choice("bits", self.bits, (4, 8))
+        check_choice("type", self.type, QUANT_TYPES)
+        check_choice("compute_dtype", self.compute_dtype, DTYPES)
+
+
+def _check_quantization(quantization: "QuantizationConfig | None", trainable: str) -> None:
+    if quantization is not None and trainable == "full":
+        raise ConfigError(
+            "quantization: a quantized backbone cannot be trained in full; use trainable adapter or lora (QLoRA)"
+        )
+
+
 @dataclass(frozen=True)
 class ConnectorConfig:
     """Maps selected encoder features [B, N, D_enc] to LLM tokens [B, N', D_llm].
@@ -178,10 +211,17 @@ class EncoderConfig:
     trust_remote_code: bool = False
     revision: str | None = None
     crop_seconds: float | None = None
+    quantization: QuantizationConfig | None = None
 
     def __post_init__(self) -> None:
         _check_registered("encoder", "type", self.type)
         _check_crop(self.type, self.crop_seconds)
+        _check_quantization(self.quantization, self.trainable)
+        if self.quantization is not None and self.type not in QUANTIZABLE_ENCODERS:
+            raise ConfigError(
+                f"quantization: {self.type!r} encoders are not loaded through transformers and cannot be quantized; "
+                f"quantizable types: {', '.join(QUANTIZABLE_ENCODERS)}"
+            )
         if self.crop_seconds is not None:
             object.__setattr__(self, "crop_seconds", float(self.crop_seconds))
         check_choice("reduce", self.reduce, REDUCTIONS)
@@ -215,11 +255,15 @@ class LLMConfig:
     revision: str | None = None
     gguf_file: str | None = None
     attn_implementation: str | None = None
+    quantization: QuantizationConfig | None = None
 
     def __post_init__(self) -> None:
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("adapter.router", self.adapter.router, LLM_ROUTERS)
         _check_full_precision(self.trainable, self.dtype)
+        _check_quantization(self.quantization, self.trainable)
+        if self.quantization is not None and self.gguf_file is not None:
+            raise ConfigError("quantization: a GGUF checkpoint is dequantized on load; quantize it again or drop gguf_file")
         object.__setattr__(self, "adapter", _check_trainability(self.trainable, self.adapter))
 
 
