@@ -44,6 +44,13 @@ LLM_CONFIGS = {
         max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3, partial_rotary_factor=0.5,
     ),
 }
+# bitsandbytes' 4-bit CPU inference kernel packs weights in blocks of 64 input features: quantized
+# tests use these 64-wide variants (real backbones are always multiples of 64).
+LLM_CONFIGS["llama-64"] = lambda: transformers.LlamaConfig(
+    vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    tie_word_embeddings=False,
+)
 
 
 def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
@@ -101,9 +108,13 @@ ENCODER_MODELS = {
         num_conv_pos_embedding_groups=2, vocab_size=32,
     )),
 }
+ENCODER_MODELS["clip-64"] = lambda: transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2, image_size=30, patch_size=6,
+))
 
 PROCESSORS = {
     "clip": lambda: transformers.CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}),
+    "clip-64": lambda: transformers.CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}),
     "whisper": lambda: transformers.WhisperFeatureExtractor(feature_size=8, chunk_length=1, hop_length=500, n_samples=16000),
 }
 

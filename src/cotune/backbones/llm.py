@@ -23,7 +23,9 @@ def load_llm(config: LLMConfig, meta: bool = False):
         return model, None
     if config.attn_implementation is not None:
         extra["attn_implementation"] = config.attn_implementation
-    model = load_pretrained(transformers.AutoModelForCausalLM, config.name_or_path, dtype=config.dtype, **hub, **extra)
+    model = load_pretrained(
+        transformers.AutoModelForCausalLM, config.name_or_path, dtype=config.dtype, quantization=config.quantization, **hub, **extra
+    )
     return model, load_tokenizer(config)
 
 

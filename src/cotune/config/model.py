@@ -347,6 +347,17 @@ class ModelConfig:
         return keys
 
 
+def is_quantized(config: ModelConfig) -> bool:
+    """Whether any backbone of ``config`` is loaded in 4 or 8 bits."""
+    return config.llm.quantization is not None or any(e.quantization is not None for e in config.encoders.values())
+
+
+def dequantized(config: ModelConfig) -> ModelConfig:
+    """``config`` with every backbone loaded in its own dtype instead of 4 or 8 bits."""
+    encoders = {name: replace(enc, quantization=None) for name, enc in config.encoders.items()}
+    return replace(config, llm=replace(config.llm, quantization=None), encoders=encoders)
+
+
 @dataclass(frozen=True)
 class CotuneConfig:
     """Root configuration: model, data, train, balance (evaluation settings join later)."""

@@ -166,7 +166,10 @@ class HFEncoder(Encoder):
                 model = model_class._from_config(hf_config, dtype=torch.float32, **dict(spec.model_kwargs))
             processor = _load_processor(spec, config, quiet=True)  # data checks need it; dry runs may lack it
         else:
-            model = load_pretrained(model_class, config.name_or_path, dtype=config.dtype, **hub, **dict(spec.model_kwargs))
+            model = load_pretrained(
+                model_class, config.name_or_path, dtype=config.dtype, quantization=config.quantization,
+                **hub, **dict(spec.model_kwargs),
+            )
             processor = _load_processor(spec, config)
         if spec.sub_model is not None:
             model = getattr(model, spec.sub_model)  # the rest (e.g. Whisper's decoder) is dropped
@@ -197,7 +200,8 @@ class HFEncoder(Encoder):
 
     def hidden_states(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """inputs: pixel_values [B, 3, H, W] / input_features [B, mels, frames] / input_values [B, samples]."""
-        dtype = next(self.backbone.parameters()).dtype
+        # The first floating parameter: a quantized backbone's linear weights are uint8/int8.
+        dtype = next(p.dtype for p in self.backbone.parameters() if p.is_floating_point())
         if inputs.is_floating_point():
             inputs = inputs.to(dtype)
         out = self.backbone(**{self.input_name: inputs}, output_hidden_states=True)

@@ -12,11 +12,13 @@ A *merged* model directory (``cotune merge``, see :mod:`cotune.model.merge_io`) 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from cotune.config import CotuneConfig, config_hash, load_config, save_config
+from cotune.config.model import dequantized
 from cotune.fileio import atomic_write, atomic_write_text
 from cotune.model.build import build_model
 from cotune.model.fused import CotuneModel
@@ -56,27 +58,33 @@ def merged_manifest(directory: str | Path) -> dict | None:
     return json.loads(path.read_text()).get("merged")
 
 
-def load(path: str | Path, device=None) -> CotuneModel:
+def load(path: str | Path, device=None, *, dequantize: bool = False) -> CotuneModel:
     """The model of a run directory (its final ``model/``, else its latest checkpoint), of a
-    saved model directory, or of a merged model directory."""
+    saved model directory, or of a merged model directory. ``dequantize``: load backbones
+    configured in 4 or 8 bits in their own dtype instead (the trained weights are the same)."""
     path = Path(path)
     if merged_manifest(path) is not None:
         return load_model(path, device)[0]
     if (path / "model" / WEIGHTS).is_file():
-        return load_model(path / "model", device)[0]
+        return load_model(path / "model", device, dequantize=dequantize)[0]
     if (path / WEIGHTS).is_file():
-        return load_model(path, device)[0]
+        return load_model(path, device, dequantize=dequantize)[0]
     checkpoints = sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
     if checkpoints and (path / CONFIG).is_file():
-        model = build_model(load_config(path / CONFIG), device=device)
+        model = build_model(_loadable(load_config(path / CONFIG), dequantize), device=device)
         model.load_trainable_state_dict(load_file(checkpoints[-1] / WEIGHTS))
         return model
     raise FileNotFoundError(f"{path} holds neither a saved model ({WEIGHTS}) nor a run with checkpoints")
 
 
-def load_model(directory: str | Path, device=None) -> tuple[CotuneModel, CotuneConfig]:
+def _loadable(config: CotuneConfig, dequantize: bool) -> CotuneConfig:
+    return replace(config, model=dequantized(config.model)) if dequantize else config
+
+
+def load_model(directory: str | Path, device=None, *, dequantize: bool = False) -> tuple[CotuneModel, CotuneConfig]:
     """Rebuilds the model from ``directory``'s config and loads its trainable weights (a merged
-    directory: its backbones, folded layers and extras; the config has its paths resolved)."""
+    directory: its backbones, folded layers and extras; the config has its paths resolved).
+    ``dequantize``: as in :func:`load`; the returned config is then the dequantized one."""
     directory = Path(directory)
     if merged_manifest(directory) is not None:
         from cotune.model.merge_io import load_merged
@@ -85,7 +93,7 @@ def load_model(directory: str | Path, device=None) -> tuple[CotuneModel, CotuneC
     for name in (CONFIG, WEIGHTS):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a saved cotune model: {name} is missing")
-    config = load_config(directory / CONFIG)
+    config = _loadable(load_config(directory / CONFIG), dequantize)
     model = build_model(config, device=device)
     model.load_trainable_state_dict(load_file(directory / WEIGHTS))
     return model, config

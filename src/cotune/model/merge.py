@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from cotune.adapters.routing import RoutingState
 from cotune.adapters.sites import AdaptedInput
 from cotune.config import AdapterConfig, ConfigError, CotuneConfig, ModelConfig
+from cotune.config.model import dequantized, is_quantized
 from cotune.model.fused import CotuneModel, run_inline
 from cotune.model.merge_fold import ModalitySelection, adapter_affine, fold_factors, folded_layer
 from cotune.model.merge_probe import analyse_sites, find_sites, llm_routing_mixes, probe_batch
@@ -168,6 +169,12 @@ def merge_model(model: CotuneModel, directory: str | Path | None = None, config:
 
     if getattr(model, "is_merged", False):
         raise MergeError("the model is already merged")
+    if is_quantized(model.config):
+        raise MergeError(
+            "the backbones are stored in 4 or 8 bits and adapters cannot be folded into quantized weights; "
+            "dequantize first (cotune merge --dequantize, or cotune.load(..., dequantize=True)): the merged "
+            "model then holds full-precision backbones"
+        )
     config = config or CotuneConfig(model=model.config)
     if config.model != model.config:
         raise ValueError("config.model differs from the configuration the model was built from")
@@ -237,8 +244,12 @@ def _verify(merged: MergedCotuneModel, batch: dict, reference: torch.Tensor) -> 
     return diff
 
 
-def merge_run(source: str | Path, out: str | Path, device=None) -> MergeSummary:
-    """Merges the model of a run directory (or saved model directory) ``source`` into ``out``."""
+def merge_run(source: str | Path, out: str | Path, device=None, *, dequantize: bool = False) -> MergeSummary:
+    """Merges the model of a run directory (or saved model directory) ``source`` into ``out``.
+
+    A run with 4- or 8-bit backbones is refused unless ``dequantize``: its trained weights are then
+    merged into the backbones loaded in their own dtype (QLoRA's convention), and the merge check
+    compares against that dequantized model, not the quantized one it was trained with."""
     from cotune.config import load_config
     from cotune.model.io import CONFIG, load, merged_manifest
 
@@ -250,7 +261,14 @@ def merge_run(source: str | Path, out: str | Path, device=None) -> MergeSummary:
     if not configs:
         raise FileNotFoundError(f"{source} holds no {CONFIG}: not a cotune run or saved model directory")
     config = load_config(configs[0])
-    model = load(source, device)
+    if is_quantized(config.model):
+        if not dequantize:
+            raise MergeError(
+                f"{source}: its backbones are configured in 4 or 8 bits, and adapters cannot be folded into "
+                "quantized weights; pass --dequantize to merge into full-precision backbones"
+            )
+        config = replace(config, model=dequantized(config.model))
+    model = load(source, device, dequantize=dequantize)
     return merge_model(model, out, config).merge_summary
 
 
