@@ -127,7 +127,8 @@ def error_line(err: str) -> str:
 # ----------------------------------------------------------------- recipes from the offline hub cache
 @pytest.mark.parametrize(
     "recipe, llm_id, expected",
-    [("lavin-7b-scienceqa.yaml", "huggyllama/llama-7b", 3_781_296), ("lavin-13b-scienceqa.yaml", "huggyllama/llama-13b", 5_390_080)],
+    [("lavin-7b-scienceqa.yaml", "huggyllama/llama-7b", 3_781_296), ("lavin-13b-scienceqa.yaml", "huggyllama/llama-13b", 5_390_080),
+     ("lavin-lite-7b-scienceqa.yaml", "huggyllama/llama-7b", 3_781_296), ("lavin-lite-13b-scienceqa.yaml", "huggyllama/llama-13b", 5_390_080)],
 )
 def test_lavin_recipe_counts_from_hub_cache(offline_hub, recipe, llm_id, expected):
     report = run_subprocess("inspect", str(RECIPES / recipe), "--dry-run", "--json")

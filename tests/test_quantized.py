@@ -170,3 +170,29 @@ def test_missing_bitsandbytes_is_one_clear_line(tiny_root, tmp_path):
         "cotune: error: quantization needs bitsandbytes, which is not installed: pip install 'cotune[quant]'"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_a_quantized_run_serves_the_answers_predict_gives(tiny_root, tmp_path, capsys):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from cotune.cli.main import main
+    from cotune.model import save_model
+    from cotune.serve import ServeConfig, load_service
+    from cotune.serve.server import BackgroundServer
+
+    config = quantized_config(tiny_root, tmp_path, 4)
+    model = build_model(config)
+    tiny.randomise_trainables(model)
+    run = save_model(model, config, tmp_path / "q-run")
+    question = "what colour is the shape"
+    capsys.readouterr()
+    assert main(["--log-level", "warning", "predict", str(run), "--prompt", question, "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    expected = json.loads(capsys.readouterr().out)["prediction"]
+    service = load_service(run, ServeConfig(max_tokens=4), device="cpu")
+    assert quantized_layers(service.model.llm) == {4: 14}
+    with BackgroundServer(service) as url, httpx.Client(base_url=url, timeout=60) as client:
+        body = {"messages": [{"role": "user", "content": question}], "max_tokens": 4}
+        answer = client.post("/v1/chat/completions", json=body).json()
+    assert expected and answer["choices"][0]["message"]["content"] == expected
+    with pytest.raises(ConfigError, match="dequantize"):
+        load_service(run, ServeConfig(), merged=True, device="cpu")

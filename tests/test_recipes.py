@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ ROOT_KEYS = {"model", "data", "train", "seed"}
 
 def test_recipes_exist():
     names = {p.name for p in RECIPES}
-    assert {"lavin-7b-scienceqa.yaml", "lavin-13b-scienceqa.yaml", "llava-lora.yaml", "audio-whisper-lora.yaml"} <= names
+    assert {"lavin-7b-scienceqa.yaml", "lavin-13b-scienceqa.yaml", "llava-lora.yaml", "audio-whisper-lora.yaml",
+            "lavin-lite-7b-scienceqa.yaml", "lavin-lite-13b-scienceqa.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -61,6 +63,23 @@ def test_lavin_recipes_train_as_lavin_did():
         assert (data.template, data.max_length, data.image_transform) == ("lavin", 512, "square")
         assert data.train[0].prompt_format == "QCM-ALE"
         assert config.model.encoders["image"].image_norm == "imagenet"
+
+
+@pytest.mark.parametrize("size", ["7b", "13b"])
+def test_lite_recipes_are_the_full_ones_with_lavin_lites_memory_settings(size):
+    """LaVIN-lite (scripts/finetuning_sqa_*_lite.sh): 4-bit LLM, gradient checkpointing, batch 1 x
+    accumulation 32; nothing else differs, so the trained parameters are the same."""
+    full = load_config(RECIPES_DIR / f"lavin-{size}-scienceqa.yaml")
+    lite = load_config(RECIPES_DIR / f"lavin-lite-{size}-scienceqa.yaml")
+    quant = lite.model.llm.quantization
+    assert (quant.bits, quant.type, quant.double_quant, quant.compute_dtype) == (4, "nf4", True, "bfloat16")
+    assert lite.model.encoders["image"].quantization is None
+    assert (lite.data.batch_size, lite.train.grad_accum, lite.train.gradient_checkpointing) == (1, 32, True)
+    same_llm = replace(lite.model.llm, quantization=None, dtype=full.model.llm.dtype)
+    assert replace(lite.model, llm=same_llm) == full.model
+    assert replace(lite.data, batch_size=full.data.batch_size) == full.data
+    assert replace(lite.train, grad_accum=full.train.grad_accum, gradient_checkpointing=False) == full.train
+    assert lite.data.batch_size * lite.train.grad_accum == full.data.batch_size * full.train.grad_accum == 32
 
 
 @pytest.mark.parametrize("path", sorted((RECIPES_DIR.parent / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
