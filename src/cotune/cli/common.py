@@ -89,6 +89,10 @@ def setup_logging(level: str) -> None:
     """
     logger = logging.getLogger("cotune")
     logger.setLevel(level.upper())
+    # On AVX512-BF16 CPUs bitsandbytes warns, whenever PEFT or transformers imports it, that it
+    # cannot fetch its packed CPU inference kernel from the Hub; cotune never uses that kernel
+    # (cotune.backbones.loading.keep_cpu_layout), so the warning only shows with --log-level debug.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel("DEBUG" if level.upper() == "DEBUG" else "ERROR")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         logger.addHandler(_StderrHandler())
         logger.propagate = False
