@@ -190,23 +190,37 @@ class CotuneModel(nn.Module):
     def encode_media(self, media: Mapping[str, torch.Tensor], features: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Per encoder: processed inputs [items, ...] (``media``) or precomputed selected features
         [items, n, D_enc] (``features``, e.g. from a feature cache) -> LLM tokens [items, n', D_llm]."""
-        out = {}
-        for name, selected in (features or {}).items():
-            if name not in self.connectors:
-                raise KeyError(f"features for unknown encoder {name!r}; encoders: {', '.join(self.encoders)}")
-            out[name] = self._connect(name, selected)
-        for name, inputs in media.items():
-            if name in out:
-                raise ValueError(f"encoder {name!r} got both raw inputs and precomputed features")
+        return self._encode(media, features, touch_absent=False)[0]
+
+    def _encode(self, media: Mapping[str, torch.Tensor], features: Mapping[str, torch.Tensor] | None,
+                touch_absent: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """:meth:`encode_media` in the config's encoder order; ``touch_absent``: every encoder with
+        neither inputs nor features runs on one all-zero item, in that same order, and the second
+        value is 0 x their outputs (a scalar, None when nothing ran). A fixed order matters under
+        FSDP: each process gathers the encoders' shards in the order it runs them, whatever its batch."""
+        features = features or {}
+        for name in (*features, *media):
             if name not in self.encoders:
-                raise KeyError(f"media for unknown encoder {name!r}; encoders: {', '.join(self.encoders)}")
-            encoder = self.encoders[name]
-            inputs = inputs.to(next(encoder.parameters()).device)
-            needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
-            with torch.set_grad_enabled(needs_grad):
-                hidden = encoder.hidden_states(inputs)
-            out[name] = self._connect(name, self.selectors[name](hidden))
-        return out
+                raise KeyError(f"{'features' if name in features else 'media'} for unknown encoder {name!r}; encoders: {', '.join(self.encoders)}")
+            if name in features and name in media:
+                raise ValueError(f"encoder {name!r} got both raw inputs and precomputed features")
+        out, zero = {}, None
+        for name, encoder in self.encoders.items():
+            if name in features:
+                out[name] = self._connect(name, features[name])
+            elif name in media or touch_absent:
+                dummy = name not in media
+                inputs = (encoder.dummy_input() if dummy else media[name]).to(next(encoder.parameters()).device)
+                needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+                with torch.set_grad_enabled(needs_grad):
+                    hidden = encoder.hidden_states(inputs)
+                tokens = self._connect(name, self.selectors[name](hidden))
+                if dummy:
+                    term = 0.0 * tokens.float().sum()
+                    zero = term if zero is None else zero + term
+                else:
+                    out[name] = tokens
+        return out, zero
 
     def _connect(self, name: str, selected: torch.Tensor) -> torch.Tensor:
         """Selected features [items, n, D_enc] -> LLM tokens via connector ``name`` (in its dtype)."""
@@ -222,7 +236,11 @@ class CotuneModel(nn.Module):
         features: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Token embeddings [B, S, D_llm] with encoder tokens spliced in at their placeholders."""
-        features = self.encode_media(media or {}, features)
+        return self._splice(input_ids, self.encode_media(media or {}, features), sample_ids)
+
+    def _splice(self, input_ids: torch.Tensor, features: Mapping[str, torch.Tensor], sample_ids: Sequence | None) -> torch.Tensor:
+        """Token embeddings [B, S, D_llm] of ``input_ids`` [B, S] with the encoded ``features``
+        (name -> [items, n, D_llm]) written over their placeholder rows."""
         unknown = set(features) - set(self.placeholder_ids)
         if unknown:
             raise SpliceError(f"no placeholder token id for encoders {sorted(unknown)} (model built without a tokenizer?)")
@@ -261,17 +279,18 @@ class CotuneModel(nn.Module):
         name -> processed inputs of the items in batch order; features: encoder name -> selected
         features [items, n, D_enc] instead of inputs. Returns logits [B, S, V] and the loss.
 
-        ``touch_all`` (multi-process training): every trainable encoder/connector absent from this
-        batch runs on one all-zero item and enters the loss times 0, so every process runs the same
-        modules and produces a gradient for every parameter (peers hang when one rank's batch is
-        text-only).
+        ``touch_all`` (multi-process training): every encoder absent from this batch runs on one
+        all-zero item, in the config's encoder order before the LLM, and enters the loss times 0, so
+        every process runs the same modules in the same order and produces a gradient for every
+        parameter (peers hang when one rank's batch is text-only; FSDP gathers shards in run order).
 
         ``supervised_logits`` (with labels): the LM head runs only at the positions [K] where some
         row's next token is supervised, through the LLM's own ``logits_to_keep`` (the head is about
         a fifth of a small LLM's forward, and answers are a few tokens of a longer prompt). The loss
         is the same; ``logits`` are [B, K, V] at ``logit_positions``. LLMs without
         ``logits_to_keep`` return all positions."""
-        embeds = self.embed(input_ids, media, sample_ids, features)
+        encoded, untouched = self._encode(media or {}, features, touch_absent=touch_all)
+        embeds = self._splice(input_ids, encoded, sample_ids)
         positions = None
         if labels is not None:
             llm_kwargs.setdefault("use_cache", False)  # training: no KV cache to build
@@ -305,23 +324,14 @@ class CotuneModel(nn.Module):
         )
         if labels is not None:
             result.loss_sum, result.num_tokens = next_token_loss(logits, labels, positions)
-            if touch_all:
-                result.loss_sum = result.loss_sum + self._untouched_zero(set(media or {}) | set(features or {}))
+            if untouched is not None:
+                result.loss_sum = result.loss_sum + untouched
             result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
         return result
 
     def _keeps_logits(self) -> bool:
         """Whether the LLM's forward takes ``logits_to_keep`` (transformers' causal LMs mostly do)."""
         return "logits_to_keep" in inspect.signature(self.llm.forward).parameters
-
-    def _untouched_zero(self, present: set[str]) -> torch.Tensor:
-        """0 x (output of every trainable encoder path missing from the batch), a scalar."""
-        zero = torch.zeros((), device=self.llm.get_input_embeddings().weight.device)
-        for name, encoder in self.encoders.items():
-            trainable = any(p.requires_grad for p in (*encoder.parameters(), *self.connectors[name].parameters()))
-            if name not in present and trainable:
-                zero = zero + 0.0 * self.encode_media({name: encoder.dummy_input()})[name].float().sum()
-        return zero
 
     def _forward_inline(self, embeds, attention_mask, modality_index, llm_kwargs):
         """LaVIN's reference layout: modality row at position 0, masked from every text token."""
