@@ -1,4 +1,4 @@
-"""``cotune train CONFIG [--set k=v ...] [--out RUN_DIR] [--resume RUN_DIR] [--nproc N]``."""
+"""``cotune train CONFIG [--set k=v ...] [--out RUN_DIR] [--resume RUN_DIR] [--nproc N] [--device auto|cpu|cuda]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from cotune.config import ConfigError, load_config
+from cotune.train.launch import DEVICES, use_cuda
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default: runs/<config name>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP; gloo on CPU)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where to train: auto (CUDA if available, else CPU), cpu, or cuda (stops if there is no GPU)")
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Train a model from a config; writes a run directory with checkpoints, metrics and the model."""
     from cotune.train import Interrupted, train
 
+    use_cuda(args.device)  # before launching processes that would each fail alike
     if args.nproc > 1 and os.environ.get("COTUNE_LAUNCHED") != "1":
         return _relaunch(args, _without_nproc(sys.argv[1:]))
     if args.resume:
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         resume = False
     config = load_config(config_path, args.overrides)
     try:
-        final = train(config, run_dir, resume=resume)
+        final = train(config, run_dir, resume=resume, device=args.device)
     except Interrupted as stop:
         log.warning("%s", stop)
         return 128 + stop.signal_number

@@ -29,22 +29,26 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-def save_model(model: CotuneModel, config: CotuneConfig, directory: str | Path) -> Path:
-    """Writes config, trainable weights and manifest of ``model`` to ``directory``."""
+def save_model(model: CotuneModel, config: CotuneConfig, directory: str | Path, *, trainable: dict | None = None,
+               counts: dict | None = None) -> Path:
+    """Writes config, trainable weights and manifest of ``model`` to ``directory``.
+
+    ``trainable`` / ``counts``: the whole trainable tensors and the per-component parameter counts,
+    for a model whose own parameters are shards (FSDP; see :mod:`cotune.train.sharding`)."""
     if getattr(model, "is_merged", False):
         # Its folded weights live in the backbones, which this format does not store.
         raise ValueError("a merged model is written by cotune.model.merge.merge_model(model, directory), not save_model")
     if config.model != model.config:
         raise ValueError("config.model differs from the configuration the model was built from")
     directory = Path(directory)
-    state = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    state = {k: v.contiguous().cpu() for k, v in (model.trainable_state_dict() if trainable is None else trainable).items()}
     atomic_write(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"config_hash": config_hash(config)}))
     save_config(config, directory / CONFIG)
     manifest = {
         "format_version": FORMAT_VERSION,
         "config_hash": config_hash(config),
         "trainable_params": sum(v.numel() for v in state.values()),
-        "components": model.parameter_counts(),
+        "components": model.parameter_counts() if counts is None else counts,
     }
     atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2))
     return directory

@@ -3,7 +3,8 @@
 One optimizer step gathers ``grad_accum`` micro-batches, counts their supervised tokens over all
 processes and back-propagates sum(loss) / tokens, so any split into micro-batches and processes
 gives the gradient of one big batch. Processes are driven by accelerate (DDP on GPUs or gloo on
-CPU); every process runs every module each step (``touch_all``).
+CPU); every process runs every module each step (``touch_all``). Under an FSDP launch the model is
+sharded by :mod:`cotune.train.sharding`, which also gathers checkpoints (trainable weights only).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import resource
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,11 +27,14 @@ from cotune.data.loader import TrainData, build_train_data
 from cotune.data.report import DataReport
 from cotune.data.spec import data_spec_from_model
 from cotune.model import build_model, save_model
-from cotune.train.checkpoint import checkpoint_dir, list_checkpoints, read_checkpoint, save_rng, set_rng_state, write_checkpoint
+from cotune.train.checkpoint import checkpoint_dir, list_checkpoints
 from cotune.train.evaluate import evaluate_loss
 from cotune.train.groups import optimizer_groups
+from cotune.train.launch import LaunchSettings, check_launch, use_cuda
 from cotune.train.metrics import MetricsLog, Progress, truncate_metrics
+from cotune.train.resume import read_latest, restore, save_checkpoint
 from cotune.train.schedules import lr_multiplier
+from cotune.train.sharding import make_sharding
 from cotune.train.state import TrainerState
 
 log = logging.getLogger(__name__)
@@ -63,14 +68,21 @@ class Trainer:
     record)``, called on every process; ``record`` is the step's metrics (already written). Time
     spent in callbacks, validation and checkpointing is left out of the next step's
     ``step_seconds`` (wall time of one step: data loading, forward, backward, optimizer, kappa
-    estimate), so a benchmark can evaluate between steps without stopping a clock of its own."""
+    estimate), so a benchmark can evaluate between steps without stopping a clock of its own.
 
-    def __init__(self, config: CotuneConfig, run_dir: str | Path, resume: bool = False, accelerator=None, callbacks=()) -> None:
+    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (an error without a GPU). The
+    launch's accelerate settings (mixed precision, FSDP, DeepSpeed) are checked against the config
+    before anything is built (:func:`cotune.train.launch.check_launch`)."""
+
+    def __init__(self, config: CotuneConfig, run_dir: str | Path, resume: bool = False, accelerator=None, callbacks=(),
+                 device: str = "auto") -> None:
         from accelerate import Accelerator
 
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.callbacks = list(callbacks)
-        cuda = torch.cuda.is_available()
+        launch = LaunchSettings.from_environment()
+        cuda = use_cuda(device)
+        check_launch(launch, config, cuda)
         # accelerate drives the processes only; autocast and loss scaling are ours, so Trainers with
         # different precisions can run in one process (accelerate's precision state is global).
         self.accelerator = accelerator or Accelerator(mixed_precision="no", cpu=not cuda)
@@ -83,6 +95,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.main = self.accelerator.is_main_process
+        self.sharding = make_sharding(self.accelerator, launch.fsdp)
         self.state = TrainerState(config_hash=config_hash(config), world_size=self.world)
         self._stop_signal: int | None = None
 
@@ -100,6 +113,10 @@ class Trainer:
         self.model = build_model(config, device=self.accelerator.device)
         if train.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
+        self.parameter_counts = self.model.parameter_counts()  # whole tensors: FSDP leaves shards
+        checkpoint = read_latest(self.run_dir, self.rank) if self.resume else None
+        if checkpoint is not None:  # into the whole model, before any sharding
+            self.model.load_trainable_state_dict(checkpoint[0])
         spec = data_spec_from_model(self.model, config.data)
         self.data: TrainData = build_train_data(config.data, spec, config.seed, DataReport(), self.model, self.world, self.rank)
         self.spec = spec
@@ -110,14 +127,16 @@ class Trainer:
         self.total_steps = train.max_steps or math.ceil(train.epochs * self.steps_per_epoch)
         param_groups, self.settings = optimizer_groups(self.model, train, self.steps_per_epoch)
         self.optimizer = _make_optimizer(param_groups, train)
-        if self.world > 1:
-            self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        else:
-            self.ddp_model = self.model
+        self.ddp_model, self.optimizer = self.sharding.wrap(self.model, self.optimizer)
         warmup_end = max((s.start_step + s.warmup for s in self.settings.values()), default=0)
-        self.balance = BalanceController(config.balance, self.model, self.optimizer, warmup_end, self._reduce)
-        if self.resume:
-            self._load_latest()
+        balance = config.balance
+        if self.sharding.sharded and balance.estimator != "none":
+            # The estimate swaps whole parameters in and out; FSDP holds them as shards.
+            log.info("balance: kappa is not estimated under FSDP")
+            balance = replace(balance, estimator="none")
+        self.balance = BalanceController(balance, self.model, self.optimizer, warmup_end, self._reduce)
+        if checkpoint is not None:
+            restore(self, checkpoint)
         else:
             torch.manual_seed(config.seed + 1 + self.rank)  # dropout masks differ per process
         if self.resume and self.main:
@@ -136,7 +155,7 @@ class Trainer:
     def _log_parameters(self) -> None:
         if not self.main:
             return
-        counts = self.model.parameter_counts()
+        counts = self.parameter_counts
         for name, c in counts.items():
             log.info("%-22s total %14s  trainable %11s", name, f"{c['total']:,}", f"{c['trainable']:,}")
         trainable = sum(c["trainable"] for c in counts.values())
@@ -144,50 +163,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        step = self.state.step
-        staging = self.run_dir / "checkpoints" / f".rng-{step:08d}"
-        if self.main:
-            staging.mkdir(parents=True, exist_ok=True)
-        self.accelerator.wait_for_everyone()
-        save_rng(staging, self.rank)
-        self.accelerator.wait_for_everyone()
-        path = checkpoint_dir(self.run_dir, step)
-        if self.main:
-            self.state.dropped = {n: sorted(map(list, r.dropped_at_load.items())) for n, r in self.data.report.datasets.items() if r.dropped_at_load}
-            self.state.extra["sampler"] = self.data.sampler.state_dict()
-            self.state.extra["balance"] = self.balance.state_dict()
-            if self.scaler is not None:
-                self.state.extra["scaler"] = self.scaler.state_dict()
-            path = write_checkpoint(self.run_dir, step, self.model.trainable_state_dict(), self.optimizer.state_dict(),
-                                    self.state.as_dict(), staging, self.config.train.keep_checkpoints)
-            staging.rmdir()
-            log.info("checkpoint %s", path)
-        self.accelerator.wait_for_everyone()
-        return path
-
-    def _load_latest(self) -> None:
-        checkpoints = list_checkpoints(self.run_dir)
-        if not checkpoints:
-            raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from")
-        trainable, optimizer_state, state, rng = read_checkpoint(checkpoints[-1], self.rank)
-        self.model.load_trainable_state_dict(trainable)
-        self.optimizer.load_state_dict(optimizer_state)
-        self.state = TrainerState.from_dict(state)
-        if self.state.config_hash != config_hash(self.config):
-            log.warning("resuming with a config that differs from the checkpoint's (hash %s != %s)", config_hash(self.config), self.state.config_hash)
-        if self.state.world_size != self.world:
-            log.warning("resuming on %d processes, the checkpoint was written by %d", self.world, self.state.world_size)
-        for name, dropped in self.state.dropped.items():
-            report = self.data.report.dataset(name)
-            for sample_id, reason in dropped:
-                report.skip_at_load(sample_id, reason, f"{sample_id}: dropped while loading before the resume")
-        if "balance" in self.state.extra:
-            self.balance.load_state_dict(self.state.extra["balance"])
-        if self.scaler is not None and "scaler" in self.state.extra:
-            self.scaler.load_state_dict(self.state.extra["scaler"])
-        if rng is not None:
-            set_rng_state(rng)
-        log.info("resumed from %s at step %d", checkpoints[-1], self.state.step)
+        """Writes a checkpoint of the current step (every process takes part); returns its folder."""
+        return save_checkpoint(self)
 
     # ------------------------------------------------------------------ one step
     def _batches(self):
@@ -209,7 +186,8 @@ class Trainer:
         loss_sum, seen, samples = 0.0, 0, 0
         model = self.ddp_model
         for index, batch in enumerate(batches):
-            sync = index == len(batches) - 1 or self.world == 1
+            # FSDP reduce-scatters every micro-batch (no_sync would hold whole unsharded gradients).
+            sync = index == len(batches) - 1 or self.world == 1 or self.sharding.sharded
             context = contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
             with context, self.autocast(), self.balance.forward_context():
                 out = model(**model_inputs(batch, self.accelerator.device), touch_all=self.world > 1, supervised_logits=True)
@@ -234,6 +212,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             total = sum(float(p.grad.detach().float().pow(2).sum()) for p in group["params"] if p.grad is not None)
             squares[group["group"]] = squares.get(group["group"], 0.0) + total
+        if self.sharding.sharded:  # each process holds a disjoint slice of every gradient
+            names = sorted(squares)
+            local = torch.tensor([squares[n] for n in names], device=self.accelerator.device, dtype=torch.float64)
+            squares = dict(zip(names, self.accelerator.reduce(local, reduction="sum").tolist()))
         return {name: math.sqrt(value) for name, value in squares.items()}
 
     def _set_learning_rates(self) -> dict[str, float]:
@@ -297,7 +279,7 @@ class Trainer:
         return record
 
     def _memory(self) -> dict:
-        if torch.cuda.is_available():
+        if self.accelerator.device.type == "cuda":
             return {"memory/peak_gb": torch.cuda.max_memory_allocated() / 2**30}
         return {"memory/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -380,14 +362,15 @@ class Trainer:
             record = {"step": self.state.step, **evaluate_loss(self)}
             if self.main:
                 self.metrics.write(record)
+        trainable = self.sharding.trainable_state(self.model, self.ddp_model) if self.sharding.sharded else None
         if self.main:
-            save_model(self.model, self.config, final)
+            save_model(self.model, self.config, final, trainable=trainable, counts=self.parameter_counts)
             self.data.report.write(self.run_dir / "data_report.json")
             self.data.report.log_summary()
         self.accelerator.wait_for_everyone()
         return final
 
 
-def train(config: CotuneConfig, run_dir: str | Path, resume: bool = False) -> Path:
-    """Trains ``config`` into ``run_dir`` and returns the final model directory."""
-    return Trainer(config, run_dir, resume).run()
+def train(config: CotuneConfig, run_dir: str | Path, resume: bool = False, device: str = "auto") -> Path:
+    """Trains ``config`` into ``run_dir`` on ``device`` (auto, cpu, cuda); returns the final model directory."""
+    return Trainer(config, run_dir, resume, device=device).run()
