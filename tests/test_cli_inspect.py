@@ -252,7 +252,7 @@ def test_table_output(tiny_root, tmp_path, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line and not line.startswith("-")}
     assert set(rows) >= {"component", "llm", "encoder.image", "connector.image", "modality_embedding", "total", "config"}
     assert rows["connector.image"][-1] == "100.00%"
-    assert rows["llm"][1] == f"{2 * (20 * 32 + 10):,}"
+    assert rows["llm"][0] == "float32" and rows["llm"][2] == f"{2 * (20 * 32 + 10):,}"  # weights, total, trainable
 
 
 # ----------------------------------------------------------------- errors and the command table
@@ -316,3 +316,74 @@ def test_package_reexports():
     assert cotune.load_config is load_config
     for name in ("build_model", "CotuneModel", "CotuneConfig", "ModelConfig", "ConfigError"):
         assert hasattr(cotune, name)
+
+
+# ----------------------------------------------------------------- weights and the memory plan
+def test_weights_column_reads_bits_from_the_config(offline_hub):
+    report = run_subprocess("inspect", str(RECIPES / "lavin-lite-7b-scienceqa.yaml"), "--dry-run", "--json")
+    assert report["weights"] == {
+        "llm": {"bits": 4, "format": "nf4", "rest": "bfloat16"},
+        "encoder.image": {"bits": 16, "format": "float16"},
+        "connector.image": {"bits": 32, "format": "float32"},
+        "modality_embedding": {"bits": 32, "format": "float32"},
+    }
+
+
+def test_table_shows_weights_per_component(tiny_root, tmp_path, capsys):
+    raw = _tiny_configs(tiny_root)["mma"]
+    raw["model"]["llm"]["dtype"] = "bfloat16"
+    path = tmp_path / "mma.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code, out, err = run_main(capsys, "inspect", str(path), "--dry-run")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line and not line.startswith("-")}
+    assert rows["component"][0] == "weights"
+    assert rows["llm"][0] == "bfloat16" and rows["encoder.image"][0] == "float32"
+
+
+def test_memory_plan_says_lite_fits_one_24gb_card_and_full_7b_does_not(offline_hub):
+    lite = run_subprocess("inspect", str(RECIPES / "lavin-lite-7b-scienceqa.yaml"), "--memory", "--device-memory", "24GB", "--json")
+    plan = lite["memory"]
+    assert plan["fits"] is True and plan["settings"]["batch_size"] == 1 and plan["settings"]["gradient_checkpointing"] is True
+    assert plan["peak"] < plan["usable"] < 24 * 2**30 and plan["peak_with"] == plan["peak"] < plan["peak_without"]
+    assert lite["trainable_params"] == 3_781_296 and lite["dry_run"] is True
+    full = run_subprocess("inspect", str(RECIPES / "lavin-7b-scienceqa.yaml"), "--memory", "--device-memory", "24GB", "--json")["memory"]
+    assert full["fits"] is False and full["peak"] > lite["memory"]["peak"]
+    weights = {t["name"]: t["bytes"] for t in full["static"]}
+    assert weights["weights llm"] > 3 * {t["name"]: t["bytes"] for t in plan["static"]}["weights llm"]
+    advice = "\n".join(full["advice"])
+    assert "--set model.llm.dtype=bfloat16" in advice  # float16 weights under bf16 autocast
+    assert "--set train.gradient_checkpointing=true" in advice and "--set model.llm.quantization.bits=4" in advice
+
+
+def test_memory_plan_table_and_overrides(tiny_root, tmp_path, capsys):
+    path = tmp_path / "mma.yaml"
+    path.write_text(yaml.safe_dump(_tiny_configs(tiny_root)["mma"]))
+    code, out, err = run_main(capsys, "inspect", str(path), "--memory", "--batch-size", "2", "--seq-len", "32",
+                              "--device-memory", "1GB", "--no-gradient-checkpointing")
+    assert code == 0, err
+    assert "memory plan per device: batch 2 x 32 tokens" in out and "gradient checkpointing off" in out
+    assert "activations llm layers" in out and "logits" in out and "AdamW states" in out
+    assert "device 1 GiB" in out and ": fits" in out
+    code, out, err = run_main(capsys, "inspect", str(path), "--memory", "--json", "--batch-size", "2", "--seq-len", "32",
+                              "--gradient-checkpointing", "--supervised-fraction", "0.25")
+    assert code == 0, err
+    settings = json.loads(out)["memory"]["settings"]
+    assert settings == {**settings, "batch_size": 2, "seq_len": 32, "supervised_positions": 8, "gradient_checkpointing": True}
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--batch-size", "2"], "--batch-size: memory plan options; add --memory"),
+        (["--memory", "--device-memory", "24XB"], "--device-memory: cannot read '24XB'"),
+        (["--memory", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["--memory", "--supervised-fraction", "0"], "--supervised-fraction: must be in (0, 1]"),
+    ],
+)
+def test_memory_flag_errors_are_one_line(tiny_root, tmp_path, capsys, args, fragment):
+    path = tmp_path / "mma.yaml"
+    path.write_text(yaml.safe_dump(_tiny_configs(tiny_root)["mma"]))
+    code, out, err = run_main(capsys, "inspect", str(path), *args)
+    assert code == 2 and out == ""
+    assert fragment in error_line(err)

@@ -34,9 +34,10 @@ from torch import nn
 
 from cotune.config.model import CotuneConfig, QuantizationConfig
 from cotune.model.memory_activations import (
-    AUTOCAST_DTYPES, DTYPE_BYTES, LayerSetup, backward_working_bytes, layer_bytes_per_token, llm_shape, logits_bytes,
+    AUTOCAST_DTYPES, LayerSetup, backward_working_bytes, layer_bytes_per_token, llm_shape, logits_bytes,
     step_dtypes, trace_encoder,
 )
+from cotune.model.memory_weights import component_storage, component_weights
 
 GIB = 2**30
 #: what a device keeps beside tensors: a fraction of its memory (allocator slack) plus the CUDA context.
@@ -91,33 +92,6 @@ class MemoryPlan:
         return asdict(self)
 
 
-def quantized_bytes(numel: int, out_features: int, quantization: QuantizationConfig) -> int:
-    """Bytes of one bitsandbytes linear weight of ``numel`` elements (module docstring)."""
-    if quantization.bits == 8:
-        return numel + 4 * out_features
-    blocks = math.ceil(numel / 64)
-    if not quantization.double_quant:
-        return numel // 2 + 4 * blocks + 64
-    return numel // 2 + blocks + 4 * math.ceil(blocks / 256) + 4 * 256 + 68
-
-
-def _component_weights(module: nn.Module, dtype: str, quantization, skip: set[int]) -> tuple[int, str]:
-    """(bytes of the frozen parameters, their description) of one component."""
-    frozen, quantized = 0, set()
-    if quantization is not None:
-        for sub in module.modules():
-            if type(sub) is nn.Linear and not sub.weight.requires_grad and id(sub.weight) not in skip:
-                frozen += quantized_bytes(sub.weight.numel(), sub.out_features, quantization)
-                quantized.add(id(sub.weight))
-    for p in module.parameters():
-        if not p.requires_grad and id(p) not in quantized:
-            frozen += p.numel() * DTYPE_BYTES[dtype]
-    if quantization is None:
-        return frozen, dtype
-    label = "int8" if quantization.bits == 8 else f"{quantization.type}{'+dq' if quantization.double_quant else ''}"
-    return frozen, f"{quantization.bits}-bit {label} linears, {dtype} rest"
-
-
 class MemoryEstimator:
     """Plans steps of one config's model, built once on the meta device (encoder traces cached)."""
 
@@ -125,7 +99,13 @@ class MemoryEstimator:
         self.config, self.model = config, model
         self.shape = llm_shape(model)
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self._traces: dict[tuple[str, torch.dtype], object] = {}
+        self._traces: dict[tuple, object] = {}
+        from cotune.balance.sides import resolve_sides
+
+        groups = [name for name, module in model.components().items() if any(p.requires_grad for p in module.parameters())]
+        self.estimates_kappa = config.balance.estimator != "none" and len(resolve_sides(config.balance, groups)) >= 2
+        model.train()
+        self.dropout = any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in model.modules())
 
     def settings(self, batch_size=None, seq_len=None, gradient_checkpointing=None, supervised_fraction=1.0,
                  device: str = "cuda") -> StepSettings:
@@ -145,14 +125,7 @@ class MemoryEstimator:
         head = model.llm.get_output_embeddings()
         skip = {id(head.weight)} if head is not None else set()
         for name, module in model.components().items():
-            if name == "llm":
-                dtype, quantization = config.model.llm.dtype, config.model.llm.quantization
-            elif name.startswith("encoder."):
-                enc = config.model.encoders[name.split(".", 1)[1]]
-                dtype, quantization = enc.dtype, enc.quantization
-            else:
-                dtype, quantization = "float32", None
-            frozen, label = _component_weights(module, dtype, quantization, skip)
+            frozen, label = component_weights(module, *component_storage(config, name), skip)
             if frozen:
                 terms.append(MemoryTerm(f"weights {name}", frozen, label))
         trainable = self.trainable
@@ -167,9 +140,10 @@ class MemoryEstimator:
         autocast = AUTOCAST_DTYPES.get(settings.precision)
         for name, enc in self.config.model.encoders.items():
             dtype = getattr(torch, autocast or enc.dtype)
-            key = (name, dtype)
+            eight_bit = enc.quantization is not None and enc.quantization.bits == 8
+            key = (name, dtype, eight_bit)
             if key not in self._traces:
-                self._traces[key] = trace_encoder(self.model, name, dtype)
+                self._traces[key] = trace_encoder(self.model, name, dtype, eight_bit)
             trace, items = self._traces[key], settings.media_items.get(name, 0)
             if checkpointing and trace.checkpointable:
                 kept = items * trace.blocks * trace.block_input
@@ -185,7 +159,9 @@ class MemoryEstimator:
             terms.append(MemoryTerm(f"activations encoder.{name}", kept, detail))
         return terms, recompute
 
-    def activations(self, config: CotuneConfig, settings: StepSettings, checkpointing: bool) -> tuple[list[MemoryTerm], dict[str, int]]:
+    def activations(
+        self, config: CotuneConfig, settings: StepSettings, checkpointing: bool
+    ) -> tuple[list[MemoryTerm], dict[str, int]]:
         """Kept activation terms and each phase's extra bytes (module docstring)."""
         llm, shape = config.model.llm, self.shape
         types = step_dtypes(llm.dtype, settings.precision, llm.quantization is not None)
@@ -226,6 +202,11 @@ class MemoryEstimator:
         terms.append(MemoryTerm("logits", logits + head_copy, f"{batch} x {kept} positions x {shape.vocab:,} vocabulary"))
         encoder_terms, recompute_encoder = self._encoder_terms(settings, checkpointing)
         terms += encoder_terms
+        balance = config.balance
+        if self.estimates_kappa and balance.estimator == "exact" and balance.reuse_training_logits != "never" \
+                and settings.precision == "fp32" and not self.dropout:
+            terms.append(MemoryTerm("balance: captured logits", batch * kept * shape.vocab * 4,
+                                    f"every {balance.every_k} steps the kappa estimate keeps the training logits"))
         kept_total = sum(t.bytes for t in terms)
         grads = 4 * self.trainable
         earlier = grads if settings.grad_accum > 1 else 0
@@ -235,6 +216,10 @@ class MemoryEstimator:
             "encoders' backward": sum(t.bytes for t in encoder_terms) + recompute_encoder + logits + grads,
             "optimizer step": grads,
         }
+        if self.estimates_kappa:
+            # Two parameter snapshots; no-grad forwards whose logits (t, then float32 and its
+            # log-softmax) meet the reference's (float32 and its log-softmax).
+            phases["kappa estimate"] = 8 * self.trainable + batch * kept * shape.vocab * (16 + types.logits)
         return terms, phases
 
     # ------------------------------------------------------------------ the plan

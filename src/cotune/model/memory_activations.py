@@ -9,7 +9,8 @@ receives it, the query width when grouped heads are repeated for a padding mask;
 size; s, l, t: bytes of the residual stream, of the frozen linear layers' outputs and of attention's
 inputs, see :class:`DTypes`):
 
-    norms      n_norms x d x 4            RMSNorm keeps its float32 input (LayerNorm: s, 4 under autocast)
+    norms      n_norms x (d x 4 + 4)      RMSNorm keeps its float32 input and 1 / rms (LayerNorm: its
+                                          input in s, 4 under autocast, with mean and 1 / std)
     attention  (2q + 2kv) x t + 4 heads   q, k, v, output and log-sum-exp (SDPA flash/efficient kernels;
                + S x t                    eager attention keeps heads x S x (4 + t) instead of the output);
                                           SDPA's additive padding mask, made and kept in every layer
@@ -17,7 +18,8 @@ inputs, see :class:`DTypes`):
     adapters   sites x d x c              the input of each adapter's trainable down projection
     LoRA       sum(in) x (c + m) + n x r x c   per target: its (dropped-out) input and the dropout mask
                                           (m: 1 byte on CUDA, a float32 noise tensor on the CPU)
-    8-bit/full 2d x s + q x t + I x l     the distinct linear inputs, which bitsandbytes' int8 matmul keeps
+    8-bit/full 2d x s + I x l             the linear inputs bitsandbytes' int8 matmul keeps (the output
+                                          projection's input is attention's output, already kept)
     cast copy  P x 2 per pass             autocast to another dtype than the frozen weights' copies every
                                           weight a linear uses, and autograd keeps the copies
 (c = 2 under autocast, else 4: trainable parts are float32; P: frozen linear weights of the layer.)
@@ -146,7 +148,7 @@ def layer_bytes_per_token(shape: LLMShape, types: DTypes, setup: LayerSetup, seq
     repeat = setup.padded and setup.attention == "sdpa"
     kv = q if repeat else shape.kv_heads * shape.head_dim
     norm = 4 if shape.rms_norm or types.autocast else types.stream
-    total = shape.norms * d * norm
+    total = shape.norms * (d * norm + (4 if shape.rms_norm else 8))
     if setup.attention == "eager":
         total += (q + 2 * q) * types.attention + shape.heads * seq * (4 + types.attention)
     else:
@@ -159,7 +161,7 @@ def layer_bytes_per_token(shape: LLMShape, types: DTypes, setup: LayerSetup, seq
         mask = setup.dropout_mask_bytes if setup.lora_dropout > 0 else 0
         total += shape.lora_inputs * (types.trainable + mask) + shape.lora_targets * setup.lora_r * types.trainable
     if setup.keeps_linear_inputs:
-        total += 2 * d * types.stream + q * types.attention + inter * types.linear
+        total += 2 * d * types.stream + inter * types.linear
     return total
 
 
@@ -209,13 +211,18 @@ class EncoderTrace:
     checkpointable: bool
 
 
-def trace_encoder(model, name: str, dtype: torch.dtype) -> EncoderTrace:
+def trace_encoder(model, name: str, dtype: torch.dtype, keeps_linear_inputs: bool = False) -> EncoderTrace:
     """Runs one meta item through ``model.encode_media`` with the encoder's frozen weights in
-    ``dtype`` and counts the distinct storages saved for backward (parameters excluded)."""
+    ``dtype`` and counts the distinct storages saved for backward (parameters excluded).
+    ``keeps_linear_inputs`` (8-bit weights, whose matmul keeps its input): the frozen linear layers
+    of an encoder that back-propagates count their inputs, as a trainable weight's would."""
     encoder = model.encoders[name]
+    trainable = any(p.requires_grad for p in encoder.parameters())
     for p in encoder.parameters():
         if not p.requires_grad and p.is_floating_point():
             p.data = p.data.to(dtype)
+    lent = [m.weight for m in encoder.modules() if type(m) is nn.Linear and not m.weight.requires_grad]
+    lent = lent if keeps_linear_inputs and trainable else []
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -227,13 +234,18 @@ def trace_encoder(model, name: str, dtype: torch.dtype) -> EncoderTrace:
 
     model.train()
     item = encoder.dummy_input()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mock.patch.object(
-        torch.nn.functional, "scaled_dot_product_attention", _sdpa
-    ):
-        model.encode_media({name: item})
+    for weight in lent:
+        weight.requires_grad_(True)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mock.patch.object(
+            torch.nn.functional, "scaled_dot_product_attention", _sdpa
+        ):
+            model.encode_media({name: item})
+    finally:
+        for weight in lent:
+            weight.requires_grad_(False)
     with torch.no_grad():
         first = encoder.hidden_states(item)[0]
-    trainable = any(p.requires_grad for p in encoder.parameters())
     return EncoderTrace(
         saved=sum(saved.values()), block_input=first.numel() * first.element_size(), blocks=encoder.num_blocks,
         checkpointable=trainable and hasattr(encoder.backbone, "activation_checkpointing_enable"),
