@@ -1,18 +1,14 @@
 """``cotune serve``'s OpenAI endpoint against a real uvicorn server on loopback: answers equal
 ``cotune predict`` (greedy, streamed or not, text, image, audio, both), seeded sampling repeats,
 stop strings cut the answer, usage counts, the model list, merged serving, the CLI without the
-``serve`` extra."""
+``serve`` extra. The ``cotune serve`` command itself runs in test_serve_attacks.py (its own process,
+stopped by SIGTERM)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -37,7 +33,8 @@ QUESTIONS = ["what colour is the shape", "is it a circle", "what is the sound"]
 
 def serve_run(root):
     """``root/serve/tiny-run``, a saved model directory (built once per session root): tiny LLaMA with
-    MM-Adapters + CLIP image encoder + Whisper audio encoder, random adapter weights."""
+    MM-Adapters + CLIP image encoder + Whisper audio encoder (placeholder ``<sound>``), random
+    adapter weights."""
     from cotune.model import build_model, save_model
 
     run = root / "serve" / "tiny-run"
@@ -47,7 +44,8 @@ def serve_run(root):
         "image": {"type": "clip", "name_or_path": str(tiny.save_encoder(root, "clip")), "layers": [1, 2, 3], "reduce": "cls",
                   "trainable": "adapter", "adapter": {"type": "mm_adapter"}, "connector": {"type": "lavin-neck", "hidden": 16}},
         "audio": {"type": "whisper", "name_or_path": str(tiny.save_encoder(root, "whisper")), "layers": [-1], "reduce": "windows",
-                  "window": 4, "trainable": "adapter", "adapter": {"type": "rep_adapter"}, "connector": {"type": "linear"}},
+                  "window": 4, "trainable": "adapter", "adapter": {"type": "rep_adapter"}, "connector": {"type": "linear"},
+                  "placeholder": "<sound>"},  # a placeholder that is not the <audio> marker: text must not form it
     }
     config = load_config(data=tiny.model_config(tiny.save_llm(root), encoders, trainable="adapter", adapter={"type": "mm_adapter"}))
     model = build_model(config)
@@ -270,36 +268,6 @@ def test_engine_runs_requests_without_http(service):
     a = service.engine.run(GenerationRequest(prompt, {}, 4), timeout=60)
     b = service.engine.run(GenerationRequest(prompt, {}, 4), timeout=60)
     assert a == b and a.completion_tokens <= 4 and a.prompt_tokens == len(prompt)
-
-
-def test_cotune_serve_command_serves_the_api_and_the_page_until_interrupted(run):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, ["src", os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": "1"}
-    script = ("import sys, cotune, cotune.cli.main, cotune.serve\n"  # the core and the serve package, not the HTTP stack
-              "assert not {'fastapi', 'uvicorn', 'starlette'} & set(sys.modules), 'the HTTP stack was imported'\n"
-              "sys.exit(cotune.cli.main.main(sys.argv[1:]))")
-    argv = [sys.executable, "-c", script, "serve", str(run), "--port", str(port), "--ui", "--name", "mine"]
-    server = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.communicate()[1][-2000:]
-                time.sleep(0.2)
-        assert "<title>cotune chat</title>" in httpx.get(f"{url}/").text
-        answer = httpx.post(f"{url}/v1/chat/completions", json={**user("hi"), "model": "mine", "max_tokens": 3}, timeout=60)
-        assert answer.status_code == 200 and answer.json()["model"] == "mine"
-    finally:
-        server.send_signal(signal.SIGINT)
-        _out, err = server.communicate(timeout=60)
-    assert server.returncode == 0, err[-2000:]
-    assert "serving mine (" in err and f"chat page at http://127.0.0.1:{port}/" in err and "stopped by SIGINT" in err
 
 
 def test_cli_without_the_serve_extra_says_how_to_install_it(monkeypatch, capsys, run):

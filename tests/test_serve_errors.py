@@ -22,8 +22,8 @@ from cotune.serve import RequestError, ServeConfig, load_service, parse_chat_req
 from cotune.serve.server import BackgroundServer  # noqa: E402
 from test_serve_api import audio_part, image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
 
-LIMITS = dict(max_request_mb=0.25, max_media_mb=0.05, max_image_pixels=200 * 200, max_images=2, max_audio=1, max_audio_seconds=2.0,
-              max_tokens=6, max_tokens_limit=64, queue_timeout=20.0)
+LIMITS = dict(max_request_mb=0.25, max_media_mb=0.05, max_image_pixels=200 * 200, max_image_aspect=100, max_images=2, max_audio=1,
+              max_audio_seconds=2.0, max_tokens=6, max_tokens_limit=64, queue_timeout=20.0)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,9 @@ def media(tmp_path_factory):
     Image.new("RGB", (20, 20), (0, 200, 0)).save(outside / "secret.png")
     (root / "link.png").symlink_to(outside / "secret.png")
     Image.new("RGB", (300, 300), (9, 9, 9)).save(root / "big.png")  # 90,000 pixels: small file, too many pixels
+    (root / "folder").mkdir()
+    (root / "folder" / "red.png").write_bytes((root / "red.png").read_bytes())
+    (root / "linked").symlink_to(root / "folder")  # a link to a folder inside the root: still not followed
     return root, outside
 
 
@@ -58,9 +61,19 @@ def file_url(path) -> dict:
     return {"type": "image_url", "image_url": {"url": f"file://{path}"}}
 
 
-def wav_bytes(seconds: float) -> bytes:
+def wav_bytes(seconds: float, rate: int = 16000, subtype: str | None = None) -> bytes:
     buffer = io.BytesIO()
-    soundfile.write(buffer, np.zeros(int(16000 * seconds)), 16000, format="WAV")
+    soundfile.write(buffer, np.zeros(int(rate * seconds)), rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def audio_part_bytes(data: bytes, fmt: str = "wav") -> dict:
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": fmt}}
+
+
+def plain_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (9, 9, 9)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -115,9 +128,38 @@ def cases(media_root, outside):
         "file outside the root": (user("x", file_url(outside / "secret.png")), 403, "the path is outside the server's media root"),
         "file missing outside the root": (user("x", file_url(outside / "nothing.png")), 403, "outside the server's media root"),
         "dot-dot escape": (user("x", file_url(f"{media_root}/../{outside.name}/secret.png")), 403, "outside the server's media root"),
-        "symlink escape": (user("x", file_url(media_root / "link.png")), 403, "outside the server's media root"),
+        "symlink escape": (user("x", file_url(media_root / "link.png")), 403,
+                           "link.png: goes through the symbolic link 'link.png'; links are not followed under the media root"),
         "missing file": (user("x", file_url(media_root / "nothing.png")), 400, "no such file under the media root: nothing.png"),
         "conversation too long": (user("the " * 600), 400, "tokens > max_length 512"),
+        # inputs that used to give a plain-text 500
+        "lone surrogate": (b'{"messages": [{"role": "user", "content": "a \\ud800 b"}]}', 400,
+                           "the request body holds invalid Unicode: surrogates not allowed"),
+        "5,000-digit max_tokens": (b'{"max_tokens": ' + b"9" * 5000 + b', "messages": [{"role": "user", "content": "hi"}]}', 400,
+                                   "the request body is not valid JSON: Exceeds the limit (4300 digits)"),
+        "nested 100,000 deep": (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
+                                "holds 100,001 commas and brackets; the limit is 50,000"),
+        "nested 5,000 deep": (b'{"messages": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", 400, "nested more than 32 levels deep"),
+        "nested 40 deep": ({**user("hi"), "user": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, 400,
+                           "nested more than 32 levels deep"),
+        "many commas": (b'{"messages": [{"role": "user", "content": "hi"}], "user": [' + b"0," * 50_000 + b'0]}', 400,
+                        "holds 50,006 commas and brackets; the limit is 50,000"),
+        "file URL with NUL": (user("x", file_url(f"{media_root}/red.png%00.png")), 400, "the path contains a NUL character"),
+        "placeholder in text": (user("what is <sound> here"), 400,
+                                "messages[0]: contains '<sound>', this model's placeholder for audio inputs"),
+        # memory bounds
+        "wide image": (user("x", data_url(plain_png(201, 1))), 413, "201x1 pixels, an aspect ratio of 201:1; the limit is 100:1"),
+        "tall image": (user("x", data_url(plain_png(1, 150))), 413, "1x150 pixels, an aspect ratio of 150:1; the limit is 100:1"),
+        "resized too big": (user("x", data_url(plain_png(50, 1))), 413,
+                            "50x1 pixels would be resized to 45,000 pixels for encoder 'image'; the limit is 40,000 pixels"),
+        "audio rate": (user("x", audio_part_bytes(wav_bytes(0.05, rate=400_000, subtype="PCM_U8"))), 413,
+                       "400,000 Hz x 1 channels; the limit is 384,000 samples per second over all channels"),
+        # more bad fields
+        "long stop": ({**user("hi"), "stop": "x" * 257}, 400, "stop: a stop string may be at most 256 characters long"),
+        "user not a string": ({**user("hi"), "user": {"id": 1}}, 400, "user: must be a string, got {'id': 1}"),
+        "file is a folder": (user("x", file_url(media_root / "folder")), 400, "folder is not a regular file"),
+        "file through a linked folder": (user("x", file_url(media_root / "linked" / "red.png")), 403,
+                                         "linked/red.png: goes through the symbolic link 'linked'"),
     }
 
 
@@ -126,7 +168,10 @@ NAMES = ("not JSON", "not an object", "unknown field", "unsupported field", "unk
          "wrong model", "max_tokens too big", "temperature", "n", "stop list", "text is not an image", "truncated png", "gif",
          "bad base64", "remote url", "oversized image", "oversized body", "too many pixels", "too many images", "audio too long",
          "audio not audio", "audio bad format", "file outside the root", "file missing outside the root", "dot-dot escape",
-         "symlink escape", "missing file", "conversation too long")
+         "symlink escape", "missing file", "conversation too long", "lone surrogate", "5,000-digit max_tokens",
+         "nested 100,000 deep", "nested 5,000 deep", "nested 40 deep", "many commas", "file URL with NUL", "placeholder in text", "wide image",
+         "tall image", "resized too big", "audio rate", "long stop", "user not a string", "file is a folder",
+         "file through a linked folder")
 
 
 @pytest.mark.parametrize("name", NAMES)

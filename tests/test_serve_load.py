@@ -1,7 +1,9 @@
 """A bounded load test of ``cotune serve`` on loopback: 8 concurrent clients x 20 requests (mixed
 streamed / not, text / image), stopped by itself. No request fails, every answer equals the one a
 lone client gets, resident memory grows by less than RSS_BOUND_MB, and the latency percentiles
-are printed."""
+and batch sizes are printed. Dynamic batching: requests that wait together are generated in one
+batch, each answer equal to ``cotune predict``'s (greedy) or to its own lone answer (seeded
+sampling), each row stopping on its own (EOS, stop string, max_tokens)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ httpx = pytest.importorskip("httpx")
 
 from cotune.serve import ServeConfig, load_service  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
-from test_serve_api import image_part, one_torch_thread, serve_run, stream_text, user, write_media  # noqa: E402, F401 (autouse fixture)
+from test_serve_api import (  # noqa: E402, F401 (autouse fixture)
+    QUESTIONS, audio_part, image_part, one_torch_thread, predict, serve_run, stream_text, user, write_media,
+)
 
 CLIENTS, REQUESTS = 8, 20
 #: Largest growth of the process's resident memory over the load (after a warm-up of the same mix).
@@ -75,14 +79,69 @@ def test_concurrent_clients_all_succeed_with_bounded_memory(tiny_root, tmp_path_
         growth = rss_mb() - before
         for client in clients:
             client.close()
-        assert solo.get("/health").json() == {"status": "ok", "model": "tiny-run", "waiting": 0, "busy": False,
+        assert solo.get("/health").json() == {"status": "ok", "model": "tiny-run", "waiting": 0, "running": 0, "busy": False,
                                               "completed": 2 + 2 * CLIENTS + CLIENTS * REQUESTS}
+        batches = service.engine.batches
     latencies = [1000 * s for _ok, s in results]
     failures = sum(not ok for ok, _s in results)
     with capsys.disabled():
         print(f"\nserve load: {CLIENTS} clients x {REQUESTS} requests in {seconds:.2f} s ({len(results) / seconds:.1f} req/s); "
               f"latency ms p50 {percentile(latencies, 50):.1f} p95 {percentile(latencies, 95):.1f} "
               f"p99 {percentile(latencies, 99):.1f} max {max(latencies):.1f} (mean {statistics.mean(latencies):.1f}); "
-              f"failed {failures}; RSS {before:.0f} MB -> {before + growth:.0f} MB ({growth:+.1f} MB, bound {RSS_BOUND_MB} MB)")
+              f"failed {failures}; RSS {before:.0f} MB -> {before + growth:.0f} MB ({growth:+.1f} MB, bound {RSS_BOUND_MB} MB); "
+              f"{batches} batches, largest {service.engine.largest_batch} (max {service.config.max_batch})")
     assert failures == 0
     assert growth < RSS_BOUND_MB
+
+
+def test_requests_waiting_together_are_batched_and_answered_as_alone(tiny_root, tmp_path_factory, capsys):
+    """Seven different requests queue while the model is held, then run as one batch: greedy
+    answers equal ``cotune predict``'s, a seeded sampled answer equals its lone answer, and each
+    row ends on its own terms (max_tokens 2, a stop string, the default length), streamed or not."""
+    work = tmp_path_factory.mktemp("serve-batch")
+    run, media = serve_run(tiny_root), write_media(work / "media")
+    service = load_service(run, ServeConfig(max_tokens=10, max_batch=8), device="cpu")
+    greedy = [("text", QUESTIONS[0], None, None, {}), ("png", QUESTIONS[0], "red.png", None, {"stream": True}),
+              ("jpeg", QUESTIONS[1], "blue.jpg", None, {}), ("audio", QUESTIONS[2], None, "tone.wav", {"stream": True}),
+              ("both", QUESTIONS[1], "red.png", "tone.flac", {}), ("short", QUESTIONS[1], None, None, {"max_tokens": 2})]
+    bodies = {}
+    for name, text, image, audio, extra in greedy:
+        parts = ([image_part(media / image)] if image else []) + ([audio_part(media / audio)] if audio else [])
+        bodies[name] = {**user(text, *parts), **extra}
+    bodies["sampled"] = {**user(QUESTIONS[2]), "temperature": 1.2, "top_p": 0.9, "seed": 11}
+    expected = {name: predict(capsys, run, text, media / image if image else None, media / audio if audio else None,
+                              max_tokens=extra.get("max_tokens", 10)) for name, text, image, audio, extra in greedy}
+
+    def ask(client, body):
+        if body.get("stream"):
+            return stream_text(client, body)[0]
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    with BackgroundServer(service) as url, httpx.Client(base_url=url, timeout=60) as client:
+        expected["sampled"] = ask(client, bodies["sampled"])
+        full = ask(client, bodies["text"])
+        stop = full[3:6]
+        assert len(full) > 8 and stop.strip()
+        bodies["stopped"] = {**bodies["text"], "stop": stop}
+        expected["stopped"] = full[: full.index(stop)].strip()
+        engine, batches, answers = service.engine, service.engine.batches, {}
+
+        def one(name):
+            with httpx.Client(base_url=url, timeout=60) as own:
+                answers[name] = ask(own, bodies[name])
+
+        threads = [threading.Thread(target=one, args=(name,)) for name in bodies]
+        with engine.hold():  # the model is busy: every request queues
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 60
+            while engine.waiting < len(bodies):
+                assert time.monotonic() < deadline, f"only {engine.waiting} of {len(bodies)} requests queued"
+                time.sleep(0.01)
+        for thread in threads:
+            thread.join(60)
+        assert engine.batches == batches + 1 and engine.largest_batch == len(bodies) == 8  # one batch of all eight
+    assert answers == expected
+    assert all(expected.values()) and len(expected["short"]) < len(expected["text"])

@@ -1,13 +1,17 @@
 """The HTTP application: OpenAI-compatible chat completions, model list, health, the web chat UI.
 
-``POST /v1/chat/completions`` reads the body (at most ``max_request_mb``), checks it
+Every request first passes :class:`~cotune.serve.security.Guard` (Host header, API key, and for
+POST the origin and ``Content-Type: application/json``). ``POST /v1/chat/completions`` reads the
+body (at most ``max_request_mb``, within ``read_timeout`` seconds), parses and checks it
 (:mod:`cotune.serve.schema`), renders the prompt and decodes the media in a worker thread of the
-server (:mod:`cotune.serve.prepare`), then queues it for the model (:mod:`cotune.serve.engine`).
-It answers once the request reached the model: as one ``chat.completion`` object, or with
-``"stream": true`` as server-sent events, one ``chat.completion.chunk`` per piece of text, ending
-with ``data: [DONE]``. Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``
-with a 4xx status for bad requests and 503 when the model is too busy. Needs the ``serve`` extra
-(FastAPI); this module is imported only by the serving code.
+server (:mod:`cotune.serve.prepare`; at most ``prepare_workers`` requests at a time), then queues it
+for the model (:mod:`cotune.serve.engine`). It answers once the request reached the model: as one
+``chat.completion`` object, or with ``"stream": true`` as server-sent events, one
+``chat.completion.chunk`` per piece of text, ending with ``data: [DONE]``. A client that goes away
+stops its generation at the next token, streamed or not. Errors are OpenAI-style ``{"error":
+{"message", "type", "param", "code"}}`` with a 4xx status for bad requests and 503 when the model
+is too busy or the server is shutting down. Needs the ``serve`` extra (FastAPI); this module is
+imported only by the serving code.
 """
 
 from __future__ import annotations
@@ -24,35 +28,42 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from cotune.serve.engine import Answer, EngineBusy
+from cotune.serve.engine import SHUTTING_DOWN, Answer, EngineBusy, ShuttingDown
 from cotune.serve.prepare import prepare
-from cotune.serve.schema import ChatRequest, RequestError, parse_chat_request
+from cotune.serve.schema import ChatRequest, RequestError, parse_chat_request, parse_json
+from cotune.serve.security import Guard, resolve_allowed_hosts
 from cotune.serve.service import Service
 
 log = logging.getLogger(__name__)
 
-ERROR_TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-               503: "server_busy"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error", 404: "not_found_error",
+               405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large", 415: "invalid_request_error",
+               500: "server_error", 503: "server_busy"}
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "error"), "param": param, "code": code}}
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = {"Retry-After": "1"} if status == 503 else {"Connection": "close"} if status == 408 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(service: Service, ui: bool = False) -> FastAPI:
+def create_app(service: Service, ui: bool = False, bind_host: str = "127.0.0.1") -> FastAPI:
     """The FastAPI app serving ``service``; the model worker runs while the app does (lifespan).
-    With ``ui``, ``GET /`` is the web chat page."""
+    With ``ui``, ``GET /`` is the web chat page. ``bind_host`` (where the server listens) decides
+    the default allowed ``Host`` headers (:func:`~cotune.serve.security.resolve_allowed_hosts`)."""
+    config = service.config
 
     async def lifespan(_app):
         service.engine.start()
         try:
             yield
         finally:
-            service.engine.stop()
+            await run_in_threadpool(service.engine.stop, config.shutdown_timeout)
 
     app = FastAPI(title=f"cotune: {service.name}", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, keys=config.api_keys, allowed_hosts=resolve_allowed_hosts(config.allowed_hosts, bind_host),
+                       closing=lambda: service.engine.closing, shutting_down=SHUTTING_DOWN)
+    preparing = asyncio.Semaphore(config.prepare_workers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):
@@ -65,7 +76,8 @@ def create_app(service: Service, ui: bool = False) -> FastAPI:
     @app.get("/health")
     async def health():
         engine = service.engine
-        return {"status": "ok", "model": service.name, "waiting": engine.waiting, "busy": engine.busy, "completed": engine.completed}
+        return {"status": "ok", "model": service.name, "waiting": engine.waiting, "running": engine.running, "busy": engine.busy,
+                "completed": engine.completed}
 
     @app.get("/v1/models")
     async def models():
@@ -73,10 +85,12 @@ def create_app(service: Service, ui: bool = False) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _read_json(request, service.config.max_request_bytes)
-        chat = parse_chat_request(body, service.config, service.name)
-        generation = await run_in_threadpool(prepare, chat, service.spec, service.config)
-        return await _answer(service, chat, generation)
+        # the config is read per request: tests change the service's limits on a running server
+        body = await _read_body(request, service.config.max_request_bytes, service.config.read_timeout)
+        chat = parse_chat_request(parse_json(body), service.config, service.name)
+        async with preparing:
+            generation = await run_in_threadpool(prepare, chat, service.spec, service.config)
+        return await _answer(request, service, chat, generation)
 
     if ui:
         page = resources.files("cotune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -88,64 +102,100 @@ def create_app(service: Service, ui: bool = False) -> FastAPI:
     return app
 
 
-async def _read_json(request: Request, limit: int):
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the request body is {int(declared):,} bytes; the limit is {limit:,} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"the request body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"the request body is over the limit of {limit:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     try:
-        return json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RequestError(400, f"the request body is not valid JSON: {err}") from None
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {timeout:g} s", code="read_timeout") from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (the body was read: the next message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 class _Events:
-    """Carries the worker's events into the event loop (the sink passed to Engine.submit)."""
+    """Carries the worker's events into the event loop (the sink passed to Engine.submit); without
+    ``text``, pieces of text are dropped (a non-streamed answer waits for the whole)."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: bool) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.text = text
 
     def __call__(self, event) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        if self.text or event[0] != "text":
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def next(self, gone: asyncio.Future, timeout: float | None = None) -> tuple[str, object]:
+        """The next event; ("gone", None) when the client left first, ("timeout", None) after ``timeout`` s."""
+        getter = asyncio.ensure_future(self.queue.get())
+        done, _ = await asyncio.wait({getter, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        return ("gone", None) if gone in done else ("timeout", None)
 
 
-async def _answer(service: Service, chat: ChatRequest, generation):
-    events = _Events()
+def _failure(value) -> JSONResponse:
+    if value == SHUTTING_DOWN:
+        return error_response(503, SHUTTING_DOWN, code="shutting_down")
+    return error_response(500, str(value), code="generation_failed")
+
+
+async def _answer(request: Request, service: Service, chat: ChatRequest, generation):
+    events = _Events(text=chat.stream)
     try:
         job = service.engine.submit(generation, events)
+    except ShuttingDown:
+        raise RequestError(503, SHUTTING_DOWN, code="shutting_down") from None
     except EngineBusy as busy:
         raise RequestError(503, f"server busy: {busy}", code="queue_full") from None
-    timeout = service.config.queue_timeout
+    gone = asyncio.ensure_future(_disconnected(request))
+    streaming = False
     try:
-        kind, value = await asyncio.wait_for(events.queue.get(), timeout)
-    except asyncio.TimeoutError:
-        job.cancel()
-        raise RequestError(503, f"server busy: the request waited {timeout:g} s for the model; try again later",
-                           code="queue_timeout") from None
-    except asyncio.CancelledError:  # the client went away while waiting
-        job.cancel()
-        raise
-    if kind == "error":
-        return error_response(503, str(value))
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": service.name}
-    if chat.stream:
-        return StreamingResponse(_sse(events, job, meta, chat.include_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    try:
+        timeout = service.config.queue_timeout
+        kind, value = await events.next(gone, timeout)
+        if kind == "timeout":
+            raise RequestError(503, f"server busy: the request waited {timeout:g} s for the model; try again later",
+                               code="queue_timeout")
+        if kind == "gone":
+            return error_response(400, "the client went away")  # never sent
+        if kind == "error":
+            return _failure(value)
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": service.name}
+        if chat.stream:
+            streaming = True
+            return StreamingResponse(_sse(events, job, meta, chat.include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         while True:
-            kind, value = await events.queue.get()
+            kind, value = await events.next(gone)
             if kind == "done":
                 return _completion(meta, value)
             if kind == "error":
-                return error_response(500, str(value))
+                return _failure(value)
+            if kind == "gone":
+                return error_response(400, "the client went away")  # never sent
     finally:
-        job.cancel()  # no-op when finished; stops the generation if the client went away
+        gone.cancel()  # the streaming response watches for the client itself
+        if not streaming:
+            job.cancel()  # no-op when finished; skips or stops the generation otherwise
 
 
 def _usage(answer: Answer) -> dict:
@@ -179,7 +229,8 @@ async def _sse(events: _Events, job, meta: dict, include_usage: bool):
                     yield _chunk(meta, None, usage=_usage(value))
                 break
             elif kind == "error":
-                yield f"data: {json.dumps({'error': {'message': str(value), 'type': 'server_error'}})}\n\n"
+                kind, code = ("server_busy", "shutting_down") if value == SHUTTING_DOWN else ("server_error", "generation_failed")
+                yield f"data: {json.dumps({'error': {'message': str(value), 'type': kind, 'code': code}})}\n\n"
                 break
         yield "data: [DONE]\n\n"
     finally:

@@ -1,16 +1,27 @@
-"""The model worker: one thread owns the model and runs queued generations one at a time.
+"""The model worker: one thread owns the model and generates for waiting requests in batches.
 
 HTTP handlers never touch the model. They :meth:`Engine.submit` a
 :class:`~cotune.serve.prepare.GenerationRequest` with a *sink*, a callable the worker feeds with
 events: ``("start", None)`` when the request reaches the model, ``("text", piece)`` for each settled
-piece of the answer, then ``("done", Answer)`` or ``("error", message)``. A full queue refuses at
-once (:class:`EngineBusy`); a request that waited too long is cancelled by its handler
-(:meth:`Job.cancel`) and skipped, or stopped at its next token if it had just started.
+piece of the answer, then ``("done", Answer)`` or ``("error", message)`` (:data:`SHUTTING_DOWN`
+when the server stops before answering). A full queue refuses at once (:class:`EngineBusy`); a
+request that waited too long is cancelled by its handler (:meth:`Job.cancel`) and skipped, or
+stopped at its next token if it had just started.
 
-Sampling is seeded per request inside the worker (``torch.random.fork_rng``), so the same seed
-gives the same answer whatever ran before, and the process's global generator is left as it was.
-Temperature 0 is greedy decoding, as ``cotune predict``. Nothing here has parameters; the model is
-used in eval mode and never changed.
+**Dynamic batching.** Whenever the model is free, the worker takes every waiting request, up to
+``max_batch``, and generates for all of them in one :func:`cotune.model.generate.generate` call:
+prompts left-padded, media stacked per encoder in row order, routing weights computed once per row
+(the generate call holds them for the prefill and every step). Each row stops on its own (EOS, its
+stop strings, its ``max_tokens``, its client leaving) and is answered at once; the call ends when
+every row has. Requests arriving meanwhile wait for the next batch. Greedy rows give the answer
+they give alone (``cotune predict`` batches with left padding the same way); padding only changes
+which floating-point sums the kernels form, and the tests check the answers are equal.
+
+Sampling is per row: temperature and top-p are applied to the row's logits and a token drawn with
+the row's own generator, seeded from the request's ``seed`` (random when none), so the same seed
+gives the same answer whatever else is in the batch or ran before, and the process's global
+generator is never used. Temperature 0 is greedy decoding, as ``cotune predict``. Nothing here has
+parameters; the model is used in eval mode and never changed.
 """
 
 from __future__ import annotations
@@ -25,19 +36,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from cotune.model.generate import generate
+from cotune.model.generate import generate, left_pad
+from cotune.model.stream import AnswerStream
 from cotune.serve.prepare import GenerationRequest
-from cotune.model.stream import AnswerStream, StopWhenDone
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[tuple[str, object]], None]
+#: The error every request the server cannot answer any more gets when it stops.
+SHUTTING_DOWN = "the server is shutting down"
 
 
 class EngineBusy(Exception):
     """The queue is full (or the engine stopped); the message says so."""
+
+
+class ShuttingDown(EngineBusy):
+    """The engine is stopping and takes no new requests."""
 
 
 @dataclass
@@ -78,60 +95,151 @@ class Job:
             return True
 
 
-class Engine:
-    """Owns ``model`` in a worker thread; ``max_queue`` requests may wait for it."""
+class _Row:
+    """One job inside a batch: its answer stream, tokens so far, sampling generator, state."""
 
-    def __init__(self, model, tokenizer, max_queue: int = 64) -> None:
-        self.model, self.tokenizer, self.max_queue = model, tokenizer, max_queue
+    def __init__(self, job: Job, tokenizer, device: torch.device) -> None:
+        self.job, self.request = job, job.request
+        self.stream = AnswerStream(tokenizer, self.request.stop, lambda piece: _send(job, ("text", piece)))
+        self.stream.put(torch.empty(1, 0, dtype=torch.long))  # the (empty) prompt, as generate would push it
+        self.count = 0
+        self.done = False
+        self.generator = None
+        if self.request.temperature > 0:
+            seed = self.request.seed if self.request.seed is not None else secrets.randbits(63)
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(seed)
+
+
+class _RowSampler(LogitsProcessor):
+    """Per row with temperature > 0: temperature, then top-p (as transformers' warpers), then a
+    draw from the row's generator; the row's scores become 0 at the drawn token and -inf elsewhere,
+    so the greedy step of generate picks it. Greedy rows pass unchanged."""
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for i, row in enumerate(self.rows):
+            if row.generator is None or row.done:
+                continue
+            logits = scores[i : i + 1] / row.request.temperature
+            if row.request.top_p < 1.0:
+                ordered, order = torch.sort(logits, descending=False)
+                outside = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - row.request.top_p)
+                outside[..., -1:] = False  # keep at least one token
+                logits = logits.masked_fill(outside.scatter(1, order, outside), -float("inf"))
+            token = torch.multinomial(logits.softmax(dim=-1), 1, generator=row.generator)[0, 0]
+            scores[i] = -float("inf")
+            scores[i, token] = 0.0
+        return scores
+
+
+class _RowsDone(StoppingCriteria):
+    """After each step: feeds every running row its new token, answers the rows that finished, and
+    tells generate which rows are done (per row: EOS or a stop string, its max_tokens, its client
+    gone, or the server's shutdown deadline passed)."""
+
+    def __init__(self, engine: "Engine", rows: list[_Row]) -> None:
+        self.engine, self.rows = engine, rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        tokens = input_ids[:, -1].tolist()
+        aborting = self.engine._past_deadline()
+        for row, token in zip(self.rows, tokens):
+            if row.done:
+                continue
+            if aborting:
+                self.engine._end_row(row, error=SHUTTING_DOWN)
+                continue
+            if row.job.cancelled:
+                self.engine._end_row(row, cancelled=True)
+                continue
+            row.count += 1
+            row.stream.put(torch.tensor([token]))
+            if row.stream.stopped or row.count >= row.request.max_tokens:
+                self.engine._end_row(row)
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+
+class Engine:
+    """Owns ``model`` in a worker thread; ``max_queue`` requests may wait for it, and up to
+    ``max_batch`` are generated together."""
+
+    def __init__(self, model, tokenizer, max_queue: int = 64, max_batch: int = 8) -> None:
+        self.model, self.tokenizer, self.max_queue, self.max_batch = model, tokenizer, max_queue, max_batch
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._model_lock = threading.Lock()  # held while a job runs, and by hold()
+        self._model_lock = threading.Lock()  # held while a batch runs, and by hold()
         self._thread: threading.Thread | None = None
         self._count_lock = threading.Lock()
         self._waiting = 0  # submitted, not yet started or skipped
-        self.completed = 0
+        self._closing = False
+        self._deadline: float | None = None
+        self._rows: list[_Row] = []
+        self.completed = 0  # requests answered
+        self.cancelled = 0  # requests stopped while generating because their client left
+        self.batches = 0  # generate calls
+        self.largest_batch = 0
 
     def start(self) -> None:
         if self._thread is None:
+            self._closing, self._deadline = False, None
             self._thread = threading.Thread(target=self._work, name="cotune-serve-engine", daemon=True)
             self._thread.start()
 
+    def close(self, grace: float) -> None:
+        """Begins stopping, without waiting: new requests are refused (:class:`ShuttingDown`),
+        waiting ones get :data:`SHUTTING_DOWN` at once, and the running batch may go on for
+        ``grace`` seconds before its unfinished rows get it too. Idempotent (the first deadline holds)."""
+        with self._count_lock:
+            first = not self._closing
+            self._closing = True
+        if first:
+            self._deadline = time.monotonic() + grace
+            self._drop_waiting()
+            self._queue.put(None)
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Finishes the running job, drops the waiting ones (their sinks get an error) and ends the worker."""
+        """Closes (running rows get ``timeout`` seconds to finish) and waits for the worker to end."""
         if self._thread is None:
             return
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                with self._count_lock:
-                    self._waiting -= 1
-                job.cancel()
-                _send(job, ("error", "the server is shutting down"))
-        self._queue.put(None)
-        self._thread.join(timeout)
+        self.close(timeout)
+        self._thread.join(timeout + 5)
+        self._drop_waiting()
         self._thread = None
 
     @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
     def waiting(self) -> int:
-        """Jobs submitted and not yet started (the running one not counted)."""
+        """Jobs submitted and not yet started (the running ones not counted)."""
         return self._waiting
+
+    @property
+    def running(self) -> int:
+        """Rows of the running batch that are still generating."""
+        return sum(not row.done for row in list(self._rows))
 
     @property
     def busy(self) -> bool:
         return self._model_lock.locked()
 
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
-        """Queues ``request``; raises EngineBusy when ``max_queue`` jobs are already waiting."""
+        """Queues ``request``; raises EngineBusy when ``max_queue`` jobs are already waiting and
+        ShuttingDown once the engine is closing."""
         if self._thread is None:
             raise EngineBusy("the model worker is not running")
         with self._count_lock:
+            if self._closing:
+                raise ShuttingDown(SHUTTING_DOWN)
             if self._waiting >= self.max_queue:
                 raise EngineBusy(f"{self._waiting} requests are already waiting for the model; try again later")
             self._waiting += 1
-        job = Job(request, sink)
-        self._queue.put(job)
+            job = Job(request, sink)
+            self._queue.put(job)
         return job
 
     def run(self, request: GenerationRequest, timeout: float | None = None) -> Answer:
@@ -154,46 +262,98 @@ class Engine:
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        """Keeps the worker from starting new jobs while inside (maintenance; tests of queue timeouts)."""
+        """Keeps the worker from starting new batches while inside (maintenance; tests of queue
+        timeouts and of batching: requests submitted meanwhile form the next batch)."""
         with self._model_lock:
             yield
 
-    def _work(self) -> None:
+    # ------------------------------------------------------------------ worker
+    def _drop_waiting(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
                 return
-            with self._model_lock:
+            if job is not None:
                 with self._count_lock:
                     self._waiting -= 1
-                if not job._start():
-                    continue
-                _send(job, ("start", None))
-                try:
-                    answer = self._generate(job)
-                except Exception as err:  # noqa: BLE001 - one bad request must not end the worker
-                    log.exception("generation failed")
-                    _send(job, ("error", f"generation failed: {type(err).__name__}: {err}"))
-                    continue
-                self.completed += 1
-                _send(job, ("done", answer))
+                job.cancel()
+                _send(job, ("error", SHUTTING_DOWN))
 
-    def _generate(self, job: Job) -> Answer:
-        request = job.request
-        stream = AnswerStream(self.tokenizer, request.stop, lambda piece: _send(job, ("text", piece)))
-        settings = {"do_sample": False}
-        if request.temperature > 0:
-            settings = {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p, "top_k": 0}
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            with self._model_lock:  # counted as waiting until the model is free (hold() keeps it so)
+                with self._count_lock:
+                    self._waiting -= 1
+                jobs, stop = [first], False
+                while len(jobs) < self.max_batch:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    with self._count_lock:
+                        self._waiting -= 1
+                    jobs.append(job)
+                if self._closing:
+                    for job in jobs:
+                        job.cancel()
+                        _send(job, ("error", SHUTTING_DOWN))
+                    return
+                started = [job for job in jobs if job._start()]
+                if started:
+                    self._run_batch(started)
+            if stop:
+                return
+
+    def _run_batch(self, jobs: list[Job]) -> None:
         device = self.model.llm.get_input_embeddings().weight.device
-        devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            generate(self.model, torch.tensor([request.prompt_ids]), media=request.media or None,
-                     max_new_tokens=request.max_tokens, streamer=stream,
-                     stopping_criteria=StoppingCriteriaList([StopWhenDone(stream, lambda: job.cancelled)]), **settings)
-        finish = "stop" if stream.stopped else "length"
-        return Answer(stream.text, len(request.prompt_ids), len(stream.ids), finish)
+        rows = [_Row(job, self.tokenizer, device) for job in jobs]
+        self._rows = rows
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(rows))
+        for row in rows:
+            _send(row.job, ("start", None))
+        try:
+            ids, mask = left_pad([row.request.prompt_ids for row in rows], self.pad_id)
+            media: dict[str, list[torch.Tensor]] = {}
+            for row in rows:
+                for name, tensor in row.request.media.items():
+                    media.setdefault(name, []).append(tensor)
+            stacked = {name: torch.cat(tensors) for name, tensors in media.items()}
+            processors = LogitsProcessorList([_RowSampler(rows)] if any(row.generator is not None for row in rows) else [])
+            generate(self.model, ids, mask, media=stacked or None, max_new_tokens=max(row.request.max_tokens for row in rows),
+                     do_sample=False, logits_processor=processors, stopping_criteria=StoppingCriteriaList([_RowsDone(self, rows)]))
+        except Exception as err:  # noqa: BLE001 - one bad batch must not end the worker
+            log.exception("generation failed")
+            for row in rows:
+                if not row.done:
+                    self._end_row(row, error=f"generation failed: {type(err).__name__}: {err}")
+        for row in rows:  # generate ended without a step that finished them (cannot happen; defensive)
+            if not row.done:
+                self._end_row(row)
+        self._rows = []
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def _end_row(self, row: _Row, error: str | None = None, cancelled: bool = False) -> None:
+        row.done = True
+        if cancelled:
+            self.cancelled += 1
+            return
+        if error is not None:
+            _send(row.job, ("error", error))
+            return
+        row.stream.end()
+        finish = "stop" if row.stream.stopped else "length"
+        self.completed += 1
+        _send(row.job, ("done", Answer(row.stream.text, len(row.request.prompt_ids), len(row.stream.ids), finish)))
 
 
 def _send(job: Job, event: tuple[str, object]) -> None:

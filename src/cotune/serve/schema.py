@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import json
 import math
+import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from cotune.data.schema import MEDIA_MARKERS, Message
@@ -28,6 +31,15 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg"}
 AUDIO_FORMATS = ("wav", "flac")
 MAX_STOPS = 4
+#: Longest stop string (each generated token is checked against every prefix of every stop string).
+MAX_STOP_CHARS = 256
+#: Deepest nesting of arrays and objects a request body may have (a chat request needs 6).
+MAX_DEPTH = 32
+#: Most commas, ``[`` and ``{`` a request body may hold, strings included: a bound on the number of
+#: JSON values, so parsing costs about the body's size in memory (``[[],[],...]`` would cost 25x
+#: the body as Python lists). Media payloads (base64) hold none; a conversation that fits a model's
+#: context holds far fewer.
+MAX_JSON_ITEMS = 50_000
 
 
 class RequestError(Exception):
@@ -69,15 +81,67 @@ def _bad(where: str, message: str, status: int = 400) -> RequestError:
     return RequestError(status, f"{where}: {message}", param=where)
 
 
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (values are echoed in error messages)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def parse_json(raw: bytes):
+    """A request body -> its JSON value; RequestError 400 for anything that is not JSON a request
+    can hold: malformed, numbers too long to convert, nested more than MAX_DEPTH levels, or strings
+    holding lone surrogates (``"\\ud800"``, which no tokenizer or UTF-8 encoder accepts)."""
+    items = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if items > MAX_JSON_ITEMS:
+        raise RequestError(400, f"the request body holds {items:,} commas and brackets; the limit is {MAX_JSON_ITEMS:,} "
+                                "(send media as base64 data, not as JSON arrays)")
+    deep = f"the request body is not valid JSON: nested more than {MAX_DEPTH} levels deep"
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, deep) from None
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, and int() of more than 4300 digits
+        raise RequestError(400, f"the request body is not valid JSON: {_cut(str(err), 200)}") from None
+    stack = [(value, 0)] if isinstance(value, (dict, list)) else []  # containers only: scalars are checked as they are met
+    while stack:
+        item, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise RequestError(400, deep)
+        if isinstance(item, dict):
+            for key in item:
+                _unicode(key)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, str):
+                _unicode(child)
+            elif isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    if isinstance(value, str):
+        _unicode(value)
+    return value
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _unicode(text: str) -> None:
+    if text.isascii():  # constant time for CPython strings: base64 payloads skip the encode
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RequestError(400, f"the request body holds invalid Unicode: {err.reason} at {_short(text[max(0, err.start - 10):err.end + 10])}") from None
+
+
 def _number(body: dict, key: str, low: float, high: float, default, integer: bool = False):
     value = body.get(key)
     if value is None:
         return default
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not math.isfinite(value):
-        raise _bad(key, f"must be {kind}, got {value!r}")
+        raise _bad(key, f"must be {kind}, got {_short(value)}")
     if not low <= value <= high:
-        raise _bad(key, f"must be between {low} and {high}, got {value}")
+        raise _bad(key, f"must be between {low} and {high}, got {_short(value)}")
     return value
 
 
@@ -89,7 +153,7 @@ def _check_fields(body: dict) -> None:
             if value is not None and value != NEUTRAL[key]:
                 raise _bad(key, "is not supported by this server")
             continue
-        raise _bad(key, f"unknown field; valid fields: {', '.join(FIELDS)}")
+        raise _bad(_cut(key, 40), f"unknown field; valid fields: {', '.join(FIELDS)}")
 
 
 def parse_chat_request(body, config: ServeConfig, model_id: str) -> ChatRequest:
@@ -99,14 +163,16 @@ def parse_chat_request(body, config: ServeConfig, model_id: str) -> ChatRequest:
     _check_fields(body)
     model = body.get("model")
     if model is not None and model != model_id:
-        raise RequestError(404, f"model: {model!r} is not served here; this server serves {model_id!r}", "model", "model_not_found")
+        raise RequestError(404, f"model: {_short(model)} is not served here; this server serves {model_id!r}", "model", "model_not_found")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise _bad("user", f"must be a string, got {_short(body['user'])}")
     if body.get("n") not in (None, 1):
-        raise _bad("n", f"only 1 answer per request is supported, got {body['n']!r}")
+        raise _bad("n", f"only 1 answer per request is supported, got {_short(body['n'])}")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _number(body, key, 1, config.max_tokens_limit, config.max_tokens, integer=True)
     stream, options = body.get("stream") or False, body.get("stream_options") or {}
     if not isinstance(stream, bool):
-        raise _bad("stream", f"must be true or false, got {stream!r}")
+        raise _bad("stream", f"must be true or false, got {_short(stream)}")
     if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool):
         raise _bad("stream_options", "must be an object with an optional boolean include_usage")
     messages, media = _messages(body.get("messages"), config)
@@ -124,6 +190,8 @@ def _stops(value) -> tuple[str, ...]:
         return ()
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
         raise _bad("stop", f"must be a non-empty string or a list of at most {MAX_STOPS} non-empty strings")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise _bad("stop", f"a stop string may be at most {MAX_STOP_CHARS} characters long")
     return tuple(stops)
 
 
@@ -137,10 +205,10 @@ def _messages(value, config: ServeConfig) -> tuple[list[Message], list[MediaItem
             raise _bad(where, "must be an object with role and content")
         unknown = set(raw) - {"role", "content", "name"}
         if unknown:
-            raise _bad(where, f"unknown field {sorted(unknown)[0]!r}; valid fields: role, content, name")
+            raise _bad(where, f"unknown field {_short(sorted(unknown)[0])}; valid fields: role, content, name")
         role = ROLES.get(raw.get("role"))
         if role is None:
-            raise _bad(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {raw.get('role')!r}")
+            raise _bad(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {_short(raw.get('role'))}")
         text, items = _content(raw.get("content"), f"{where}.content", role, config)
         media += items
         # Markers in front of the turn's text, laid out as the templates place them for a sample
@@ -166,10 +234,10 @@ def _content(value, where: str, role: str, config: ServeConfig) -> tuple[str, li
         at = f"{where}[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in ("text", "image_url", "input_audio"):
-            raise _bad(f"{at}.type", f"must be text, image_url or input_audio, got {kind!r}")
+            raise _bad(f"{at}.type", f"must be text, image_url or input_audio, got {_short(kind)}")
         unknown = set(part) - {"type", kind}
         if unknown:
-            raise _bad(at, f"unknown field {sorted(unknown)[0]!r} in a {kind} part")
+            raise _bad(at, f"unknown field {_short(sorted(unknown)[0])} in a {kind} part")
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise _bad(f"{at}.text", "must be a string")
@@ -210,38 +278,100 @@ def _image(value, where: str, config: ServeConfig) -> MediaItem:
         if not comma or not header.endswith(";base64"):
             raise _bad(where, "a data URL must be data:image/png;base64,... or data:image/jpeg;base64,...")
         if mime not in IMAGE_TYPES:
-            raise _bad(where, f"image type {mime or '(none)'!r} is not supported; send PNG or JPEG")
+            raise _bad(where, f"image type {_short(mime or '(none)')} is not supported; send PNG or JPEG")
         return MediaItem("image", where, _decode_base64(payload, where, config), IMAGE_TYPES[mime])
     if url.startswith("file:"):
-        path = _media_file(url, where, config)
-        return MediaItem("image", where, path.read_bytes(), "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png")
+        data = _read_media_file(url, where, config)
+        return MediaItem("image", where, data, "jpeg" if url.lower().endswith((".jpg", ".jpeg")) else "png")
     scheme = urlparse(url).scheme or "(none)"
-    raise _bad(where, f"URL scheme {scheme!r} is not supported: send a data URL (or file:// under the server's media root)")
+    raise _bad(where, f"URL scheme {_short(scheme)} is not supported: send a data URL (or file:// under the server's media root)")
 
 
-def _media_file(url: str, where: str, config: ServeConfig) -> Path:
-    """The file a ``file://`` URL names, only if it lies under the media root (checked before the
-    file is looked at, so refusals tell nothing about files outside it)."""
+def _read_media_file(url: str, where: str, config: ServeConfig) -> bytes:
+    """The bytes of the file a ``file://`` URL names, only if it lies under the media root.
+
+    The path is checked against the root by its text (``..`` collapsed) before anything is looked
+    up, so a refusal tells nothing about files outside it. Then the file is opened once, one path
+    component at a time from the root's directory (``openat`` with ``O_NOFOLLOW``): no symbolic
+    link is followed anywhere below the root, so swapping a folder for a link while the request
+    runs cannot lead outside it. What was opened is checked (``fstat``: a regular file within the
+    size limit) and read from that same descriptor.
+    """
     if config.media_root is None:
         raise _bad(where, "file:// URLs are disabled on this server (start it with --media-root DIR to allow them)", 403)
     parsed = urlparse(url)
     if parsed.netloc not in ("", "localhost"):
-        raise _bad(where, f"file:// URLs must name a local path, got host {parsed.netloc!r}")
-    path = Path(unquote(parsed.path)).resolve()
-    root = config.media_root
-    if path != root and root not in path.parents:
+        raise _bad(where, f"file:// URLs must name a local path, got host {_short(parsed.netloc)}")
+    path = unquote(parsed.path)
+    if "\x00" in path:
+        raise _bad(where, "the path contains a NUL character")
+    if not path.startswith("/"):
+        raise _bad(where, "file:// URLs must name an absolute path")
+    parts = _under_root(os.path.normpath(path), str(config.media_root))
+    if parts is None:
         raise _bad(where, "the path is outside the server's media root", 403)
-    if not path.is_file():
-        raise _bad(where, f"no such file under the media root: {path.relative_to(root)}")
-    size = path.stat().st_size
-    if size > config.max_media_bytes:
-        raise _bad(where, f"{size:,} bytes; the limit is {config.max_media_bytes:,} bytes per item", 413)
-    return path
+    shown = "/".join(parts)
+    if not parts:
+        raise _bad(where, "the path names the media root itself, not a file")
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(config.media_root, flags | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for n, part in enumerate(parts):
+            last = n == len(parts) - 1
+            mode = flags | nofollow | (getattr(os, "O_NONBLOCK", 0) if last else getattr(os, "O_DIRECTORY", 0))
+            try:
+                child = os.open(part, mode, dir_fd=fd)
+            except FileNotFoundError:
+                raise _bad(where, f"no such file under the media root: {shown}") from None
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link(part, fd):  # O_NOFOLLOW met a link
+                    raise _bad(where, f"{shown}: goes through the symbolic link {part!r}; links are not followed under the media "
+                                      "root", 403) from None
+                if err.errno == errno.ENOTDIR:
+                    raise _bad(where, f"no such file under the media root: {shown}") from None
+                raise _bad(where, f"{shown}: cannot be opened ({errno.errorcode.get(err.errno, err.errno)})", 403) from None
+            os.close(fd)
+            fd = child
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _bad(where, f"{shown} is not a regular file")
+        if info.st_size > config.max_media_bytes:
+            raise _bad(where, f"{info.st_size:,} bytes; the limit is {config.max_media_bytes:,} bytes per item", 413)
+        chunks, size = [], 0
+        while size <= config.max_media_bytes:
+            chunk = os.read(fd, min(1 << 20, config.max_media_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > config.max_media_bytes:  # it grew while being read
+            raise _bad(where, f"over {config.max_media_bytes:,} bytes; the limit is {config.max_media_bytes:,} bytes per item", 413)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _under_root(path: str, root: str) -> list[str] | None:
+    """The components of normalised absolute ``path`` below ``root``, or None when it is not under it."""
+    if path == root:
+        return []
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    return [part for part in path[len(prefix):].split("/") if part]
 
 
 def _audio(value, where: str, config: ServeConfig) -> MediaItem:
     if not isinstance(value, dict) or set(value) != {"data", "format"}:
         raise _bad(where, "must be an object {\"data\": base64, \"format\": \"wav\" or \"flac\"}")
     if value["format"] not in AUDIO_FORMATS:
-        raise _bad(f"{where}.format", f"must be wav or flac, got {value['format']!r}")
+        raise _bad(f"{where}.format", f"must be wav or flac, got {_short(value['format'])}")
     return MediaItem("audio", where, _decode_base64(value["data"], f"{where}.data", config), value["format"])

@@ -1,6 +1,14 @@
 """Running the app with uvicorn: in the foreground (``cotune serve``) or in a background thread on
 a free loopback port (:class:`BackgroundServer`, for tests, benchmarks and notebooks).
 
+Shutdown (SIGTERM, Ctrl-C, leaving a BackgroundServer) answers every request the server accepted:
+it stops listening, requests waiting for the model get the 503 "the server is shutting down" error
+at once, the running batch may finish within ``shutdown_timeout`` seconds (its unfinished rows then
+get that error: a non-streamed request as a 503, a stream as an error event and ``data: [DONE]``),
+requests still being read or prepared get it when they would queue, and uvicorn closes the
+connections once they are answered. Connections are limited (``max_connections``) and must
+deliver their headers within ``read_timeout`` (:func:`cotune.serve.security.http_protocol`).
+
 Needs the ``serve`` extra (FastAPI + uvicorn), imported only when a server is started.
 """
 
@@ -32,9 +40,24 @@ def _uvicorn_config(service: Service, ui: bool, host: str, port: int, log_level:
     import uvicorn
 
     from cotune.serve.app import create_app
+    from cotune.serve.security import http_protocol
 
-    return uvicorn.Config(create_app(service, ui=ui), host=host, port=port, log_level=log_level, access_log=log_level == "debug",
-                          timeout_graceful_shutdown=5)
+    config = service.config
+    return uvicorn.Config(create_app(service, ui=ui, bind_host=host), host=host, port=port, log_level=log_level,
+                          access_log=log_level == "debug", http=http_protocol(config.read_timeout) or "h11",
+                          limit_concurrency=config.max_connections, timeout_graceful_shutdown=config.shutdown_timeout + 5)
+
+
+def _server(service: Service, config):
+    """A uvicorn Server whose shutdown first closes the model worker (see the module docstring)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            service.engine.close(service.config.shutdown_timeout)
+            await super().shutdown(sockets=sockets)
+
+    return Server(config)
 
 
 def run_server(service: Service, host: str = "127.0.0.1", port: int = 8000, ui: bool = False, log_level: str = "info") -> None:
@@ -44,9 +67,7 @@ def run_server(service: Service, host: str = "127.0.0.1", port: int = 8000, ui: 
     in the main thread those are replaced by handlers that only note the signal, so a stopped
     server is a normal exit (status 0), not a KeyboardInterrupt.
     """
-    import uvicorn
-
-    server = uvicorn.Server(_uvicorn_config(service, ui, host, port, log_level))
+    server = _server(service, _uvicorn_config(service, ui, host, port, log_level))
     if threading.current_thread() is not threading.main_thread():
         server.run()
         return
@@ -65,14 +86,12 @@ class BackgroundServer:
     daemon thread and stops it (and its model worker) on exit."""
 
     def __init__(self, service: Service, ui: bool = False, log_level: str = "warning") -> None:
-        import uvicorn
-
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(_uvicorn_config(service, ui, "127.0.0.1", self.port, log_level))
+        self.server = _server(service, _uvicorn_config(service, ui, "127.0.0.1", self.port, log_level))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="cotune-serve-http", daemon=True)
 
     def __enter__(self) -> str:
@@ -86,5 +105,5 @@ class BackgroundServer:
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
-        self.thread.join(30)
+        self.thread.join(self.server.config.timeout_graceful_shutdown + 30)
         self.sock.close()

@@ -40,7 +40,7 @@ class Service:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
-        self.engine = Engine(self.model, self.spec.tokenizer, self.config.max_queue)
+        self.engine = Engine(self.model, self.spec.tokenizer, self.config.max_queue, self.config.max_batch)
 
     @property
     def modalities(self) -> list[str]:
