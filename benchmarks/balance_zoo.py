@@ -55,7 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from balance_methods import METHODS  # noqa: E402
-from balance_zoo_report import markdown, plot_convergence, summarise  # noqa: E402
+from balance_zoo_report import markdown, over_seeds, plot_convergence, seeds_lines, summarise  # noqa: E402
 from throughput_report import Contention, machine  # noqa: E402
 
 from cotune.config import load_config  # noqa: E402
@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="steps per run, a multiple of the validation interval (default 80; --quick 10)")
     parser.add_argument("--work", type=Path, help="runs and synthetic data (default: a temporary directory)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one run of every method per seed (data, draws, order, init); several seeds add a mean (min-max) "
+                             "table and write results/balance_zoo-seeds-cpu.* (default: 0)")
     parser.add_argument("--rule", choices=("reference", "kl_equalise"), default="reference",
                         help="balance.rule of commit_clr and commit (default reference; kl_equalise writes results/balance_zoo-kl_equalise-cpu.*)")
     args = parser.parse_args(argv)
@@ -220,24 +223,33 @@ def main(argv: list[str] | None = None) -> int:
     plan = dataclasses.replace(plan, methods=("constant",) + tuple(m for m in plan.methods if m != "constant"))
     started, contention, load_before = time.perf_counter(), Contention(), os.getloadavg()
     work = args.work or Path(tempfile.mkdtemp(prefix="cotune-balance-zoo-"))
-    sources = prepare_data(work, plan)
     out = ROOT / "benchmarks" / "results" if not args.quick else work / "results"
     name = "balance_zoo" if plan.rule == "reference" else f"balance_zoo-{plan.rule}"  # the recorded results stay
-    figures = out / name
-    recipes = {}
-    for recipe in args.recipes:
-        recipes[recipe], runs = run_recipe(recipe, sources[recipe], plan, work)
-        make_report(runs, figures / recipe)
-        plot_convergence(recipes[recipe], recipe, figures / f"{recipe}-convergence.png")
+    if len(args.seeds) > 1:
+        name += "-seeds"
+    per_seed = {}
+    for seed in args.seeds:
+        seeded = dataclasses.replace(plan, seed=seed)
+        sources = prepare_data(work, seeded)
+        figures = out / name / (f"seed{seed}" if len(args.seeds) > 1 else "")
+        recipes = per_seed[seed] = {}
+        for recipe in args.recipes:
+            recipes[recipe], runs = run_recipe(recipe, sources[recipe], seeded, work / f"seed{seed}")
+            make_report(runs, figures / recipe)
+            plot_convergence(recipes[recipe], recipe, figures / f"{recipe}-convergence.png")
     command = "python -m benchmarks.balance_zoo " + " ".join(argv if argv is not None else sys.argv[1:])
     facts = {"command": command.strip(), "machine": machine("cpu"), "load_average_before": load_before,
              "load_average_after": os.getloadavg(), "other_processes_share": round(contention.others()[1], 3),
-             "total_seconds": round(time.perf_counter() - started, 1), "plan": dataclasses.asdict(plan)}
-    text = markdown(recipes, facts)
+             "total_seconds": round(time.perf_counter() - started, 1), "plan": dataclasses.asdict(plan), "seeds": args.seeds}
+    texts = [markdown(recipes, {**facts, "plan": {**facts["plan"], "seed": seed}}) for seed, recipes in per_seed.items()]
+    summary = over_seeds(per_seed) if len(args.seeds) > 1 else None
+    text = "\n".join(seeds_lines(summary, args.seeds) + texts) if summary else texts[0]
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}-cpu.md").write_text(text)
-    (out / f"{name}-cpu.json").write_text(json.dumps({**facts, "recipes": recipes}, indent=2) + "\n")
+    payload = {**facts, "recipes": per_seed[args.seeds[0]]} if summary is None else {**facts, "seeds_summary": summary,
+                                                                                    "per_seed": {str(k): v for k, v in per_seed.items()}}
+    (out / f"{name}-cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out / f'{name}-cpu.md'}, {out / f'{name}-cpu.json'} and figures in {figures}")
     return 0
 

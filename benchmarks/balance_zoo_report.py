@@ -104,13 +104,73 @@ def markdown(recipes: dict[str, dict], facts: dict) -> str:
         f"training draws 70 % open / 30 % yes/no questions. kappa: exact, every {plan['every_k']} steps, windows of "
         f"{plan['window']} steps, rule `{plan.get('rule', 'reference')}` (CD baselines: not estimated). Validation loss on the first {plan['val_questions']} test questions "
         f"every {plan['eval_every']} steps; accuracy: greedy answers (normalised exact match) to {plan['test_questions']} other "
-        "test questions. One seed: differences of one evaluation interval are within noise. Train seconds: data, steps and "
+        f"test questions. Seed {plan.get('seed', 0)}: within one seed, differences of one evaluation interval are noise. Train seconds: data, steps and "
         "kappa estimates, validation excluded; constant's estimates are left out (it does not use them), and so is step 1 "
         "except its estimate (the first run pays one-off warm-up costs there).", "",
     ]
     for name, recipe in recipes.items():
         lines += recipe_lines(name, recipe)
     return "\n".join(lines)
+
+
+#: Per-method figures aggregated over seeds (mean, min, max of the seeds where the value exists).
+SEED_KEYS = ("steps_to_target", "steps_vs_constant", "final_val_loss", "accuracy", "open_accuracy", "yes_no_accuracy",
+             "counter_prior_accuracy", "shuffle_drop", "mean_kappa")
+
+
+def over_seeds(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    """``per_seed``: seed -> recipe -> :func:`summarise` result. Returns recipe -> method -> key ->
+    {"mean", "min", "max", "n"} (None where no seed has the value), plus per recipe how many seeds
+    met commit's steps target and the mean commit / constant steps ratio."""
+    out: dict[str, dict] = {}
+    recipes = {r for seed in per_seed.values() for r in seed}
+    for recipe in sorted(recipes):
+        runs = [seed[recipe] for seed in per_seed.values() if recipe in seed]
+        methods = {}
+        for method in runs[0]["methods"]:
+            stats = {}
+            for key in SEED_KEYS:
+                values = [r["methods"][method].get(key) for r in runs if method in r["methods"]]
+                values = [float(v) for v in values if v is not None]
+                stats[key] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values), "n": len(values)} if values else None
+            methods[method] = stats
+        verdicts = [r["commit_vs_constant"] for r in runs if r.get("commit_vs_constant")]
+        out[recipe] = {"seeds": len(runs), "methods": methods,
+                       "commit_met": sum(bool(v["met"]) for v in verdicts), "commit_verdicts": len(verdicts)}
+    return out
+
+
+def _stat(stat: dict | None, spec: str, suffix: str = "") -> str:
+    if stat is None:
+        return "-"
+    missing = "" if stat["n"] == stat.get("of", stat["n"]) else f" ({stat['n']} seeds)"
+    return f"{stat['mean']:{spec}}{suffix} ({stat['min']:{spec}}-{stat['max']:{spec}}){missing}"
+
+
+def seeds_lines(summary: dict[str, dict], seeds: list[int]) -> list[str]:
+    """The over-seeds table: mean (min-max) per method, and commit's verdict per seed."""
+    lines = [f"## Over {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
+             "Mean (min-max) over the seeds; a method that did not reach the target in a seed is left out of that "
+             "seed's steps (the count says how many seeds it reached it in).", ""]
+    for recipe, agg in summary.items():
+        lines += [f"### {recipe}", "",
+                  "| method | steps to target | vs constant (steps) | final val loss | accuracy | open | yes/no | "
+                  "yes/no against the wording | shuffle drop | mean kappa |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for method, st in agg["methods"].items():
+            for stat in st.values():
+                if stat is not None:
+                    stat["of"] = agg["seeds"]
+            lines.append(
+                f"| {method} | {_stat(st['steps_to_target'], '.0f')} | {_stat(st['steps_vs_constant'], '.2f', 'x')} | "
+                f"{_stat(st['final_val_loss'], '.4f')} | {_stat(st['accuracy'], '.1f')} | {_stat(st['open_accuracy'], '.1f')} | "
+                f"{_stat(st['yes_no_accuracy'], '.1f')} | {_stat(st['counter_prior_accuracy'], '.1f')} | "
+                f"{_stat(st['shuffle_drop'], '.1f')} | {_stat(st['mean_kappa'], '.3f')} |")
+        if agg["commit_verdicts"]:
+            lines += ["", f"commit reached the target in <= {TARGET_RATIO}x constant's steps in {agg['commit_met']} of "
+                      f"{agg['commit_verdicts']} seeds."]
+        lines.append("")
+    return lines
 
 
 def plot_convergence(recipe: dict, name: str, path: Path) -> None:
