@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import platform
 import subprocess
 import sys
@@ -136,8 +137,6 @@ def tiny_cases(work: Path) -> list[tuple[str, object, int, int, int]]:
         "tiny bf16 weights, fp32": ["model.llm.dtype=bfloat16", "model.encoders.image.dtype=bfloat16"],
     }
     cases = [(name, load_config(data=raw, overrides=o), 4, 64, 24) for name, o in variants.items()]
-    import importlib.util
-
     if importlib.util.find_spec("bitsandbytes") is not None:
         # bitsandbytes' CPU 4-bit kernel needs multiples of 64 input features: the 64-wide tiny twins.
         import tiny
@@ -171,6 +170,8 @@ def zoo_cases() -> list[tuple[str, object, int, int, int]]:
         ("demo recipe (SmolLM2 + MobileNetV2 + Whisper tiny.en)", demo, 16, 64, 8),
         ("SmolLM2 + MobileNetV2, MM-Adapters", mma, 4, 256, 128),
         ("SmolLM2 + MobileNetV2, MM-Adapters, checkpointed", checkpointed, 4, 256, 128),
+        ("SmolLM2 + MobileNetV2, MM-Adapters, 8-token answers", mma, 4, 256, 8),
+        ("SmolLM2 + MobileNetV2, MM-Adapters, checkpointed, 8-token answers", checkpointed, 4, 256, 8),
         ("SmolLM2 + MobileNetV2, LoRA r 16", lora, 4, 256, 128),
         ("SmolLM2 + MobileNetV2, MM-Adapters, bf16 autocast (float32 weights)", autocast, 4, 256, 128),
         ("SmolLM2 (bfloat16) + MobileNetV2, MM-Adapters, bf16 autocast", matched, 4, 256, 128),
@@ -213,9 +214,14 @@ def main() -> None:
             print(table(results[-1:])[-1], flush=True)
     import transformers
 
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        import bitsandbytes
+
+        versions += f", bitsandbytes {bitsandbytes.__version__}"
     report = [
         "# Memory plan against measured peaks (CPU)", "",
-        f"CPU: {cpu_name()}, torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s).",
+        f"CPU: {cpu_name()} (lscpu), {versions}, {args.threads} thread(s).",
         "Command: `python benchmarks/memory_plan.py`. Measured: live tensor bytes (parameters, buffers, AdamW state) plus "
         "the profiler's peak of the CPU allocator during the second training step.", "", *table(results), "",
     ]

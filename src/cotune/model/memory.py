@@ -148,10 +148,10 @@ class MemoryEstimator:
             if checkpointing and trace.checkpointable:
                 kept = items * trace.blocks * trace.block_input
                 recompute = max(recompute, items * trace.saved // max(trace.blocks, 1))
-                detail = f"{items} items, checkpointed: {trace.blocks} block inputs"
+                detail = f"{items} item{'s' * (items != 1)}, checkpointed: {trace.blocks} block inputs"
             else:
                 kept = items * trace.saved
-                detail = f"{items} items x {trace.saved / 2**20:.1f} MiB kept per item"
+                detail = f"{items} item{'s' * (items != 1)} x {trace.saved / 2**20:.1f} MiB kept per item"
             types = step_dtypes(enc.dtype, settings.precision, enc.quantization is not None)
             if types.cast_copies and any(p.requires_grad for p in self.model.encoders[name].parameters()):
                 copies = sum(p.numel() for p in self.model.encoders[name].parameters() if not p.requires_grad and p.dim() >= 2)

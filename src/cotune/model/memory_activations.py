@@ -50,6 +50,20 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a linear layer (``nn.Linear`` or GPT-2's transposed ``Conv1D``), else None."""
+    if type(module) is nn.Linear:
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        return tuple(module.weight.shape)
+    return None
+
+
+def frozen_linears(module: nn.Module) -> list[nn.Module]:
+    """The linear layers under ``module`` whose weight is frozen (what bitsandbytes would quantize)."""
+    return [m for m in module.modules() if linear_shape(m) is not None and not m.weight.requires_grad]
+
+
 @dataclass(frozen=True)
 class LLMShape:
     """What the formula needs from the LLM: config sizes and one decoder layer's parts."""
@@ -81,8 +95,8 @@ def llm_shape(model) -> LLMShape:
     intermediate = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * d
     _path, blocks = find_blocks(model.llm, layers)
     block = blocks[0]
-    frozen = [m for m in block.modules() if type(m) is nn.Linear and not m.weight.requires_grad]
-    to_intermediate = sum(m.out_features for m in frozen if m.in_features == d and m.out_features % intermediate == 0)
+    shapes = [linear_shape(m) for m in frozen_linears(block)]
+    to_intermediate = sum(out for n_in, out in shapes if n_in == d and out % intermediate == 0)
     lora = [m for m in block.modules() if hasattr(m, "lora_A") and hasattr(m, "in_features")]
     act = getattr(text, "hidden_act", None) or getattr(text, "activation_function", None) or "gelu"
     norms = [m for m in block.children() if "norm" in type(m).__name__.lower()]
@@ -94,7 +108,7 @@ def llm_shape(model) -> LLMShape:
         norms=len(norms) or 2, rms_norm=any("rms" in type(m).__name__.lower() for m in norms),
         adapters=sum(isinstance(m, (MMAdapter, RepAdapter)) for m in block.modules()),
         lora_inputs=sum(m.in_features for m in lora), lora_targets=len(lora),
-        frozen_linear_params=sum(m.weight.numel() for m in frozen), lm_head_params=head.weight.numel(),
+        frozen_linear_params=sum(n_in * out for n_in, out in shapes), lm_head_params=head.weight.numel(),
     )
 
 
@@ -221,7 +235,7 @@ def trace_encoder(model, name: str, dtype: torch.dtype, keeps_linear_inputs: boo
     for p in encoder.parameters():
         if not p.requires_grad and p.is_floating_point():
             p.data = p.data.to(dtype)
-    lent = [m.weight for m in encoder.modules() if type(m) is nn.Linear and not m.weight.requires_grad]
+    lent = [m.weight for m in frozen_linears(encoder)]
     lent = lent if keeps_linear_inputs and trainable else []
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     saved: dict[int, int] = {}

@@ -3,8 +3,9 @@
 bitsandbytes stores a 4-bit linear weight as packed pairs (0.5 byte per weight) plus one absmax per
 block of 64 weights: float32, or with double quantization one byte plus a float32 per 256 blocks
 (and a 256-entry code table per layer); an 8-bit weight as int8 plus a float32 scale per output row.
-Only the frozen ``nn.Linear`` layers of a backbone are quantized: embeddings, norms, the LM head,
-biases and everything trainable keep their dtype (trainable parameters are float32).
+Only the frozen linear layers (``nn.Linear``, GPT-2's ``Conv1D``) of a backbone are quantized:
+embeddings, norms, the LM head, biases and everything trainable keep their dtype (trainable
+parameters are float32).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 from torch import nn
 
 from cotune.config.model import CotuneConfig, QuantizationConfig
-from cotune.model.memory_activations import DTYPE_BYTES
+from cotune.model.memory_activations import DTYPE_BYTES, frozen_linears, linear_shape
 
 
 def component_storage(config: CotuneConfig, name: str) -> tuple[str, QuantizationConfig | None]:
@@ -56,9 +57,9 @@ def component_weights(module: nn.Module, dtype: str, quantization, skip: set[int
     """(bytes of the frozen parameters, their description) of one component."""
     frozen, quantized = 0, set()
     if quantization is not None:
-        for sub in module.modules():
-            if type(sub) is nn.Linear and not sub.weight.requires_grad and id(sub.weight) not in skip:
-                frozen += quantized_bytes(sub.weight.numel(), sub.out_features, quantization)
+        for sub in frozen_linears(module):
+            if id(sub.weight) not in skip:
+                frozen += quantized_bytes(sub.weight.numel(), linear_shape(sub)[1], quantization)
                 quantized.add(id(sub.weight))
     for p in module.parameters():
         if not p.requires_grad and id(p) not in quantized:
