@@ -94,13 +94,15 @@ def test_profiled_peak_counts_what_a_call_holds_at_once():
 
 
 # ----------------------------------------------------------------- the layer formula, exactly
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("dtype, precision", [("float32", "fp32"), ("float32", "bf16"), ("bfloat16", "fp32")])
-def test_layer_formula_equals_the_tensors_autograd_keeps(tiny_root, dtype, precision, padded):
+def test_layer_formula_equals_the_tensors_autograd_keeps(tiny_root, dtype, precision, padded, attention):
     """One decoder layer of the tiny LLaMA with frozen weights and gradients flowing: the distinct
     storages saved for backward equal layer_bytes_per_token x tokens."""
     path = tiny.save_llm(tiny_root, "llama")
-    llm = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).requires_grad_(False)
+    llm = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), attn_implementation=attention).requires_grad_(False)
     layer = llm.model.layers[1]
     hidden = torch.randn(BATCH, SEQ, 32, dtype=getattr(torch, dtype), requires_grad=True)
     mask = torch.ones(BATCH, SEQ, dtype=torch.long)
@@ -125,7 +127,7 @@ def test_layer_formula_equals_the_tensors_autograd_keeps(tiny_root, dtype, preci
             layer(hidden, attention_mask=causal, position_embeddings=embeddings, position_ids=position_ids)
     types = step_dtypes(dtype, precision, quantized=False)
     shape = replace(llm_shape_of(llm), adapters=0)
-    expected = BATCH * SEQ * layer_bytes_per_token(shape, types, LayerSetup(padded=padded), SEQ)
+    expected = BATCH * SEQ * layer_bytes_per_token(shape, types, LayerSetup(attention=attention, padded=padded), SEQ)
     copies = 2 * shape.frozen_linear_params if types.cast_copies else 0
     cos_sin = 2 * SEQ * 8 * (4 if dtype == "float32" else 2)  # RoPE's cos and sin, shared by every layer
     assert sum(saved.values()) == pytest.approx(expected + copies + cos_sin, abs=4 * BATCH * SEQ)

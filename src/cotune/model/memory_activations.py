@@ -12,7 +12,8 @@ inputs, see :class:`DTypes`):
     norms      n_norms x (d x 4 + 4)      RMSNorm keeps its float32 input and 1 / rms (LayerNorm: its
                                           input in s, 4 under autocast, with mean and 1 / std)
     attention  (2q + 2kv) x t + 4 heads   q, k, v, output and log-sum-exp (SDPA flash/efficient kernels;
-               + S x t                    eager attention keeps heads x S x (4 + t) instead of the output);
+               + S x t                    eager attention keeps 3q x t and the float32 softmax, heads x S x 4,
+                                          and its cast to t instead of the output and the mask);
                                           SDPA's additive padding mask, made and kept in every layer
     MLP        (f + 2 if gated) x I x l   f = tensors the activation keeps (silu 1, quick_gelu 2, gelu_new 4)
     adapters   sites x d x c              the input of each adapter's trainable down projection
@@ -164,7 +165,8 @@ def layer_bytes_per_token(shape: LLMShape, types: DTypes, setup: LayerSetup, seq
     norm = 4 if shape.rms_norm or types.autocast else types.stream
     total = shape.norms * (d * norm + (4 if shape.rms_norm else 8))
     if setup.attention == "eager":
-        total += (q + 2 * q) * types.attention + shape.heads * seq * (4 + types.attention)
+        # q, k and v (repeated to the query heads), the float32 softmax and its cast to t.
+        total += 3 * q * types.attention + shape.heads * seq * (4 + (types.attention if types.attention != 4 else 0))
     else:
         total += (2 * q + 2 * kv) * types.attention + 4 * shape.heads
         if setup.padded and setup.attention == "sdpa":
