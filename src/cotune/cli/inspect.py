@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report) if args.json else format_table(report))
         return 0
     device_memory = parse_size(args.device_memory) if args.device_memory is not None else None
+    log.info("building the model (meta device, configs only) for the memory plan")
     model = build_model(config, meta=True)
     report = _report(config, model, dry_run=True)
     plan = plan_memory(config, model, batch_size=args.batch_size, seq_len=args.seq_len,

@@ -200,7 +200,7 @@ class _FlashAttention(torch.autograd.Function):
     [heads, N, N] attention matrix)."""
 
     @staticmethod
-    def forward(ctx, query, key, value, mask):  # noqa: D401 - autograd signature
+    def forward(ctx, query, key, value, mask):
         out = query.new_empty(*query.shape[:-1], value.shape[-1])
         lse = query.new_empty(query.shape[:-1], dtype=torch.float32)
         ctx.save_for_backward(*(t for t in (query, key, value, out, lse, mask) if t is not None))
@@ -229,7 +229,8 @@ class EncoderTrace:
 
 def trace_encoder(model, name: str, dtype: torch.dtype, keeps_linear_inputs: bool = False) -> EncoderTrace:
     """Runs one meta item through ``model.encode_media`` with the encoder's frozen weights in
-    ``dtype`` and counts the distinct storages saved for backward (parameters excluded).
+    ``dtype`` (converted in place) and counts the distinct storages saved for backward (parameters
+    and buffers excluded).
     ``keeps_linear_inputs`` (8-bit weights, whose matmul keeps its input): the frozen linear layers
     of an encoder that back-propagates count their inputs, as a trainable weight's would."""
     encoder = model.encoders[name]
@@ -239,7 +240,7 @@ def trace_encoder(model, name: str, dtype: torch.dtype, keeps_linear_inputs: boo
             p.data = p.data.to(dtype)
     lent = [m.weight for m in frozen_linears(encoder)]
     lent = lent if keeps_linear_inputs and trainable else []
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    params = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
     saved: dict[int, int] = {}
 
     def pack(tensor):
