@@ -1,5 +1,6 @@
-"""Serving throughput: requests/s and latency of ``cotune serve`` for 1, 4 and 16 concurrent clients,
-unmerged and merged.
+"""Serving throughput: requests/s and latency of ``cotune serve`` for 1, 4, 8 and 16 concurrent
+clients, unmerged and merged, and each level's requests/s as a multiple of one client's (measured
+side by side in the same run).
 
 A run directory is written first: the mini backbones of ``mini_model.py`` in its ``mma``
 configuration (LLaMA-style LLM hidden 512, 8 layers, vocab 8000 with MM-Adapters; CLIP hidden 384,
@@ -12,11 +13,14 @@ PNG, as a base64 data URL) and a question, greedy, ``--max-tokens`` new tokens a
 are non-streamed, and one streamed request per level measures the time to the first piece of text.
 After a warm-up, each level sends ``--requests`` requests per client (at least 16 per level).
 Latency is the client's wall time per request; requests/s is the level's requests over its wall
-time. The model worker generates for one request at a time; with more clients, requests/s rises
-only as far as the rest of a request (HTTP, JSON, image decoding, in server threads) overlaps with
-generation, and latency grows with the queue. Torch threads: 1 by default (``--threads``), as in ``generation.py``.
+time; "x 1 client" divides it by the 1-client level's requests/s of the same model in the same run.
+The model worker generates for the requests waiting together in one batch (dynamic batching, at most
+``--max-batch``; 1 turns it off): with more clients, requests/s rises as far as a batched decoding
+step costs less than that many single ones, and as far as the rest of a request (HTTP, JSON, image
+decoding, in server threads) overlaps with generation; the mean batch size of each level is
+reported. Torch threads: 1 by default (``--threads``), as in ``generation.py``.
 
-    python -m benchmarks.serving                # ~4 min on 2 cores; writes results/serving-<device>.{md,json}
+    python -m benchmarks.serving                # ~5 min on 2 cores; writes results/serving-<device>.{md,json}
     python -m benchmarks.serving --quick        # tiny run, ~20 s; prints only
     python -m benchmarks.serving --device cuda
     python -m benchmarks.serving --run DEMO/run # a trained run instead (e.g. `cotune demo`'s); writes serving-<device>-run.*
@@ -42,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from throughput_report import Contention, machine  # noqa: E402
 
-LEVELS = (1, 4, 16)
+LEVELS = (1, 4, 8, 16)
 
 
 def write_run(work: Path, quick: bool) -> Path:
@@ -94,10 +98,11 @@ def first_piece_ms(client, body: dict) -> float:
     return float("nan")
 
 
-def level(url: str, body: dict, clients: int, per_client: int) -> dict:
-    """``clients`` threads x ``per_client`` closed-loop requests: throughput and latency."""
+def level(url: str, body: dict, clients: int, per_client: int, engine) -> dict:
+    """``clients`` threads x ``per_client`` closed-loop requests: throughput, latency, batch sizes."""
     import httpx
 
+    batches, completed = engine.batches, engine.completed
     latencies, tokens, failures, lock = [], [], [], threading.Lock()
 
     def client_loop() -> None:
@@ -120,9 +125,11 @@ def level(url: str, body: dict, clients: int, per_client: int) -> dict:
     for t in threads:
         t.join()
     seconds = time.perf_counter() - start
+    rows = (engine.completed - completed) / max(engine.batches - batches, 1)
     with httpx.Client(base_url=url, timeout=600) as client:
         ttft = first_piece_ms(client, body)
     return {"clients": clients, "requests": len(latencies), "failed": len(failures), "seconds": round(seconds, 3),
+            "mean_batch": round(rows, 2),
             "requests_per_s": round(len(latencies) / seconds, 2), "p50_ms": round(percentile(latencies, 50), 1),
             "p95_ms": round(percentile(latencies, 95), 1), "mean_completion_tokens": round(statistics.mean(tokens), 1),
             "tokens_per_s": round(sum(tokens) / seconds, 1), "first_piece_ms_alone": round(ttft, 1)}
@@ -134,7 +141,8 @@ def measure(run: Path, merged: bool, args: argparse.Namespace) -> list[dict]:
     from cotune.serve import ServeConfig, load_service
     from cotune.serve.server import BackgroundServer
 
-    service = load_service(run, ServeConfig(queue_timeout=600, max_queue=256), merged=merged, device=args.device)
+    service = load_service(run, ServeConfig(queue_timeout=600, max_queue=256, max_batch=args.max_batch), merged=merged,
+                           device=args.device)
     body = request_body(args.max_tokens)
     rows = []
     with BackgroundServer(service) as url:
@@ -143,19 +151,20 @@ def measure(run: Path, merged: bool, args: argparse.Namespace) -> list[dict]:
                 assert client.post("/v1/chat/completions", json=body).status_code == 200
         for clients in LEVELS:
             per_client = max(args.requests, -(-args.min_requests // clients))  # at least min_requests per level
-            row = {"model": "merged" if merged else "unmerged", **level(url, body, clients, per_client)}
+            row = {"model": "merged" if merged else "unmerged", **level(url, body, clients, per_client, service.engine)}
+            row["vs_one_client"] = round(row["requests_per_s"] / rows[0]["requests_per_s"], 2) if rows else 1.0
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| model | clients | requests | failed | requests/s | p50 ms | p95 ms | answer tokens (mean) | tokens/s | "
-             "first piece ms (alone) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | clients | requests | failed | requests/s | x 1 client | mean batch | p50 ms | p95 ms | "
+             "answer tokens (mean) | tokens/s | first piece ms (alone) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['requests_per_s']:.2f} | "
-                     f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['mean_completion_tokens']:.1f} | {r['tokens_per_s']:.1f} | "
-                     f"{r['first_piece_ms_alone']:.0f} |")
+                     f"{r['vs_one_client']:.2f} | {r['mean_batch']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+                     f"{r['mean_completion_tokens']:.1f} | {r['tokens_per_s']:.1f} | {r['first_piece_ms_alone']:.0f} |")
     return lines
 
 
@@ -174,9 +183,9 @@ def describe(args: argparse.Namespace, command: str, runtime: float, info: dict,
         f"{args.max_tokens} new tokens, not streamed. {args.requests} requests per client per level (at least "
         f"{args.min_requests} per level) after {args.warmup} warm-up requests; clients are threads of the benchmark process "
         "with keep-alive connections, the server (uvicorn + the model worker) runs in the same process on 127.0.0.1. The "
-        "worker generates for one request at a time: more clients raise requests/s only as far as request handling (HTTP, "
-        "image decoding) overlaps with generation; latency grows with the queue. 'first piece' is the time to the first "
-        "streamed text of one request sent alone after the level.", "",
+        f"worker generates for the requests waiting together in one batch (at most {args.max_batch}; 'mean batch' is the "
+        "level's requests per generate call); 'x 1 client' is the level's requests/s over the 1-client level's of the same "
+        "model in this run. 'first piece' is the time to the first streamed text of one request sent alone after the level.", "",
     ]
 
 
@@ -188,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=None, help="requests per client and level (default 4; --quick 2)")
     parser.add_argument("--warmup", type=int, default=2, help="requests before timing (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch (default 8; 1: no batching)")
+    parser.add_argument("--out-suffix", default="", help="appended to the result file names (e.g. -nobatch)")
     parser.add_argument("--work", type=Path, default=None, help="where the run directory goes (default: a temporary directory)")
     parser.add_argument("--run", type=Path, default=None, help="serve this run directory (e.g. the demo's DIR/run) instead of writing one")
     args = parser.parse_args(argv)
@@ -210,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(describe(args, command.strip(), time.monotonic() - started, info, others) + table(rows) + [""])
     print(report)
     if not args.quick:
-        out = ROOT / "benchmarks" / "results" / f"serving-{args.device.split(':')[0]}{'-run' if args.run else ''}"
+        out = ROOT / "benchmarks" / "results" / f"serving-{args.device.split(':')[0]}{'-run' if args.run else ''}{args.out_suffix}"
         out.with_suffix(".md").write_text(report)
         payload = {"command": command.strip(), "machine": info, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
+                   "max_batch": args.max_batch,
                    "other_processes_share": round(others[1], 3), "rows": rows}
         out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")

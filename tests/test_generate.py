@@ -64,3 +64,24 @@ def test_routing_is_computed_once_per_call(tiny_root):
     model.compute_routing = counting
     beams = generate(model, torch.tensor([image]), media={"image": pixels}, max_new_tokens=4, num_beams=2, eos_token_id=None)
     assert calls["rows"] == 1 and beams.shape == (1, 4)
+
+
+def test_given_routing_is_used_instead_of_computed(tiny_root):
+    model, image, text, pixels = model_and_prompts(tiny_root)
+    ids, mask = left_pad([image, text], model.tokenizer.pad_token_id)
+    computed = generate(model, ids, mask, media={"image": pixels}, max_new_tokens=5, eos_token_id=None)
+    with torch.no_grad():  # one modality row at a time, as a server caches them
+        rows = [model.compute_routing(row[None]) for row in model.modality_index(ids)]
+    calls = {"rows": 0}
+    original = model.compute_routing
+
+    def counting(index):
+        calls["rows"] += 1
+        return original(index)
+
+    model.compute_routing = counting
+    given = generate(model, ids, mask, media={"image": pixels}, max_new_tokens=5, eos_token_id=None, routing=torch.cat(rows, 1))
+    assert calls["rows"] == 0 and given.tolist() == computed.tolist()
+    other = torch.rand(torch.cat(rows, 1).shape, generator=torch.Generator().manual_seed(0)) * 50
+    changed = generate(model, ids, mask, media={"image": pixels}, max_new_tokens=5, eos_token_id=None, routing=other)
+    assert changed.tolist() != computed.tolist()  # the given weights are the ones applied

@@ -31,13 +31,13 @@ MAX_TOKENS = 10
 QUESTIONS = ["what colour is the shape", "is it a circle", "what is the sound"]
 
 
-def serve_run(root):
+def serve_run(root, modality_keys=None):
     """``root/serve/tiny-run``, a saved model directory (built once per session root): tiny LLaMA with
     MM-Adapters + CLIP image encoder + Whisper audio encoder (placeholder ``<sound>``), random
-    adapter weights."""
+    adapter weights. ``modality_keys``: routing rows other than every combination (another directory)."""
     from cotune.model import build_model, save_model
 
-    run = root / "serve" / "tiny-run"
+    run = root / "serve" / ("tiny-run" if modality_keys is None else f"tiny-run-{'-'.join(modality_keys)}")
     if (run / "manifest.json").exists():
         return run
     encoders = {
@@ -47,7 +47,10 @@ def serve_run(root):
                   "window": 4, "trainable": "adapter", "adapter": {"type": "rep_adapter"}, "connector": {"type": "linear"},
                   "placeholder": "<sound>"},  # a placeholder that is not the <audio> marker: text must not form it
     }
-    config = load_config(data=tiny.model_config(tiny.save_llm(root), encoders, trainable="adapter", adapter={"type": "mm_adapter"}))
+    raw = tiny.model_config(tiny.save_llm(root), encoders, trainable="adapter", adapter={"type": "mm_adapter"})
+    if modality_keys is not None:
+        raw["model"]["routing"] = {"modality_keys": list(modality_keys)}
+    config = load_config(data=raw)
     model = build_model(config)
     tiny.randomise_trainables(model)
     return save_model(model, config, run)

@@ -253,3 +253,18 @@ def test_a_full_queue_refuses_at_once_and_the_waiting_request_is_answered(served
         service.engine.max_queue = LIMITS.get("max_queue", 64)
     assert refused.status_code == 503 and "1 requests are already waiting" in refused.json()["error"]["message"]
     assert results["first"].status_code == 200
+
+
+def test_inputs_without_a_routing_row_get_400(tiny_root, media):
+    """A model whose routing rows leave out image+audio refuses a request holding both (it used to
+    fail inside generation with a 500)."""
+    run = serve_run(tiny_root, modality_keys=["text", "image", "audio"])
+    service = load_service(run, ServeConfig(max_tokens=3), device="cpu")
+    red, tone = media[0] / "red.png", media[0] / "tone.wav"
+    with BackgroundServer(service) as url, httpx.Client(base_url=url, timeout=60) as client:
+        response = client.post("/v1/chat/completions", json=user("x", image_part(red), audio_part(tone)))
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"] == (
+            "messages: the request holds image+audio inputs, which routing.modality_keys ['text', 'image', 'audio'] does not list")
+        for parts in ([image_part(red)], [audio_part(tone)], []):
+            assert client.post("/v1/chat/completions", json=user("x", *parts)).status_code == 200

@@ -3,7 +3,8 @@ streamed / not, text / image), stopped by itself. No request fails, every answer
 lone client gets, resident memory grows by less than RSS_BOUND_MB, and the latency percentiles
 and batch sizes are printed. Dynamic batching: requests that wait together are generated in one
 batch, each answer equal to ``cotune predict``'s (greedy) or to its own lone answer (seeded
-sampling), each row stopping on its own (EOS, stop string, max_tokens)."""
+sampling), each row stopping on its own (EOS, stop string, max_tokens), routing weights computed once
+per modality row."""
 
 from __future__ import annotations
 
@@ -119,6 +120,13 @@ def test_requests_waiting_together_are_batched_and_answered_as_alone(tiny_root, 
         assert response.status_code == 200, response.text
         return response.json()["choices"][0]["message"]["content"]
 
+    calls, compute = [], service.model.compute_routing
+
+    def counting(index):  # routing weights are computed once per modality row, then cached
+        calls.append(index.tolist())
+        return compute(index)
+
+    service.model.compute_routing = counting
     with BackgroundServer(service) as url, httpx.Client(base_url=url, timeout=60) as client:
         expected["sampled"] = ask(client, bodies["sampled"])
         full = ask(client, bodies["text"])
@@ -145,3 +153,4 @@ def test_requests_waiting_together_are_batched_and_answered_as_alone(tiny_root, 
         assert engine.batches == batches + 1 and engine.largest_batch == len(bodies) == 8  # one batch of all eight
     assert answers == expected
     assert all(expected.values()) and len(expected["short"]) < len(expected["text"])
+    assert len(calls) == 4 and len({tuple(c) for c in calls}) == 4  # text, image, audio, image+audio: once each

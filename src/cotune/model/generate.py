@@ -35,13 +35,16 @@ def generate(
     media: Mapping[str, torch.Tensor] | None = None,
     features: Mapping[str, torch.Tensor] | None = None,
     max_new_tokens: int = 64,
+    routing: torch.Tensor | None = None,
     **generate_kwargs,
 ) -> torch.Tensor:
     """New token ids [B, <= max_new_tokens] for left-padded prompts ``input_ids`` [B, T].
 
     ``generate_kwargs`` go to transformers' ``generate`` (``do_sample``, ``temperature``, ``top_p``,
     ``num_beams``, ``stop_strings`` with ``tokenizer``, ``use_cache``, ...). EOS defaults to the
-    tokenizer's; rows that finish early are padded with the pad id.
+    tokenizer's; rows that finish early are padded with the pad id. ``routing``: the rows' routing
+    weights [L, B, E] when the caller already has them (in eval mode they depend only on each row's
+    modality row, so a server computes them once per modality); computed from the prompts if None.
     """
     if model.config.routing.mode == "inline" and model.routing_state is not None:
         raise ValueError("generation needs routing.mode 'separate' (the inline modality row cannot be cached)")
@@ -55,7 +58,8 @@ def generate(
         embeds = model.embed(input_ids, media, features=features)
         context = contextlib.nullcontext()
         if model.routing_state is not None:
-            routing = model.compute_routing(model.modality_index(input_ids))  # [L, B, E]
+            if routing is None:
+                routing = model.compute_routing(model.modality_index(input_ids))  # [L, B, E]
             beams = int(generate_kwargs.get("num_beams", 1)) * int(generate_kwargs.get("num_return_sequences", 1))
             if beams > 1:  # generate repeats every row per beam / returned sequence
                 routing = routing.repeat_interleave(beams, dim=1)

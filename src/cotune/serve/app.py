@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from cotune.serve.engine import SHUTTING_DOWN, Answer, EngineBusy, ShuttingDown
+from cotune.serve.engine import SHUTTING_DOWN, Answer, EngineBusy, ShuttingDown, Unroutable
 from cotune.serve.prepare import prepare
 from cotune.serve.schema import ChatRequest, RequestError, parse_chat_request, parse_json
 from cotune.serve.security import Guard, resolve_allowed_hosts
@@ -88,9 +88,11 @@ def create_app(service: Service, ui: bool = False, bind_host: str = "127.0.0.1")
         # the config is read per request: tests change the service's limits on a running server
         body = await _read_body(request, service.config.max_request_bytes, service.config.read_timeout)
         chat = parse_chat_request(parse_json(body), service.config, service.name)
-        async with preparing:
-            generation = await run_in_threadpool(prepare, chat, service.spec, service.config)
-        return await _answer(request, service, chat, generation)
+        with service.engine.expecting():  # until it is queued: a batch about to start may wait for it
+            async with preparing:
+                generation = await run_in_threadpool(prepare, chat, service.spec, service.config)
+            events, job = _submit(service, chat, generation)
+        return await _answer(request, service, chat, events, job)
 
     if ui:
         page = resources.files("cotune.serve").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -159,14 +161,19 @@ def _failure(value) -> JSONResponse:
     return error_response(500, str(value), code="generation_failed")
 
 
-async def _answer(request: Request, service: Service, chat: ChatRequest, generation):
+def _submit(service: Service, chat: ChatRequest, generation):
     events = _Events(text=chat.stream)
     try:
-        job = service.engine.submit(generation, events)
+        return events, service.engine.submit(generation, events)
     except ShuttingDown:
         raise RequestError(503, SHUTTING_DOWN, code="shutting_down") from None
     except EngineBusy as busy:
         raise RequestError(503, f"server busy: {busy}", code="queue_full") from None
+    except Unroutable as err:
+        raise RequestError(400, f"messages: {err}", "messages", "unsupported_modalities") from None
+
+
+async def _answer(request: Request, service: Service, chat: ChatRequest, events: "_Events", job):
     gone = asyncio.ensure_future(_disconnected(request))
     streaming = False
     try:

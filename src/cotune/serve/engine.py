@@ -10,10 +10,14 @@ stopped at its next token if it had just started.
 
 **Dynamic batching.** Whenever the model is free, the worker takes every waiting request, up to
 ``max_batch``, and generates for all of them in one :func:`cotune.model.generate.generate` call:
-prompts left-padded, media stacked per encoder in row order, routing weights computed once per row
-(the generate call holds them for the prefill and every step). Each row stops on its own (EOS, its
-stop strings, its ``max_tokens``, its client leaving) and is answered at once; the call ends when
-every row has. Requests arriving meanwhile wait for the next batch. Greedy rows give the answer
+prompts left-padded, media stacked per encoder in row order. Routing weights depend only on a row's
+modality row (text, image, audio, image+audio) in eval mode: they are computed once per modality
+row and cached for the server's life, then held for the prefill and every step. Each row stops on
+its own (EOS, its stop strings, its ``max_tokens``, its client leaving) and is answered at once;
+the call ends when every row has. Requests arriving meanwhile wait for the next batch. When the
+queue is empty but requests are still being read and prepared (:meth:`Engine.expecting`), the
+worker waits for them up to a quarter of the previous batch's duration (0.5 s at most), so that
+clients answered by one batch are not split across the next two; a lone client never waits. Greedy rows give the answer
 they give alone (``cotune predict`` batches with left padding the same way); padding only changes
 which floating-point sums the kernels form, and the tests check the answers are equal.
 
@@ -55,6 +59,14 @@ class EngineBusy(Exception):
 
 class ShuttingDown(EngineBusy):
     """The engine is stopping and takes no new requests."""
+
+
+class Unroutable(ValueError):
+    """The request's inputs form a modality combination the model has no routing row for."""
+
+
+#: Longest the worker waits for requests still being prepared before it starts a batch.
+MAX_GATHER_SECONDS = 0.5
 
 
 @dataclass
@@ -177,6 +189,9 @@ class Engine:
         self._closing = False
         self._deadline: float | None = None
         self._rows: list[_Row] = []
+        self._expected = 0  # requests being read or prepared that will be submitted
+        self._last_batch_seconds = 0.0
+        self._routing: dict[int, torch.Tensor] = {}  # modality row -> routing weights [L, 1, E]
         self.completed = 0  # requests answered
         self.cancelled = 0  # requests stopped while generating because their client left
         self.batches = 0  # generate calls
@@ -227,11 +242,24 @@ class Engine:
     def busy(self) -> bool:
         return self._model_lock.locked()
 
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Marks a request being prepared for :meth:`submit` (the worker may wait for it to join a batch)."""
+        with self._count_lock:
+            self._expected += 1
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self._expected -= 1
+
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
-        """Queues ``request``; raises EngineBusy when ``max_queue`` jobs are already waiting and
-        ShuttingDown once the engine is closing."""
+        """Queues ``request``; raises EngineBusy when ``max_queue`` jobs are already waiting,
+        ShuttingDown once the engine is closing, Unroutable for inputs the model cannot route."""
         if self._thread is None:
             raise EngineBusy("the model worker is not running")
+        if request.modality_row is None and self.model.routing_state is not None:
+            request.modality_row = self._modality_row(request.prompt_ids)
         with self._count_lock:
             if self._closing:
                 raise ShuttingDown(SHUTTING_DOWN)
@@ -289,11 +317,18 @@ class Engine:
                 with self._count_lock:
                     self._waiting -= 1
                 jobs, stop = [first], False
+                gather_until = time.monotonic() + min(self._last_batch_seconds / 4, MAX_GATHER_SECONDS)
                 while len(jobs) < self.max_batch:
                     try:
                         job = self._queue.get_nowait()
                     except queue.Empty:
-                        break
+                        left = gather_until - time.monotonic()
+                        if self._expected <= 0 or left <= 0:
+                            break
+                        try:  # more requests are being prepared: wait a little for them
+                            job = self._queue.get(timeout=left)
+                        except queue.Empty:
+                            break
                     if job is None:
                         stop = True
                         break
@@ -311,8 +346,29 @@ class Engine:
             if stop:
                 return
 
+    def _modality_row(self, prompt_ids: list[int]) -> int:
+        from cotune.model.splice import SpliceError
+
+        try:
+            return int(self.model.modality_index(torch.tensor([prompt_ids]))[0])
+        except SpliceError as err:
+            raise Unroutable(str(err).replace("a sample holds", "the request holds", 1)) from None
+
+    def _routing_of(self, rows: list[_Row]) -> torch.Tensor | None:
+        """Routing weights [L, B, E] of the rows, from the cache (computed once per modality row)."""
+        if self.model.routing_state is None:
+            return None
+        device = self.model.llm.get_input_embeddings().weight.device
+        for row in rows:
+            index = row.request.modality_row
+            if index not in self._routing:
+                with torch.no_grad():
+                    self._routing[index] = self.model.compute_routing(torch.tensor([index], device=device))
+        return torch.cat([self._routing[row.request.modality_row] for row in rows], dim=1)
+
     def _run_batch(self, jobs: list[Job]) -> None:
         device = self.model.llm.get_input_embeddings().weight.device
+        started = time.monotonic()
         rows = [_Row(job, self.tokenizer, device) for job in jobs]
         self._rows = rows
         self.batches += 1
@@ -327,8 +383,12 @@ class Engine:
                     media.setdefault(name, []).append(tensor)
             stacked = {name: torch.cat(tensors) for name, tensors in media.items()}
             processors = LogitsProcessorList([_RowSampler(rows)] if any(row.generator is not None for row in rows) else [])
+            for row in rows:  # requests given to the engine without submit's routing check (defensive)
+                if row.request.modality_row is None and self.model.routing_state is not None:
+                    row.request.modality_row = self._modality_row(row.request.prompt_ids)
             generate(self.model, ids, mask, media=stacked or None, max_new_tokens=max(row.request.max_tokens for row in rows),
-                     do_sample=False, logits_processor=processors, stopping_criteria=StoppingCriteriaList([_RowsDone(self, rows)]))
+                     routing=self._routing_of(rows), do_sample=False, logits_processor=processors,
+                     stopping_criteria=StoppingCriteriaList([_RowsDone(self, rows)]))
         except Exception as err:  # noqa: BLE001 - one bad batch must not end the worker
             log.exception("generation failed")
             for row in rows:
@@ -338,6 +398,7 @@ class Engine:
             if not row.done:
                 self._end_row(row)
         self._rows = []
+        self._last_batch_seconds = time.monotonic() - started
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline

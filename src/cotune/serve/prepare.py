@@ -48,6 +48,7 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    modality_row: int | None = None  # the model's modality row for these inputs (set by Engine.submit)
 
 
 def prepare(request: ChatRequest, spec: DataSpec, config: ServeConfig) -> GenerationRequest:
