@@ -48,7 +48,7 @@ def test_parameter_count_closed_form(width, hidden, groups, experts):
     expected = (width * hidden + hidden) + experts * (width * hidden // groups + width) + (experts * width + experts)
     assert sum(p.numel() for p in adapter.parameters()) == expected
     if (hidden, groups, experts) == (8, 2, 2):
-        assert expected == 20 * width + 10  # lavin-mma.md section 5
+        assert expected == 20 * width + 10  # LaVIN's per-block count
     constant = MMAdapter(width, hidden, groups, experts, router="constant")
     assert sum(p.numel() for p in constant.parameters()) == expected - experts * width  # router is E logits
     rep = RepAdapter(width, hidden, groups)

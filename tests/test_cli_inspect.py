@@ -35,7 +35,7 @@ def hub_config(repo_id: str) -> dict:
 
 
 def mma_params(width: int, hidden: int = 8, groups: int = 2, experts: int = 2) -> int:
-    """One MM-Adapter (lavin-mma.md section 5): down C*h+h, E grouped ups C*h/g+C, router E*C+E."""
+    """One MM-Adapter (LaVIN's parameter count): down C*h+h, E grouped ups C*h/g+C, router E*C+E."""
     return (width * hidden + hidden) + experts * (width * hidden // groups + width) + (experts * width + experts)
 
 
@@ -166,13 +166,14 @@ def test_llava_lora_counts_from_hub_cache(offline_hub):
 def test_audio_recipe_counts_from_hub_cache(offline_hub):
     report = run_subprocess(
         "inspect", str(RECIPES / "audio-whisper-lora.yaml"), "--dry-run", "--json",
-        "--set", "model.llm.name_or_path=huggyllama/llama-7b",
         module="cotune.cli.main",
     )
-    llama, whisper = hub_config("huggyllama/llama-7b"), hub_config("openai/whisper-small")
-    lora = lora_params(llama, 64)
-    connector = mlp_params(whisper["d_model"], llama["hidden_size"], llama["hidden_size"])
-    assert report["components"]["llm"] == {"trainable": lora, "total": llama_params(llama) + lora}
+    qwen, whisper = hub_config("Qwen/Qwen2-0.5B-Instruct"), hub_config("openai/whisper-small")
+    lora = lora_params(qwen, 64)  # grouped k/v heads: k and v are 128 wide
+    connector = mlp_params(whisper["d_model"], qwen["hidden_size"], qwen["hidden_size"])
+    qkv_biases = qwen["num_hidden_layers"] * (qwen["hidden_size"] + 2 * 128)
+    assert report["components"]["llm"] == {"trainable": lora, "total": llama_params(qwen) + qkv_biases + lora}
+    assert lora == 35_192_832 and llama_params(qwen) + qkv_biases == 494_032_768  # Qwen2-0.5B's published size
     assert report["components"]["connector.audio"] == {"trainable": connector, "total": connector}
     assert report["components"]["encoder.audio"]["trainable"] == 0
     assert report["trainable_params"] == lora + connector > 0
@@ -323,7 +324,7 @@ def test_weights_column_reads_bits_from_the_config(offline_hub):
     report = run_subprocess("inspect", str(RECIPES / "lavin-lite-7b-scienceqa.yaml"), "--dry-run", "--json")
     assert report["weights"] == {
         "llm": {"bits": 4, "format": "nf4", "rest": "bfloat16"},
-        "encoder.image": {"bits": 16, "format": "float16"},
+        "encoder.image": {"bits": 16, "format": "bfloat16"},
         "connector.image": {"bits": 32, "format": "float32"},
         "modality_embedding": {"bits": 32, "format": "float32"},
     }
@@ -352,8 +353,11 @@ def test_memory_plan_says_lite_fits_one_24gb_card_and_full_7b_does_not(offline_h
     weights = {t["name"]: t["bytes"] for t in full["static"]}
     assert weights["weights llm"] > 3 * {t["name"]: t["bytes"] for t in plan["static"]}["weights llm"]
     advice = "\n".join(full["advice"])
-    assert "--set model.llm.dtype=bfloat16" in advice  # float16 weights under bf16 autocast
     assert "--set train.gradient_checkpointing=true" in advice and "--set model.llm.quantization.bits=4" in advice
+    # LaVIN's own float16 weights under bf16 autocast: a bf16 copy of every weight is kept for backward.
+    fp16 = run_subprocess("inspect", str(RECIPES / "lavin-7b-scienceqa.yaml"), "--memory", "--device-memory", "24GB", "--json",
+                          "--set", "model.llm.dtype=float16")["memory"]
+    assert fp16["peak"] > full["peak"] and "--set model.llm.dtype=bfloat16" in "\n".join(fp16["advice"])
 
 
 def test_memory_plan_table_and_overrides(tiny_root, tmp_path, capsys):

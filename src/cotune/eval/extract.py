@@ -2,7 +2,7 @@
 
 LaVIN searched the decoded prompt *and* generation for ``The answer is ([A-Z]).`` and replaced a miss
 (or a letter beyond the choices) with an unseeded ``random.choice``, so its accuracy was not
-reproducible (docs/lavin-mma.md section 9). cotune reads the continuation only (the caller never
+reproducible. cotune reads the continuation only (the caller never
 passes the prompt, which holds every option mark) and tries four rules in order:
 
 1. ``answer-is``: the first ``The answer is X`` / ``The answer is (X)`` whose letter is within the

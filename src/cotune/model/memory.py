@@ -26,7 +26,6 @@ the caching allocator's slack come on top (:data:`DEVICE_MARGIN`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -270,10 +269,12 @@ class MemoryEstimator:
             if batch == settings.batch_size:
                 return lines
             if batch:
-                accum = math.ceil(settings.batch_size * settings.grad_accum / batch)
+                # The largest fitting batch that divides the effective batch keeps it exactly.
+                effective = settings.batch_size * settings.grad_accum
+                batch = max(b for b in range(1, batch + 1) if effective % b == 0)
                 smaller = self.plan(_batch(changed, batch), cfg).peak
-                lines.append(f"{flags + ' ' if flags else ''}--set data.batch_size={batch} --set train.grad_accum={accum} "
-                             f"(the same effective batch): {_gib(smaller)} (fits)")
+                lines.append(f"{flags + ' ' if flags else ''}--set data.batch_size={batch} --set train.grad_accum={effective // batch} "
+                             f"(the same effective batch, {effective}): {_gib(smaller)} (fits)")
                 return lines
         lines.append("nothing above fits at batch 1: shorten data.max_length (--seq-len) or use a larger device")
         return lines

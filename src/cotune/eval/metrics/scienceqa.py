@@ -1,4 +1,4 @@
-"""ScienceQA accuracy and its breakdown (docs/lavin-mma.md section 9), and plain multiple-choice accuracy.
+"""ScienceQA accuracy and its breakdown (LaVIN's columns), and plain multiple-choice accuracy.
 
 Columns (percent of the subset answered correctly, two decimals):
 
