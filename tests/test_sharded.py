@@ -155,7 +155,7 @@ def test_fsdp_checkpoints_hold_whole_trainable_tensors_only(runs):
         y = torch.load(sharded / "optimizer.pt", weights_only=True)
         assert [g["params"] for g in x["param_groups"]] == [g["params"] for g in y["param_groups"]]
         assert {i: s["exp_avg"].shape for i, s in x["state"].items()} == {i: s["exp_avg"].shape for i, s in y["state"].items()}
-        assert sorted(p.name for p in sharded.iterdir()) == ["optimizer.pt", "rng-rank0.pt", "rng-rank1.pt", "state.json", "trainable.safetensors"]
+        assert sorted(p.name for p in sharded.iterdir()) == ["manifest.json", "optimizer.pt", "rng-rank0.pt", "rng-rank1.pt", "state.json", "trainable.safetensors"]
 
 
 def test_fsdp_resumes_exactly_on_two_processes(runs):

@@ -250,7 +250,7 @@ def test_unavailable_reporting_backend_is_a_clear_error(tiny_root, tmp_path):
         import tensorboard  # noqa: F401
     except ImportError:
         trainer = Trainer(config(tiny_root, tmp_path, ["train.report_to=[tensorboard]"], max_steps=1), tmp_path / "run")
-        with pytest.raises(ImportError, match="pip install tensorboard"):
+        with pytest.raises(ImportError, match=r"pip install 'cotune\[tensorboard\]'"):
             trainer.setup()
     else:
         pytest.skip("tensorboard is installed")

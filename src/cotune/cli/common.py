@@ -13,14 +13,16 @@ from cotune.backbones import LoadError
 from cotune.config import ConfigError, CotuneConfig, load_config
 from cotune.data.dataset import DataError
 from cotune.eval import ScoreError
+from cotune.extras import MissingExtra
 from cotune.report import ReportError
 from cotune.registry import UnknownNameError
+from cotune.train.checkpoint import CheckpointError
 from cotune.zoo import ZooError
 
 #: Errors caused by the user's input (config, paths, names); the CLI reports them in one line, exit 2.
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, LoadError, UnknownNameError, SiteError, DataError, ReportError, ScoreError, ZooError, FileNotFoundError,
-    FileExistsError,
+    FileExistsError, CheckpointError, MissingExtra,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

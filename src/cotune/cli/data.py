@@ -29,7 +29,7 @@ from cotune.config import ConfigError, CotuneConfig, DataConfig, DatasetConfig, 
 from cotune.data.collate import Collator
 from cotune.data.dataset import DataError, check_skip_fraction, prepare_dataset
 from cotune.data.media import load_audio, load_image
-from cotune.data.readers import READERS
+from cotune.data.readers import READERS, read_dataset
 from cotune.data.report import DataReport
 from cotune.data.schema import SkipSample
 from cotune.data.synth import SYNTHESIZERS
@@ -65,7 +65,7 @@ def _check_raw(config: DatasetConfig, report: DataReport) -> None:
     """Reader plus raw media decoding (no tokenizer, no processor)."""
     ds_report = report.dataset(config.name)
     kept = 0
-    for sample in READERS.get(config.kind, key="--kind")(config, ds_report):
+    for sample in read_dataset(config, ds_report, key="--kind"):
         try:
             for path in sample.media.get("image", ()):
                 load_image(path, sample.id)

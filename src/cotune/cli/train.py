@@ -56,8 +56,15 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         from cotune.model.merge import refuse_merged
 
+        from cotune.train.checkpoint import list_checkpoints
+
         run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
         refuse_merged(run_dir)
+        if not list_checkpoints(run_dir):  # before its config is read: a failed start's config may be the fault
+            raise FileNotFoundError(f"--resume {run_dir}: the run saved no checkpoint to resume from; start it again with "
+                                    f"cotune train CONFIG --out {run_dir}")
         config_path = Path(args.config) if args.config else run_dir / "config.yaml"
         resume = True
     else:

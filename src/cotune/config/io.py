@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -64,11 +65,14 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, str):
             # YAML 1.1 reads "2e-4" (no dot) as a string; accept any float literal.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        # No setting means anything with NaN or infinity (lr: .nan turns every weight into NaN).
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

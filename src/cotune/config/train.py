@@ -113,6 +113,8 @@ class TrainConfig:
             raise ConfigError(f"eval_every: must be >= 1, got {self.eval_every}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas: two numbers in [0, 1), got {list(self.betas)}")
+        if not self.eps > 0:
+            raise ConfigError(f"eps: must be > 0 (Adam divides by sqrt(v) + eps), got {self.eps}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm: must be > 0 or null, got {self.max_grad_norm}")
         for sink in self.report_to:

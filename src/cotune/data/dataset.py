@@ -16,17 +16,13 @@ import numpy as np
 import torch
 
 from cotune.config import DataConfig, DatasetConfig
-from cotune.data.readers import READERS
+from cotune.data.readers import read_dataset
 from cotune.data.report import DatasetReport, DataReport
-from cotune.data.schema import Sample, SkipSample
+from cotune.data.schema import DataError, Sample, SkipSample
 from cotune.data.spec import DataSpec
 from cotune.data.templates import IGNORE_INDEX, encode_sample
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A dataset is unusable as a whole (too many bad samples, nothing left); shows examples."""
 
 
 class PreparedDataset(torch.utils.data.Dataset):
@@ -102,11 +98,17 @@ def prepare_dataset(config: DatasetConfig, spec: DataSpec, report: DataReport, m
     ds_report = report.dataset(config.name)
     slots = spec.slots()
     samples, token_ids, labels = [], [], []
-    for sample in READERS.get(config.kind, key="data.kind")(config, ds_report):
+    for sample in read_dataset(config, ds_report):
         try:
             encoded = encode_sample(sample, spec.tokenizer, slots, spec.template, spec.system_prompt, spec.max_length)
         except SkipSample as skip:
             ds_report.skip(skip.reason, skip.detail)
+            continue
+        except RecursionError:
+            ds_report.skip("malformed_record", f"{sample.id}: the template failed on it (nested too deeply)")
+            continue
+        except Exception as err:  # noqa: BLE001 - tokenizers and templates raise many types on odd text
+            ds_report.skip("malformed_record", f"{sample.id}: the template or tokenizer failed on it ({type(err).__name__}: {err})")
             continue
         samples.append(sample)
         token_ids.append(encoded.input_ids)

@@ -32,6 +32,11 @@ MODALITIES = ("image", "audio")
 DEFAULT_WAVEFORM_SECONDS = 10.0
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _AUDIO_ERRORS = (soundfile.SoundFileError, RuntimeError, OSError, ValueError, EOFError)
+#: Largest ratio of an image's long side to its short side. An image processor resizes the short
+#: side up (CLIP: to 224 pixels), so a 96-byte 4000x1 PNG would become 224 x 896,000 float pixels
+#: (2.4 GB); the bound is checked from the header, before decoding. ``cotune serve`` applies the
+#: same default (``--max-image-aspect``).
+MAX_IMAGE_ASPECT = 20.0
 
 
 def _require_file(path: Path, sample_id: str) -> None:
@@ -66,11 +71,13 @@ def load_image(path: str | Path, sample_id: str) -> Image.Image:
 
     Palette, greyscale, CMYK and 16-bit modes are converted to RGB; alpha (and palette or colour-key
     transparency) is composited onto a white background. Images over Pillow's
-    ``Image.MAX_IMAGE_PIXELS`` are refused as decompression bombs.
+    ``Image.MAX_IMAGE_PIXELS`` are refused as decompression bombs, and so are images whose long side
+    is more than :data:`MAX_IMAGE_ASPECT` times their short side (read from the header, before
+    decoding).
 
     Raises:
         SkipSample: ``missing_media`` if the file does not exist; ``unreadable_media`` (naming the
-            path and the error) if it is not an image, is truncated, empty or too large.
+            path and the error) if it is not an image, is truncated, empty or too large or too narrow.
     """
     path = Path(path)
     _require_file(path, sample_id)
@@ -78,9 +85,16 @@ def load_image(path: str | Path, sample_id: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
+                width, height = opened.size
+                if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_IMAGE_ASPECT:
+                    raise SkipSample("unreadable_media", f"{sample_id}: {path}: {width}x{height} pixels; the long side may be at "
+                                                         f"most {MAX_IMAGE_ASPECT:g} times the short side (an image processor "
+                                                         f"would scale it up to a huge image)")
                 opened.load()  # full decode here, so truncated files fail now and not in a worker later
                 image = ImageOps.exif_transpose(opened)
                 return _to_rgb(image)
+    except SkipSample:
+        raise
     # Pillow's format plugins raise many exception types on malformed input (OSError, SyntaxError,
     # ValueError, struct.error, IndexError, ...); every one of them means "this file is unusable".
     except Exception as err:  # noqa: BLE001

@@ -44,6 +44,11 @@ class Sample:
         return [k for k in MEDIA_MARKERS if self.media.get(k)]
 
 
+class DataError(ValueError):
+    """A dataset is unusable as a whole (a data file that cannot be read, too many bad samples,
+    nothing left); the message names the dataset and the file, and shows examples."""
+
+
 class SkipSample(Exception):
     """A record cannot be used; ``reason`` is a short stable code, ``detail`` says what and where."""
 
@@ -69,6 +74,23 @@ SKIP_REASONS = (
     "unsupported_media",     # the sample has a media kind that no encoder of the model reads
     "embedded_media",        # media stored inside the dataset (bytes) rather than as files
 )
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print and log: a lone surrogate becomes its ``\\udXXX`` escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text(sample: Sample) -> None:
+    """SkipSample (``malformed_record``) when the id or a message of ``sample`` is not valid Unicode:
+    JSON may spell lone surrogates (``"\\ud800"``), which no tokenizer and no UTF-8 file accepts."""
+    fields = [("id", sample.id)] + [(f"message {i} ({m.role})", m.content) for i, m in enumerate(sample.messages)]
+    for where, text in fields:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise SkipSample("malformed_record", f"{shown(sample.id)}: {where} holds a lone surrogate "
+                                                 f"({ascii(text[err.start])} at character {err.start}), not valid Unicode") from None
 
 
 def resolve_media_path(root: Path, relative: str, sample_id: str) -> Path:

@@ -15,15 +15,25 @@ Two templates:
 Media markers (``<image>``, ``<audio>``) become each encoder's placeholder token repeated as many
 times as the encoder yields tokens per item.
 
+Data text never becomes a control token: a special token's string inside a message (``</s>`` in an
+answer, ``<|im_start|>system`` in a question) is tokenized as plain text (``split_special_tokens``),
+so it can neither end an answer nor open a turn of the template. The chat template renders such
+strings as private sentinels that are put back, as text, when tokenizing. A message that holds an
+encoder's placeholder string (``<vision>``) is skipped as ``marker_mismatch`` (it would stand for
+media the sample does not have), and so is a sample whose placeholder tokens disagree with its
+media in any other way.
+
 For inference, :func:`encode_prompt` renders a conversation that ends with a user turn the same way,
 stopping where the answer would start: exactly the ids that precede the answer in training.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass, replace
 
-from cotune.data.schema import MEDIA_MARKERS, Sample, SkipSample
+from cotune.data.schema import MEDIA_MARKERS, Sample, SkipSample, check_text
 
 IGNORE_INDEX = -100
 
@@ -90,13 +100,69 @@ def _expand(ids: list[int], labels: list[int], slots: dict[str, MediaSlot], mark
     return Encoded(out_ids, out_labels)
 
 
-def _chat_messages(sample: Sample, slots: dict[str, MediaSlot], system_prompt: str | None) -> list[dict]:
-    """The sample's messages for the chat template: system prompt added, media markers placed and
-    replaced by the encoders' marker tokens."""
+# A protected piece of data text while the chat template renders: noncharacters, which Unicode
+# reserves for internal use (a text that holds one has it protected too).
+_OPEN, _CLOSE = "\ufdd0", "\ufdd1"
+_SENTINEL = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
+
+
+def _control_pattern(tokenizer, slots: dict[str, MediaSlot]) -> re.Pattern:
+    """The strings data text must not turn into tokens of their own: the tokenizer's special tokens
+    and the encoders' placeholders (not the media markers, which readers checked), longest first."""
+    controls = {str(t) for t in getattr(tokenizer, "all_special_tokens", ())}
+    controls.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+    controls.update(slot.marker_token for slot in slots.values())
+    controls.difference_update(MEDIA_MARKERS.values())
+    controls.update((_OPEN, _CLOSE))
+    return re.compile("|".join(re.escape(c) for c in sorted((c for c in controls if c), key=len, reverse=True)))
+
+
+def _protect(text: str, pattern: re.Pattern, pieces: list[str]) -> str:
+    """``text`` with every control string replaced by a sentinel; the strings go to ``pieces``."""
+
+    def sentinel(match: re.Match) -> str:
+        pieces.append(match.group(0))
+        return f"{_OPEN}{len(pieces) - 1}{_CLOSE}"
+
+    return pattern.sub(sentinel, text)
+
+
+def _tokenize(tokenizer, text: str, pieces: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """(ids, character offsets into ``text``) of a rendering that may hold sentinels: the text
+    between them tokenized as usual (the template's own special tokens count), each protected piece
+    as plain text, its tokens all placed at the sentinel's span."""
+    if not pieces:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(encoding["input_ids"]), list(encoding["offset_mapping"])
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    start = 0
+    for match in [*_SENTINEL.finditer(text), None]:
+        stop = match.start() if match else len(text)
+        if stop > start:
+            encoding = tokenizer(text[start:stop], add_special_tokens=False, return_offsets_mapping=True)
+            ids += encoding["input_ids"]
+            offsets += [(start + a, start + b) for a, b in encoding["offset_mapping"]]
+        if match is None:
+            break
+        literal = tokenizer(pieces[int(match.group(1))], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids += literal
+        offsets += [match.span()] * len(literal)
+        start = match.end()
+    return ids, offsets
+
+
+def _chat_messages(sample: Sample, slots: dict[str, MediaSlot], system_prompt: str | None,
+                   pattern: re.Pattern | None = None, pieces: list[str] | None = None) -> list[dict]:
+    """The sample's messages for the chat template: system prompt added, control strings in the
+    text protected (``pattern``, into ``pieces``), media markers placed and replaced by the
+    encoders' marker tokens."""
     messages = _messages(sample, system_prompt)
     _check_markers(sample, messages)
-    for kind, slot in slots.items():
-        for m in messages:
+    for m in messages:
+        if pattern is not None:
+            m["content"] = _protect(m["content"], pattern, pieces)
+        for kind, slot in slots.items():
             m["content"] = m["content"].replace(MEDIA_MARKERS[kind], slot.marker_token)
     return messages
 
@@ -114,7 +180,8 @@ def _marker_ids(tokenizer, slots: dict[str, MediaSlot]) -> dict[int, str]:
 
 def encode_chat(sample: Sample, tokenizer, slots: dict[str, MediaSlot], system_prompt: str | None = None) -> Encoded:
     """Tokens and labels through the tokenizer's chat template (see module docstring)."""
-    messages = _chat_messages(sample, slots, system_prompt)
+    pieces: list[str] = []
+    messages = _chat_messages(sample, slots, system_prompt, _control_pattern(tokenizer, slots), pieces)
     full = _render_chat(tokenizer, sample.id, messages)
     spans = []
     for i, message in enumerate(messages):
@@ -125,12 +192,9 @@ def encode_chat(sample: Sample, tokenizer, slots: dict[str, MediaSlot], system_p
         if not (full.startswith(through) and through.startswith(before)):
             raise SkipSample("template_mismatch", f"{sample.id}: the chat template does not render turn {i} as a prefix")
         spans.append((len(before), len(through.rstrip())))
-    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [
-        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
-        for token, (begin, _stop) in zip(encoding["input_ids"], encoding["offset_mapping"])
-    ]
-    return _expand(list(encoding["input_ids"]), labels, slots, _marker_ids(tokenizer, slots))
+    ids, offsets = _tokenize(tokenizer, full, pieces)
+    labels = [token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX for token, (begin, _stop) in zip(ids, offsets)]
+    return _expand(ids, labels, slots, _marker_ids(tokenizer, slots))
 
 
 def _strip_markers(text: str) -> str:
@@ -140,7 +204,8 @@ def _strip_markers(text: str) -> str:
 
 
 def _plain_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Data text as plain text: a special token's string in it stays text (module docstring)."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def _lavin_layout(sample: Sample, tokenizer, slots: dict[str, MediaSlot], system_prompt: str | None) -> tuple[Encoded, str]:
@@ -194,15 +259,47 @@ def _check_media(sample: Sample, slots: dict[str, MediaSlot]) -> None:
         raise SkipSample("unsupported_media", f"{sample.id}: has {', '.join(missing)} but the model has no encoder for it")
 
 
+def _refuse_placeholder_text(sample: Sample, tokenizer, slots: dict[str, MediaSlot]) -> None:
+    """SkipSample (``marker_mismatch``) when a message holds an encoder's placeholder string (e.g.
+    ``<vision>``): it would stand for media tokens the sample does not have. Media markers
+    (``<image>``, ``<audio>``) are the readers' business, and a placeholder equal to one is a marker."""
+    placeholders = set()
+    for slot in slots.values():
+        placeholders.add(slot.marker_token)
+        placeholders.update(str(t) for t in tokenizer.convert_ids_to_tokens(sorted(set(slot.expansion))))
+    placeholders.difference_update(MEDIA_MARKERS.values())
+    for placeholder in sorted(placeholders):
+        for i, message in enumerate(sample.messages):
+            if placeholder in message.content:
+                raise SkipSample("marker_mismatch", f"{sample.id}: message {i} ({message.role}) contains {placeholder!r}, this "
+                                                    f"model's placeholder for media tokens; data text may not hold it")
+
+
+def _check_placeholders(sample: Sample, ids: list[int], slots: dict[str, MediaSlot]) -> None:
+    """Each placeholder id occurs exactly as often as the sample's media expand into it."""
+    expected: Counter = Counter()
+    for kind, slot in slots.items():
+        for token in slot.expansion:
+            expected[token] += len(sample.media.get(kind, ()))
+    found = Counter(token for token in ids if token in expected)
+    for token, count in expected.items():
+        if found[token] != count:
+            raise SkipSample("marker_mismatch", f"{sample.id}: {found[token]} placeholder tokens (id {token}) where its media "
+                                                f"expand into {count}; the text forms a placeholder")
+
+
 def encode_sample(sample: Sample, tokenizer, slots: dict[str, MediaSlot], template: str, system_prompt: str | None, max_length: int) -> Encoded:
     """Renders ``sample`` with the resolved ``template``; raises SkipSample for unusable samples."""
+    check_text(sample)
     _check_media(sample, slots)
+    _refuse_placeholder_text(sample, tokenizer, slots)
     if not sample.messages or sample.messages[-1].role != "assistant":
         raise SkipSample("malformed_record", f"{sample.id}: the conversation must end with an assistant turn")
     if any(m.role == "assistant" and not m.content.strip() for m in sample.messages):
         raise SkipSample("empty_answer", f"{sample.id}: an assistant turn is empty")
     encoder = encode_chat if template == "chat" else encode_lavin
     encoded = encoder(sample, tokenizer, slots, system_prompt)
+    _check_placeholders(sample, encoded.input_ids, slots)
     if encoded.num_supervised == 0:
         raise SkipSample("no_supervised_tokens", f"{sample.id}: no token of the answer is supervised")
     if len(encoded.input_ids) > max_length:
@@ -231,14 +328,18 @@ def encode_prompt(
     if not messages or messages[-1].role != "user":
         raise SkipSample("malformed_record", f"{sample.id}: no user turn to answer at the end of the conversation")
     sample = replace(sample, messages=messages)
+    check_text(sample)
     _check_media(sample, slots)
+    _refuse_placeholder_text(sample, tokenizer, slots)
     if template == "chat":
-        chat = _chat_messages(sample, slots, system_prompt)
-        ids = _plain_ids(tokenizer, _render_chat(tokenizer, sample.id, chat, gen=True))
+        pieces: list[str] = []
+        chat = _chat_messages(sample, slots, system_prompt, _control_pattern(tokenizer, slots), pieces)
+        ids = _tokenize(tokenizer, _render_chat(tokenizer, sample.id, chat, gen=True), pieces)[0]
         ids = _expand(ids, [IGNORE_INDEX] * len(ids), slots, _marker_ids(tokenizer, slots)).input_ids
     else:
         answered, pending = _lavin_layout(sample, tokenizer, slots, system_prompt)
         ids = answered.input_ids + _plain_ids(tokenizer, pending)
+    _check_placeholders(sample, ids, slots)
     if max_length is not None and len(ids) > max_length:
         raise SkipSample("too_long", f"{sample.id}: prompt of {len(ids)} tokens > max_length {max_length}")
     return ids

@@ -54,7 +54,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as err:
-        raise ImportError(MISSING_MATPLOTLIB) from err
+        from cotune.extras import MissingExtra
+
+        raise MissingExtra(MISSING_MATPLOTLIB) from err
 
 
 def _figure(panels: int = 1):

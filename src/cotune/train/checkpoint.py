@@ -1,14 +1,20 @@
 """Checkpoints: trainable weights, optimizer, trainer state and RNG, written atomically.
 
 Layout: ``RUN/checkpoints/step-00000120/`` with ``trainable.safetensors``, ``optimizer.pt``,
-``rng-rank<r>.pt`` (one per process) and ``state.json``. A checkpoint is assembled in a hidden
+``rng-rank<r>.pt`` (one per process), ``state.json`` and ``manifest.json`` (every other file's
+size and sha256, and how many processes wrote RNG states). A checkpoint is assembled in a hidden
 temporary folder, every file fsynced, then renamed into place and the parent folder fsynced, so a
 kill at any moment leaves the previous checkpoint intact. Only the newest ``keep`` are kept.
-Loading uses safetensors and ``torch.load(weights_only=True)``: no pickle is executed.
+A write that fails (a full disk) removes its temporary folder and says why, naming the previous
+checkpoint, which stays intact. :func:`verify_checkpoint` checks a checkpoint against its manifest
+(a flipped bit, a truncated or deleted file). Loading uses safetensors and
+``torch.load(weights_only=True)``: no pickle is executed.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -19,7 +25,40 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+REQUIRED = ("trainable.safetensors", "optimizer.pt", "state.json")
 _NAME = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or no checkpoint of a run can be resumed from; says why."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_failure(err: BaseException, target: Path, previous: Path | None) -> CheckpointError:
+    """The error for a checkpoint write that failed: the cause in words (a full disk said as such),
+    the space left, and the checkpoint that survives."""
+    number = getattr(err, "errno", None)
+    text = " ".join(str(err).split())
+    full = number == errno.ENOSPC or "no space left" in text.lower()
+    cause = os.strerror(number) if isinstance(number, int) else f"{type(err).__name__}: {text[:300]}"
+    try:
+        free = shutil.disk_usage(target.parent if target.parent.exists() else target.parent.parent).free
+        space = f"; {free / 2**20:,.1f} MiB free there"
+        full = full or free < 2**20
+    except OSError:
+        space = ""
+    kept = f"the previous checkpoint {previous} is intact" if previous is not None else "there is no earlier checkpoint"
+    headline = "no space left on the device" if full else "the write failed"
+    return CheckpointError(f"could not write checkpoint {target}: {headline} ({cause}){space}; {kept}. Free space "
+                           f"(or fix the cause) and resume with: cotune train --resume {target.parent.parent}")
 
 
 def _fsync(path: Path) -> None:
@@ -66,28 +105,78 @@ def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor
     """Writes checkpoint ``step`` atomically (main process) and prunes old ones.
 
     ``rng_files``: a folder where every process already saved ``rng-rank<r>.pt`` for this step;
-    they are moved into the checkpoint.
+    they are moved into the checkpoint. Checkpoints of later steps (left by a run that resumed from
+    an earlier one because they were damaged) are removed once this one is in place.
+    Raises CheckpointError (temporary folder removed, earlier checkpoints untouched) if a write fails.
     """
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    if rng_files is not None:
-        for source in sorted(Path(rng_files).glob("rng-rank*.pt")):
-            shutil.move(str(source), tmp / source.name)
-    for file in tmp.iterdir():
-        _fsync(file)
-    _fsync(tmp)
+    earlier = [p for p in list_checkpoints(run_dir) if p != final]
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        if rng_files is not None:
+            for source in sorted(Path(rng_files).glob("rng-rank*.pt")):
+                shutil.move(str(source), tmp / source.name)
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {
+            "step": step,
+            "processes": sum(1 for name in files if name.startswith("rng-rank")),
+            "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in files},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        for file in tmp.iterdir():
+            _fsync(file)
+        _fsync(tmp)
+    except Exception as err:  # noqa: BLE001 - torch and safetensors wrap OS errors in their own types
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(err, final, earlier[-1] if earlier else None) from err
     if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(final.parent)
+    for stale in list_checkpoints(run_dir):
+        if _NAME.match(stale.name) and int(stale.name[5:]) > step:
+            shutil.rmtree(stale, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def verify_checkpoint(directory: Path, rank: int = 0) -> list[str]:
+    """What is wrong with checkpoint ``directory`` for process ``rank`` (empty: intact): files
+    missing, or differing in size or sha256 from its manifest; the RNG state of a process that
+    wrote one missing. A checkpoint written before manifests existed is checked for its files only."""
+    directory = Path(directory)
+    problems = [f"{name} is missing" for name in REQUIRED if not (directory / name).is_file()]
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return problems
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        processes = int(manifest["processes"])
+    except (ValueError, KeyError, TypeError) as err:
+        return [*problems, f"{MANIFEST} is unreadable ({type(err).__name__})"]
+    for name, expected in sorted(files.items()):
+        path = directory / name
+        if not path.is_file():
+            if name not in REQUIRED:
+                problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected.get("bytes"):
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected.get('bytes')}")
+        elif _sha256(path) != expected.get("sha256"):
+            problems.append(f"{name} does not match its sha256 in the manifest (damaged)")
+    if rank < processes and f"rng-rank{rank}.pt" not in files:
+        problems.append(f"the manifest lists no RNG state for process {rank}")
+    return problems
+
+
+def has_manifest(directory: Path) -> bool:
+    return (Path(directory) / MANIFEST).is_file()
 
 
 def read_checkpoint(directory: Path, rank: int = 0) -> tuple[dict[str, torch.Tensor], dict, dict, dict | None]:

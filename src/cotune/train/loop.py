@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import resource
+import shutil
 import signal
 import time
 from dataclasses import replace
@@ -23,8 +25,11 @@ import torch
 from cotune.balance import BalanceController
 from cotune.config import CotuneConfig, config_hash, save_config, to_dict
 from cotune.data.collate import model_inputs
+from cotune.data.dataset import check_skip_fraction
 from cotune.data.loader import TrainData, build_train_data
 from cotune.data.report import DataReport
+from cotune.data.schema import DataError
+from cotune.data.templates import IGNORE_INDEX
 from cotune.data.spec import data_spec_from_model
 from cotune.model import build_model, save_model
 from cotune.train.checkpoint import checkpoint_dir, list_checkpoints
@@ -43,6 +48,45 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps); a checkpoint was saved first."""
+
+
+class RunInUse(FileExistsError):
+    """Another process is training in the run directory (its lock is held)."""
+
+
+#: Files a cotune run writes before its first checkpoint: a run directory that holds only these
+#: (and no checkpoint, no model) failed before it saved anything and may be started afresh.
+UNSTARTED_FILES = frozenset({"config.yaml", "metrics.jsonl", "data_report.json", ".lock", "checkpoints", "tensorboard"})
+LOCK = ".lock"
+
+
+def _lock(run_dir: Path):
+    """An exclusive lock on ``run_dir/.lock`` (held while the file stays open; the OS drops it when
+    the process ends, SIGKILL included); RunInUse naming the holder's pid if another process has it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    handle = open(run_dir / LOCK, "a+")  # noqa: SIM115 - held for the run's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunInUse(f"{run_dir} is in use: another cotune train (pid {holder}) is training in it; wait for it to "
+                       f"finish or stop it before resuming") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _unstarted(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a run that never saved a checkpoint leaves (UNSTARTED_FILES)."""
+    entries = list(run_dir.iterdir())
+    return all(e.name in UNSTARTED_FILES for e in entries) and not list_checkpoints(run_dir)
 
 
 class Interrupted(RuntimeError):
@@ -107,8 +151,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        config, train = self.config, self.config.train
         self._prepare_run_dir()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        config, train = self.config, self.config.train
         torch.manual_seed(config.seed)  # identical adapter initialisation in every process
         self.model = build_model(config, device=self.accelerator.device)
         if train.gradient_checkpointing:
@@ -145,12 +196,25 @@ class Trainer:
         self._log_parameters()
 
     def _prepare_run_dir(self) -> None:
+        """Locks the run directory (one trainer per run) and writes the config. A fresh start goes
+        into a new or empty directory, or one a failed start left without a checkpoint."""
         if self.main:
             if not self.resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-                raise FileExistsError(f"{self.run_dir} is not empty; use --resume {self.run_dir} or another --out")
+                if not _unstarted(self.run_dir):
+                    raise FileExistsError(f"{self.run_dir} is not empty; use --resume {self.run_dir} or another --out")
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(self.run_dir)
+            if not self.resume and any(e.name != LOCK for e in self.run_dir.iterdir()):
+                log.info("%s: a start that saved no checkpoint left files here; starting afresh", self.run_dir)
+                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
             save_config(self.config, self.run_dir / "config.yaml")
         self.accelerator.wait_for_everyone()
+
+    def close(self) -> None:
+        """Releases the run directory's lock (``run`` does it when it returns or fails)."""
+        handle, self._lock = getattr(self, "_lock", None), None
+        if handle is not None:
+            handle.close()
 
     def _log_parameters(self) -> None:
         if not self.main:
@@ -190,7 +254,8 @@ class Trainer:
             sync = index == len(batches) - 1 or self.world == 1 or self.sharding.sharded
             context = contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
             with context, self.autocast(), self.balance.forward_context():
-                out = model(**model_inputs(batch, self.accelerator.device), touch_all=self.world > 1, supervised_logits=True)
+                out = model(**model_inputs(batch, self.accelerator.device), touch_all=self.world > 1,
+                            supervised_logits=not batch.get("stand_in"))
                 loss = out.loss_sum * (self.world / max(tokens, 1.0))
                 if index == len(batches) - 1 and self.balance.reuses_training_logits(self.state.step, self.config.train.precision):
                     self.balance.capture_training_logits(batch, out.logits, out.logit_positions)
@@ -200,7 +265,7 @@ class Trainer:
                                                            out.logit_positions, main_loss=loss)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += float(out.loss_sum.detach())
-            seen += int(batch["attention_mask"].sum())
+            seen += 0 if batch.get("stand_in") else int(batch["attention_mask"].sum())
             samples += len(batch["sample_ids"])
         # The main gradients carry fp16's loss scale until unscale_; the regulariser's must too.
         loss_scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
@@ -227,12 +292,55 @@ class Trainer:
             rates[group["group"]] = group["lr"]
         return rates
 
+    def _check_decode_skips(self) -> None:
+        """Media that fail to decode while loading count against ``data.max_skip_fraction`` as the
+        reader's skips do: past it (on any process) a checkpoint is saved and the run stops."""
+        problem = None
+        for report in self.data.report.datasets.values():
+            if report.dropped_at_load:
+                try:
+                    check_skip_fraction(report, self.config.data.max_skip_fraction)
+                except DataError as err:
+                    problem = err
+                    break
+        over = self._reduce(1.0 if problem else 0.0) if self.world > 1 else float(problem is not None)
+        if over:
+            path = self.save_checkpoint()
+            what = str(problem) if problem else "a dataset of another process is past data.max_skip_fraction"
+            raise DataError(f"{what} (counting media that failed to decode while loading); checkpoint saved at {path}: "
+                            f"fix the data or raise data.max_skip_fraction, then cotune train --resume {self.run_dir}")
+
+    def _stand_in(self, batch: dict) -> dict:
+        """A one-token batch with nothing supervised, for a process whose micro-batch lost every item
+        (media that failed to decode): its peers' collectives still need its forward and backward."""
+        pad = torch.full((1, 1), self.spec.pad_id, dtype=torch.long)
+        return {**batch, "input_ids": pad, "attention_mask": torch.ones_like(pad), "labels": torch.full_like(pad, IGNORE_INDEX),
+                "media": {}, "features": {}, "sample_ids": [], "datasets": [], "num_supervised": 0, "stand_in": True}
+
+    def _empty_step(self) -> dict:
+        """The record of a step none of whose items decoded: no update, counted as skipped."""
+        log.warning("step %d: every item of its batches failed to decode; skipped", self.state.step + 1)
+        return {"step": self.state.step + 1, "epoch": self.state.epoch, "skipped": 1, "empty": 1, "tokens_per_s": 0.0,
+                "samples": self.state.samples_seen, "bad_steps": self.state.bad_steps, **self._memory()}
+
     def _step(self, batches: list[dict]) -> dict:
         started = time.perf_counter()
         for batch in batches:
             self.data.report.record_batch(batch)
+        self._check_decode_skips()
+        # A micro-batch whose items all failed to decode has no rows: one process skips it, several
+        # run a stand-in (their collectives must match). A step with no sample anywhere is skipped.
+        if self.world == 1:
+            batches = [b for b in batches if b["sample_ids"]]
+        else:
+            batches = [b if b["sample_ids"] else self._stand_in(b) for b in batches]
         self._aux_loss = 0.0
+        if not batches:
+            return self._empty_step()
         loss, seen, samples = self._forward_backward(batches)
+        if samples == 0:  # every process's items failed to decode: no update from momentum alone
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._empty_step()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norms = self._group_norms()
@@ -295,6 +403,12 @@ class Trainer:
         """Trains to the configured length; returns the final model directory (RUN/model)."""
         if not hasattr(self, "model"):
             self.setup()
+        if self.finished:
+            log.info("%s finished at step %d of %d (model in %s): nothing to resume; raise train.max_steps or "
+                     "train.epochs to train longer", self.run_dir, self.state.step, self.total_steps, self.run_dir / "model")
+            self.metrics.close()
+            self.close()
+            return self.run_dir / "model"
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         progress = Progress(self.total_steps, self.state.step, self.config.train.log_every, self.main)
         try:
@@ -305,6 +419,12 @@ class Trainer:
             for number, handler in previous.items():
                 signal.signal(number, handler)
             self.metrics.close()
+            self.close()
+
+    @property
+    def finished(self) -> bool:
+        """Whether a resumed run had already reached its length and saved its model."""
+        return bool(self.resume and self.state.step >= self.total_steps and (self.run_dir / "model" / "manifest.json").is_file())
 
     def _train(self, progress: Progress) -> None:
         accum = self.config.train.grad_accum

@@ -47,7 +47,9 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise ImportError("train.report_to: tensorboard needs `pip install tensorboard`") from err
+            from cotune.extras import missing
+
+            raise missing("train.report_to: tensorboard", "tensorboard", "tensorboard") from err
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, record: dict) -> None:
@@ -64,7 +66,9 @@ class WandbSink:
         try:
             import wandb
         except ImportError as err:
-            raise ImportError("train.report_to: wandb needs `pip install wandb`") from err
+            from cotune.extras import missing
+
+            raise missing("train.report_to: wandb", "wandb", "wandb") from err
         self.run = wandb.init(dir=str(run_dir), config=config, name=run_dir.name, resume="allow")
 
     def write(self, record: dict) -> None:

@@ -3,6 +3,13 @@
 Trainable weights and optimizer state are gathered by the trainer's sharding strategy (whole
 tensors, parameters numbered as ``optimizer.state_dict()`` does), so a checkpoint written by an
 FSDP run loads into a replicated one and the other way round, on any number of processes.
+
+A resume starts from the newest *intact* checkpoint: each is checked against its manifest (sizes
+and sha256 of every file, the RNG state of every process that wrote one), newest first; a damaged
+one is passed over with a warning that names it and what is wrong, and the log says which
+checkpoint the run resumes from and why. When none is intact the resume stops with the problems of
+each. Whatever makes the continuation inexact (no RNG state for a process, another process count
+or config) is said in a warning; it never happens silently.
 """
 
 from __future__ import annotations
@@ -11,7 +18,18 @@ import logging
 from pathlib import Path
 
 from cotune.config import config_hash
-from cotune.train.checkpoint import checkpoint_dir, list_checkpoints, read_checkpoint, save_rng, set_rng_state, write_checkpoint
+from cotune.train.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    has_manifest,
+    list_checkpoints,
+    read_checkpoint,
+    save_rng,
+    set_rng_state,
+    verify_checkpoint,
+    write_checkpoint,
+    write_failure,
+)
 from cotune.train.state import TrainerState
 
 log = logging.getLogger(__name__)
@@ -27,7 +45,11 @@ def save_checkpoint(trainer) -> Path:
     if trainer.main:
         staging.mkdir(parents=True, exist_ok=True)
     trainer.accelerator.wait_for_everyone()
-    save_rng(staging, trainer.rank)
+    try:
+        save_rng(staging, trainer.rank)
+    except Exception as err:  # noqa: BLE001 - a full disk: say so, like write_checkpoint
+        earlier = list_checkpoints(trainer.run_dir)
+        raise write_failure(err, checkpoint_dir(trainer.run_dir, step), earlier[-1] if earlier else None) from err
     trainer.accelerator.wait_for_everyone()
     path = checkpoint_dir(trainer.run_dir, step)
     if trainer.main:
@@ -47,11 +69,28 @@ def save_checkpoint(trainer) -> Path:
 
 def read_latest(run_dir: Path, rank: int) -> tuple:
     """(trainable weights, optimizer state, trainer state, process ``rank``'s RNG state or None,
-    folder) of the run's latest checkpoint."""
+    folder) of the run's newest intact checkpoint (module docstring)."""
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-    return (*read_checkpoint(checkpoints[-1], rank), checkpoints[-1])
+    passed: list[str] = []
+    for path in reversed(checkpoints):
+        problems = verify_checkpoint(path, rank)
+        if not problems:
+            try:
+                loaded = read_checkpoint(path, rank)
+            except Exception as err:  # noqa: BLE001 - a file that matches no manifest may not load
+                problems = [f"does not load ({type(err).__name__}: {' '.join(str(err).split())[:200]})"]
+        if problems:
+            log.warning("checkpoint %s is damaged, not resuming from it: %s", path, "; ".join(problems))
+            passed.append(f"{path.name}: {'; '.join(problems)}")
+            continue
+        why = "the newest checkpoint" if not passed else f"the newest intact checkpoint; passed over {', '.join(p.split(':')[0] for p in passed)}"
+        if not has_manifest(path):
+            log.warning("checkpoint %s has no manifest (written before checksums): its files are not verified", path)
+        log.info("resuming from %s (%s)", path, why)
+        return (*loaded, path)
+    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from: {' | '.join(passed)}")
 
 
 def restore(trainer, checkpoint: tuple) -> None:
@@ -62,6 +101,7 @@ def restore(trainer, checkpoint: tuple) -> None:
     trainer.state = TrainerState.from_dict(state)
     if trainer.state.config_hash != config_hash(trainer.config):
         log.warning("resuming with a config that differs from the checkpoint's (hash %s != %s)", config_hash(trainer.config), trainer.state.config_hash)
+    written_by = trainer.state.world_size
     if trainer.state.world_size != trainer.world:
         log.warning("resuming on %d processes, the checkpoint was written by %d", trainer.world, trainer.state.world_size)
     # The checkpoints this run writes from now on are this run's.
@@ -76,4 +116,8 @@ def restore(trainer, checkpoint: tuple) -> None:
         trainer.scaler.load_state_dict(trainer.state.extra["scaler"])
     if rng is not None:
         set_rng_state(rng)
+    else:
+        log.warning("process %d: the checkpoint holds no RNG state for it (written by %d process(es)): dropout and "
+                    "sampling draw other numbers than an uninterrupted run would; the run continues, not exactly",
+                    trainer.rank, written_by)
     log.info("resumed from %s at step %d", path, trainer.state.step)

@@ -5,10 +5,14 @@ every record it sees in ``report.total``, yields the usable ones as :class:`Samp
 each unusable record with ``report.skip(reason, detail)`` (reasons from ``SKIP_REASONS``; the
 detail names the file and the record). A reader never raises on a bad record; it raises
 ``FileNotFoundError``/``ValueError`` only when the dataset as a whole cannot be read (no such
-directory, not the expected layout), naming the path.
+directory, not the expected layout), naming the path. :func:`read_dataset` runs a reader and turns
+whatever a whole file raises (not UTF-8, not JSON, nested too deep, unreadable) into one
+:class:`~cotune.data.schema.DataError` naming the dataset.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from cotune.registry import Registry
 
@@ -17,4 +21,26 @@ READERS: Registry = Registry("dataset reader")
 # Reader modules register themselves on import; the import list is explicit (no auto-discovery).
 from cotune.data.readers import alpaca, audio, easyvqa, hf, jsonl, llava, scienceqa  # noqa: E402,F401
 
-__all__ = ["READERS"]
+
+
+def read_dataset(config, report, key: str = "data.kind") -> Iterator:
+    """The samples of ``config`` through its reader (skips counted in ``report``). A data file that
+    cannot be read as a whole is one DataError naming the dataset, the file and the problem; a
+    missing file stays a FileNotFoundError."""
+    from cotune.data.schema import DataError
+
+    reader = READERS.get(config.kind, key=key)
+    try:
+        yield from reader(config, report)
+    except (DataError, FileNotFoundError):
+        raise
+    except RecursionError:
+        raise DataError(f"dataset {config.name}: {config.path}: nested too deeply to read") from None
+    except (ValueError, OSError) as err:  # UnicodeDecodeError, JSON and CSV errors, permissions
+        message = " ".join(str(err).split()) or type(err).__name__
+        if str(config.path) not in message:
+            message = f"{config.path}: {message}"
+        raise DataError(f"dataset {config.name}: {message}") from None
+
+
+__all__ = ["READERS", "read_dataset"]

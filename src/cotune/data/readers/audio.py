@@ -23,6 +23,7 @@ that file in the CSV]}`` for evaluation.
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -145,28 +146,46 @@ def _header(path: Path) -> list[str]:
 
 def _rows(path: Path, header: list[str]) -> Iterator[tuple[str, Row | SkipSample]]:
     """(position, row as column -> value) for each non-blank row after the header; a row that
-    cannot be parsed or has the wrong number of fields comes as a SkipSample."""
-    with _open(path) as f:
-        reader = csv.reader(f)
-        try:
-            next(reader, None)
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as err:
-                    yield f"{path} line {reader.line_num}", SkipSample("malformed_record", f"unparsable row ({err})")
-                    continue
-                if not row:
-                    continue
-                where = f"{path} line {reader.line_num}"
-                if len(row) != len(header):
-                    yield where, SkipSample("malformed_record", f"{len(row)} fields, the header has {len(header)}")
-                else:
-                    yield where, dict(zip(header, row))
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    cannot be parsed or has the wrong number of fields comes as a SkipSample.
+
+    Quotes are parsed strictly, and a bad record that ran over several lines (an unterminated quote
+    swallows the rows after it) costs only its first line: reading starts again on the next line,
+    so the rows the quote swallowed are read and counted on their own."""
+    try:
+        with _open(path) as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    position, in_header = 0, True  # the 0-based line the reader starts at
+    while position < len(lines):
+        reader = csv.reader(itertools.islice(lines, position, None), strict=True)
+        while True:
+            first = position + reader.line_num  # 0-based line where the next record starts
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                yield f"{path} line {first + 1}", SkipSample("malformed_record", f"unparsable row ({err})")
+                position = first + 1
+                break
+            spanned = position + reader.line_num - first
+            if in_header:
+                in_header = False
+                continue
+            if not row:
+                continue
+            where = f"{path} line {first + 1}"
+            if len(row) == len(header):
+                yield where, dict(zip(header, row))
+                continue
+            detail = f"{len(row)} fields, the header has {len(header)}"
+            if spanned > 1:
+                yield where, SkipSample("malformed_record", f"{detail} (a quoted field runs over {spanned} lines: "
+                                                            f"an unterminated quote?); reading again from line {first + 2}")
+                position = first + 1
+                break
+            yield where, SkipSample("malformed_record", detail)
 
 
 def _column(header: list[str], names: tuple[str, ...], path: Path, what: str, *, required: bool = True) -> str | None:

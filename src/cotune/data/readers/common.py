@@ -15,7 +15,7 @@ from typing import Any
 from cotune.config.data import DatasetConfig
 from cotune.data.report import DatasetReport
 from cotune.data.questions import YES_NO, answer_word, polarity
-from cotune.data.schema import MEDIA_MARKERS, ROLES, Message, Sample, SkipSample, resolve_media_path
+from cotune.data.schema import MEDIA_MARKERS, ROLES, Message, Sample, SkipSample, check_text, resolve_media_path, shown
 
 #: A record's position for skip details ("<file> line 3", "<file> record 3") and the record, or
 #: the SkipSample that reading it raised.
@@ -65,8 +65,10 @@ def json_records(path: Path) -> Iterator[Record]:
         return _jsonl_records(path)
     try:
         records = json.loads(path.read_bytes())
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not readable JSON (nested too deeply)") from None
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records, got a {type(records).__name__}")
     return _released(path, records)
@@ -87,6 +89,8 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
                 yield f"{path} line {number}", json.loads(line)
             except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
                 yield f"{path} line {number}", SkipSample("malformed_record", f"not valid JSON ({err})")
+            except RecursionError:
+                yield f"{path} line {number}", SkipSample("malformed_record", "JSON nested too deeply")
 
 
 def emit(
@@ -98,13 +102,24 @@ def emit(
     """Yields ``make(record, index)`` for at most ``config.limit`` records, counting each in
     ``report.total``; a SkipSample (raised by ``make`` or read in place of a record) and an id
     already yielded (``malformed_record``) are reported with the record's position. Samples that
-    ``config.answers`` leaves out are counted in ``report.filtered``, not in ``total``."""
+    ``config.answers`` leaves out are counted in ``report.filtered``, not in ``total``. Text that is
+    not valid Unicode (:func:`~cotune.data.schema.check_text`) and a record that makes ``make``
+    fail in any other way (nested too deeply, a type no check foresaw) are ``malformed_record``
+    skips too: one bad record never costs the dataset."""
     seen: set[str] = set()
     for index, (where, record) in enumerate(itertools.islice(records, config.limit)):
         try:
             if isinstance(record, SkipSample):
                 raise record
-            sample = make(record, index)
+            try:
+                sample = make(record, index)
+                check_text(sample)
+            except SkipSample:
+                raise
+            except RecursionError:
+                raise SkipSample("malformed_record", "nested too deeply") from None
+            except Exception as err:  # noqa: BLE001 - a record no check foresaw must not end the dataset
+                raise SkipSample("malformed_record", f"unusable record ({type(err).__name__}: {shown(str(err)):.200})") from None
             if not answer_filter_keeps(sample, config.answers, config.polarity):
                 report.filtered += 1
                 continue

@@ -63,7 +63,9 @@ def _import_datasets():
     try:
         import datasets
     except ImportError as err:
-        raise ImportError("the hf reader needs the datasets package: pip install 'cotune[hf-datasets]'") from err
+        from cotune.extras import missing
+
+        raise missing("the hf reader (data kind: hf)", "datasets", "hf-datasets") from err
     return datasets
 
 

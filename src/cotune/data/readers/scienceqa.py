@@ -23,7 +23,7 @@ from cotune.config.data import DatasetConfig
 from cotune.data.readers import READERS
 from cotune.data.readers.common import answer_filter_keeps
 from cotune.data.report import DatasetReport
-from cotune.data.schema import Message, Sample, SkipSample, resolve_media_path
+from cotune.data.schema import Message, Sample, SkipSample, check_text, resolve_media_path, shown
 from cotune.data.scienceqa_prompt import build_prompt, check_format
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,14 @@ def _samples(
             if not isinstance(pid, str) or pid in seen:
                 raise SkipSample("malformed_record", f"pid_splits.json[{config.split!r}]: bad or repeated pid {pid!r}")
             seen.add(pid)
-            sample = _sample(config, pid, problems.get(pid), captions.get(pid, ""), media_root, where)
+            try:
+                sample = _sample(config, pid, problems.get(pid), captions.get(pid, ""), media_root, where)
+                check_text(sample)
+            except SkipSample:
+                raise
+            except Exception as err:  # noqa: BLE001 - e.g. a NUL in a path: one problem, not the dataset
+                raise SkipSample("malformed_record", f"{where}: {shown(str(pid))}: unusable problem "
+                                                     f"({type(err).__name__}: {shown(str(err)):.200})") from None
         except SkipSample as skip:
             report.total += 1
             report.skip(skip.reason, skip.detail)
@@ -134,6 +141,10 @@ def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"ScienceQA: {path} does not exist (expected the native layout, see docs/data-scienceqa.md)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        return json.loads(path.read_bytes())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except ValueError as err:  # JSONDecodeError
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not readable JSON (nested too deeply)") from None
