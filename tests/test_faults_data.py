@@ -21,6 +21,7 @@ from cotune.data.collate import Collator
 from cotune.data.dataset import prepare_dataset
 from cotune.data.report import DataReport
 from cotune.data.spec import data_spec_from_config
+from faults import judge
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -146,17 +147,6 @@ def run_pipeline(config, spec):
 
 def good(n=len(GOOD)):
     return [{"q": q, "a": a} for q, a in GOOD[:n]]
-
-
-def judge(fault_tally, name, check):
-    """Runs ``check`` (returns None when handled, else what went silently wrong) and tallies it."""
-    try:
-        problem = check()
-    except Exception as err:  # noqa: BLE001 - a crash is what this test family counts
-        fault_tally[name] = "crashed"
-        raise AssertionError(f"{name}: crashed with {type(err).__name__}: {err}") from err
-    fault_tally[name] = "silent" if problem else "handled"
-    assert not problem, f"{name}: {problem}"
 
 
 def expect_skip(config, spec, reason, n_good):

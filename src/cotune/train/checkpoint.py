@@ -94,11 +94,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name))
 
 
+def _torch_save(obj, path: Path) -> None:
+    """``torch.save`` through a Python file, fsynced: a failed write raises the OSError itself (a
+    full disk is errno ENOSPC), where torch's own writer reports only "unexpected pos"."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def save_rng(directory: Path, rank: int) -> None:
     """Each process stores its own RNG state (dropout masks differ per process)."""
-    path = directory / f"rng-rank{rank}.pt"
-    torch.save(rng_state(), path)
-    _fsync(path)
+    _torch_save(rng_state(), directory / f"rng-rank{rank}.pt")
 
 
 def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict, state: dict, rng_files: Path | None = None, keep: int = 2) -> Path:
@@ -116,7 +123,7 @@ def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-        torch.save(optimizer_state, tmp / "optimizer.pt")
+        _torch_save(optimizer_state, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         if rng_files is not None:
             for source in sorted(Path(rng_files).glob("rng-rank*.pt")):
@@ -146,10 +153,11 @@ def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor
     return final
 
 
-def verify_checkpoint(directory: Path, rank: int = 0) -> list[str]:
+def verify_checkpoint(directory: Path, rank: int = 0, rng: bool = True) -> list[str]:
     """What is wrong with checkpoint ``directory`` for process ``rank`` (empty: intact): files
     missing, or differing in size or sha256 from its manifest; the RNG state of a process that
-    wrote one missing. A checkpoint written before manifests existed is checked for its files only."""
+    wrote one missing (``rng=False``: missing RNG files are not counted; one that is there must
+    still match). A checkpoint written before manifests existed is checked for its files only."""
     directory = Path(directory)
     problems = [f"{name} is missing" for name in REQUIRED if not (directory / name).is_file()]
     manifest_path = directory / MANIFEST
@@ -164,7 +172,7 @@ def verify_checkpoint(directory: Path, rank: int = 0) -> list[str]:
     for name, expected in sorted(files.items()):
         path = directory / name
         if not path.is_file():
-            if name not in REQUIRED:
+            if name not in REQUIRED and (rng or not name.startswith("rng-rank")):
                 problems.append(f"{name} is missing")
         elif path.stat().st_size != expected.get("bytes"):
             problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected.get('bytes')}")

@@ -404,8 +404,10 @@ class Trainer:
         if not hasattr(self, "model"):
             self.setup()
         if self.finished:
-            log.info("%s finished at step %d of %d (model in %s): nothing to resume; raise train.max_steps or "
-                     "train.epochs to train longer", self.run_dir, self.state.step, self.total_steps, self.run_dir / "model")
+            # A warning, so that it shows at every log level but error: the command did nothing.
+            log.warning("%s is finished: it trained all %d steps and saved its model in %s; nothing to resume (raise "
+                        "train.max_steps or train.epochs with --set to train longer)", self.run_dir, self.total_steps,
+                        self.run_dir / "model")
             self.metrics.close()
             self.close()
             return self.run_dir / "model"

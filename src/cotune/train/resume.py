@@ -7,14 +7,16 @@ FSDP run loads into a replicated one and the other way round, on any number of p
 A resume starts from the newest *intact* checkpoint: each is checked against its manifest (sizes
 and sha256 of every file, the RNG state of every process that wrote one), newest first; a damaged
 one is passed over with a warning that names it and what is wrong, and the log says which
-checkpoint the run resumes from and why. When none is intact the resume stops with the problems of
-each. Whatever makes the continuation inexact (no RNG state for a process, another process count
-or config) is said in a warning; it never happens silently.
+checkpoint the run resumes from and why. When none is intact, the newest one whose only fault is a
+missing RNG state is resumed from, with a warning that the run is no longer exact; otherwise the
+resume stops with the problems of each. Whatever makes the continuation inexact (no RNG state for
+a process, another process count or config) is said in a warning; it never happens silently.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from cotune.config import config_hash
@@ -48,6 +50,7 @@ def save_checkpoint(trainer) -> Path:
     try:
         save_rng(staging, trainer.rank)
     except Exception as err:  # noqa: BLE001 - a full disk: say so, like write_checkpoint
+        shutil.rmtree(staging, ignore_errors=True)  # what a retry of this step would write into
         earlier = list_checkpoints(trainer.run_dir)
         raise write_failure(err, checkpoint_dir(trainer.run_dir, step), earlier[-1] if earlier else None) from err
     trainer.accelerator.wait_for_everyone()
@@ -59,9 +62,11 @@ def save_checkpoint(trainer) -> Path:
         state.extra["balance"] = trainer.balance.state_dict()
         if trainer.scaler is not None:
             state.extra["scaler"] = trainer.scaler.state_dict()
-        path = write_checkpoint(trainer.run_dir, step, trainable, optimizer_state, state.as_dict(), staging,
-                                trainer.config.train.keep_checkpoints)
-        staging.rmdir()
+        try:
+            path = write_checkpoint(trainer.run_dir, step, trainable, optimizer_state, state.as_dict(), staging,
+                                    trainer.config.train.keep_checkpoints)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         log.info("checkpoint %s", path)
     trainer.accelerator.wait_for_everyone()
     return path
@@ -75,12 +80,7 @@ def read_latest(run_dir: Path, rank: int) -> tuple:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
     passed: list[str] = []
     for path in reversed(checkpoints):
-        problems = verify_checkpoint(path, rank)
-        if not problems:
-            try:
-                loaded = read_checkpoint(path, rank)
-            except Exception as err:  # noqa: BLE001 - a file that matches no manifest may not load
-                problems = [f"does not load ({type(err).__name__}: {' '.join(str(err).split())[:200]})"]
+        loaded, problems = _load(path, rank, rng=True)
         if problems:
             log.warning("checkpoint %s is damaged, not resuming from it: %s", path, "; ".join(problems))
             passed.append(f"{path.name}: {'; '.join(problems)}")
@@ -90,7 +90,27 @@ def read_latest(run_dir: Path, rank: int) -> tuple:
             log.warning("checkpoint %s has no manifest (written before checksums): its files are not verified", path)
         log.info("resuming from %s (%s)", path, why)
         return (*loaded, path)
+    # None is whole. One that lacks only RNG states still holds every weight and moment: resuming
+    # from it beats no resume at all, but the run is no longer exact, and the log says so.
+    for path in reversed(checkpoints):
+        loaded, problems = _load(path, rank, rng=False)
+        if not problems:
+            log.warning("resuming from %s without the RNG state(s) its manifest lists (no checkpoint is intact): dropout "
+                        "and sampling draw other numbers than the uninterrupted run would; the run continues, NOT exactly", path)
+            return (*loaded, path)
     raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from: {' | '.join(passed)}")
+
+
+def _load(path: Path, rank: int, rng: bool) -> tuple[tuple | None, list[str]]:
+    """(read_checkpoint's tuple or None, problems): verify_checkpoint's, or a load failure of
+    files that match their manifest."""
+    problems = verify_checkpoint(path, rank, rng=rng)
+    if problems:
+        return None, problems
+    try:
+        return read_checkpoint(path, rank), []
+    except Exception as err:  # noqa: BLE001 - a file that matches no manifest may not load
+        return None, [f"does not load ({type(err).__name__}: {' '.join(str(err).split())[:200]})"]
 
 
 def restore(trainer, checkpoint: tuple) -> None:
