@@ -118,7 +118,7 @@ def test_resolution_prefers_local_paths_then_hub_then_zoo(tmp_path, monkeypatch)
     name = "HuggingFaceTB/SmolLM2-135M-Instruct"
     never = lambda: pytest.fail("the hub must not be probed")  # noqa: E731
     assert resolve_path(str(tmp_path), probe=never) == str(tmp_path)
-    assert resolve_path("someone/not-in-the-zoo", probe=never) == "someone/not-in-the-zoo"
+    assert resolve_path("someone/not-in-the-zoo", probe=lambda: True) == "someone/not-in-the-zoo"  # downloaded
     assert resolve_path(name, cache=tmp_path, probe=lambda: True) == name  # the hub answers: use it
     with pytest.raises(LoadError, match="hub cannot be reached .*cotune zoo fetch HuggingFaceTB/SmolLM2-135M-Instruct"):
         resolve_path(name, cache=tmp_path, probe=lambda: False, key="model.llm.name_or_path")
@@ -127,6 +127,59 @@ def test_resolution_prefers_local_paths_then_hub_then_zoo(tmp_path, monkeypatch)
     # Not a hub repository at all: always the zoo copy, without probing.
     mobilenet = _fake_fetched(tmp_path, "torchvision/mobilenet_v2")
     assert resolve_path("torchvision/mobilenet_v2", cache=tmp_path, probe=never) == str(mobilenet)
+
+
+def _hub_cached(hub: Path, repo_id: str, source: Path, commit: str = "0" * 40) -> Path:
+    """``source``'s files as the hub cache holds ``repo_id`` at main (a snapshot and its ref)."""
+    import shutil
+
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def test_a_cached_hub_id_is_read_from_its_snapshot_when_the_hub_cannot_be_reached(tiny_root, tmp_path, monkeypatch):
+    import tiny
+    from cotune.model import build_model
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = _hub_cached(tmp_path / "hub", "someone/tiny-llm", tiny.save_llm(tiny_root))
+    assert resolve_path("someone/tiny-llm", probe=lambda: True) == "someone/tiny-llm"
+    # Offline, a local folder: transformers has no file to ask the hub about (no retries).
+    assert resolve_path("someone/tiny-llm", probe=lambda: False) == str(snapshot)
+    with pytest.raises(LoadError, match="at revision v2 is not a local directory"):
+        resolve_path("someone/tiny-llm", "v2", probe=lambda: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = build_model(load_config(data={"model": {"llm": {"name_or_path": "someone/tiny-llm"}}}))
+    assert model.config.llm.name_or_path == "someone/tiny-llm"  # the run keeps the hub id
+
+
+def test_a_hub_id_neither_cached_nor_reachable_says_what_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(LoadError) as missing:
+        resolve_path("someone/not-cached", probe=lambda: False, key="model.llm.name_or_path")
+    message = str(missing.value)
+    for part in ("model.llm.name_or_path: 'someone/not-cached' is not a local directory", f"cache ({tmp_path / 'hub'})",
+                 "hf download someone/not-cached", "cotune zoo list"):
+        assert part in message, message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LoadError, match="HF_HUB_OFFLINE is set"):
+        resolve_sources(load_config(data={"model": {"llm": {"name_or_path": "someone/not-cached"}}}).model)
+
+
+def test_a_mistyped_local_path_names_the_folder_looked_for_and_close_names(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "tiny" / "llm-llama").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    never = lambda: pytest.fail("a path is never looked up on the hub")  # noqa: E731
+    with pytest.raises(LoadError) as typo:
+        resolve_path("runs/tiny/llm-lama", key="model.llm.name_or_path", probe=never)
+    message = str(typo.value)
+    assert f"no such directory: {tmp_path / 'runs' / 'tiny' / 'llm-lama'}" in message
+    assert f"({tmp_path / 'runs' / 'tiny'} has llm-llama)" in message and "Repo id" not in message
+    with pytest.raises(LoadError, match=f"the nearest existing folder is {tmp_path}"):
+        resolve_path("./nowhere/llm", probe=never)
 
 
 def test_resolve_sources_rewrites_every_backbone_and_probes_once(tmp_path, monkeypatch):
