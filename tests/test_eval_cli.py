@@ -257,8 +257,8 @@ def test_predict_dataset_and_single_item(trained_run, tmp_path, capsys):
          "split: 'dev' is not in {sqa}/pid_splits.json; available: test, train"),
         (["eval", "{run}", "--dataset", "easyvqa:{sqa}", "--out", "{tmp}/o"], "not an easy-VQA data directory"),
         (["eval", "{run}", "--dataset", "scienceqa:{sqa}", "--limit", "0", "--out", "{tmp}/o"], "--limit: must be >= 1"),
-        (["predict", "{run}"], "needs --data KIND:PATH, or --prompt TEXT"),
-        (["predict", "{run}", "--data", "nope:{tmp}"], "unknown dataset reader 'nope'"),
+        (["predict", "{run}"], "needs --data NAME[:PATH], or --prompt TEXT"),
+        (["predict", "{run}", "--data", "nope:{tmp}"], "--data: unknown dataset 'nope'; NAME is a task (audiocaps, "),
         (["chat", "{tmp}"], "holds neither a saved model"),
     ],
 )
@@ -275,6 +275,18 @@ def test_dataset_without_path_uses_the_zoo_or_says_how(trained_run, tmp_path, ca
     assert code == 2 and "pass --dataset llava:PATH" in err
     code, _, err = cli(capsys, "eval", str(trained_run), "--dataset", "easyvqa", "--out", str(tmp_path / "o"))
     assert code == 2 and "cotune zoo fetch easy-vqa" in err and "pass --dataset easyvqa:PATH" in err
+    # predict --data takes NAME[:PATH] by the same rule.
+    code, _, err = cli(capsys, "predict", str(trained_run), "--data", "easyvqa")
+    assert code == 2 and "cotune zoo fetch easy-vqa" in err and "pass --data easyvqa:PATH" in err
+    zoo_copy = tmp_path / "cache" / "zoo" / "easy-vqa"
+    easyvqa(zoo_copy, n=3)
+    (zoo_copy / "zoo.json").write_text("{}")  # what a fetch leaves: the copy is there
+    runs = [cli(capsys, *command, "--max-new-tokens", "2")[:2] for command in (
+        ["eval", str(trained_run), "--dataset", "easyvqa", "--out", str(tmp_path / "e")],
+        ["predict", str(trained_run), "--data", "easyvqa"], ["predict", str(trained_run), "--data", f"easyvqa:{zoo_copy}"])]
+    assert [code for code, _ in runs] == [0, 0, 0] and runs[1][1] == runs[2][1]
+    assert [json.loads(line)["prediction"] for line in runs[1][1].splitlines()] == [
+        r["prediction"] for r in read_predictions(tmp_path / "e")]
 
 
 def test_unreadable_image_is_a_counted_skip_mid_batch(loaded, tmp_path):

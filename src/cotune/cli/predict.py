@@ -1,7 +1,8 @@
 """``cotune predict RUN_DIR``: batch inference to JSONL, no scoring.
 
-``--data KIND:PATH [--split S] [--prompt TEXT] [--limit N]`` answers every sample of a dataset read
-by any reader (``--prompt`` replaces the question of each sample); ``--image PATH`` and/or ``--audio
+``--data NAME[:PATH] [--split S] [--prompt TEXT] [--limit N]`` answers every sample of a dataset
+(NAME: an evaluation task of ``cotune eval --dataset`` or any reader kind; without ``:PATH``, the
+zoo's copy of NAME, as for ``eval``; ``--prompt`` replaces the question of each sample); ``--image PATH`` and/or ``--audio
 PATH`` with ``--prompt TEXT`` answers one item. One ``{"id", "prompt", "prediction"}`` object per
 line (plus ``reference``, the dataset's own answer, for ``--data``) goes to ``--out FILE`` (written
 atomically) or to stdout.
@@ -22,7 +23,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory from cotune train (or a saved model directory)")
-    parser.add_argument("--data", metavar="KIND:PATH", help="a dataset: reader kind (scienceqa, llava, jsonl, ...) and its path")
+    parser.add_argument("--data", metavar="NAME[:PATH]",
+                        help="a dataset, as eval --dataset takes it: a task or reader kind (scienceqa, easyvqa, llava, jsonl, "
+                             "...) and its path (without :PATH, the zoo's copy of NAME)")
     parser.add_argument("--split", default="test", help="split of --data (default: test)")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N samples of --data")
     parser.add_argument("--image", metavar="PATH", help="one image to ask --prompt about (instead of --data)")
@@ -36,20 +39,19 @@ def _samples(args: argparse.Namespace, report) -> list:
     from cotune.config import ConfigError, DatasetConfig
     from cotune.data.schema import Message, Sample
     from cotune.eval.runner import read_dataset
+    from cotune.eval.tasks import parse_data
 
     if args.data and (args.image or args.audio):
         raise ConfigError("--data and --image/--audio exclude each other: predict a dataset or one item")
     if not args.data:
         if not args.prompt:
-            raise ConfigError("cotune predict needs --data KIND:PATH, or --prompt TEXT (with --image/--audio for media)")
+            raise ConfigError("cotune predict needs --data NAME[:PATH], or --prompt TEXT (with --image/--audio for media)")
         media = {kind: [Path(p)] for kind, p in (("image", args.image), ("audio", args.audio)) if p}
         return [Sample("input", [Message("user", args.prompt)], media)]
-    kind, sep, path = args.data.partition(":")
-    if not sep or not path:
-        raise ConfigError(f"--data {args.data!r}: expected KIND:PATH, e.g. llava:/data/llava_test.json")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit: must be >= 1, got {args.limit}")
-    config = DatasetConfig(kind=kind, path=path, split=args.split, name=f"{kind}:{args.split}", limit=args.limit)
+    kind, path = parse_data(args.data)  # eval --dataset's rule: NAME[:PATH], without PATH the zoo's copy
+    config = DatasetConfig(kind=kind, path=str(path), split=args.split, name=f"{kind}:{args.split}", limit=args.limit)
     samples = read_dataset(config, report)
     return samples if args.prompt is None else [_with_question(s, args.prompt) for s in samples]
 

@@ -58,25 +58,48 @@ for _task in (
     TASKS.register(_task.name)(_task)
 
 
-def parse_dataset(spec: str) -> tuple[EvalTask, Path]:
+def parse_dataset(spec: str, flag: str = "--dataset") -> tuple[EvalTask, Path]:
     """``NAME[:PATH]`` -> (task, dataset path). Without ``:PATH`` the path is the zoo's default
     location for NAME (:func:`cotune.zoo.dataset_dir`)."""
     name, sep, path = spec.partition(":")
-    task = TASKS.get(name, key="--dataset")
+    task = TASKS.get(name, key=flag)
+    return task, _location(name, sep, path, flag)
+
+
+def parse_data(spec: str, flag: str = "--data") -> tuple[str, Path]:
+    """``NAME[:PATH]`` by :func:`parse_dataset`'s rule, for commands that read without scoring
+    (``cotune predict --data``): NAME is an evaluation task (read by its reader) or any reader
+    kind -> (reader kind, dataset path)."""
+    from cotune.data.readers import READERS
+    from cotune.registry import UnknownNameError
+
+    name, sep, path = spec.partition(":")
+    if name in TASKS:
+        reader = TASKS.get(name).reader
+    elif name in READERS:
+        reader = name
+    else:
+        raise UnknownNameError(f"{flag}: unknown dataset {name!r}; NAME is a task ({', '.join(TASKS.names())}) or a "
+                               f"reader kind ({', '.join(READERS.names())})")
+    return reader, _location(name, sep, path, flag)
+
+
+def _location(name: str, sep: str, path: str, flag: str) -> Path:
+    """The PATH of ``flag NAME[:PATH]``; without ``:PATH``, the zoo's fetched copy of NAME."""
     if sep:
         if not path:
-            raise FileNotFoundError(f"--dataset {spec!r}: empty PATH after ':'")
-        return task, Path(path).expanduser()
+            raise FileNotFoundError(f"{flag} {name}:: empty PATH after ':'")
+        return Path(path).expanduser()
     try:
         from cotune.zoo import ZooError, dataset_dir
     except ImportError:
         raise FileNotFoundError(
-            f"--dataset {name!r}: no default location (cotune.zoo.dataset_dir is not available); pass --dataset {name}:PATH"
+            f"{flag} {name!r}: no default location (cotune.zoo.dataset_dir is not available); pass {flag} {name}:PATH"
         ) from None
     try:
-        return task, Path(dataset_dir(name))
+        return Path(dataset_dir(name))
     except ZooError as err:
-        raise FileNotFoundError(f"--dataset {name!r} names no path and the zoo has none ({err}); pass --dataset {name}:PATH") from None
+        raise FileNotFoundError(f"{flag} {name!r} names no path and the zoo has none ({err}); pass {flag} {name}:PATH") from None
 
 
 def references(sample: Sample) -> list[str]:
