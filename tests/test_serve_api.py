@@ -185,6 +185,15 @@ def test_seeded_sampling_repeats_and_leaves_the_global_generator_alone(client):
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300])
+def test_a_temperature_near_zero_samples_the_greedy_answer(client, temperature):
+    """Any temperature in (0, 2] is valid; near 0 the draw is the top token every step (these used
+    to overflow the scaled logits to inf and fail generation with a 500)."""
+    greedy = complete(client, user(QUESTIONS[0]))["choices"][0]["message"]["content"]
+    answer = complete(client, {**user(QUESTIONS[0]), "temperature": temperature, "seed": 3})
+    assert answer["choices"][0]["message"]["content"] == greedy
+
+
 def test_stop_strings_end_the_answer_before_them(client):
     full = complete(client, {**user(QUESTIONS[0]), "max_tokens": 16})["choices"][0]["message"]["content"]
     stop = full[4:7]

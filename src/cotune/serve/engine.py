@@ -135,7 +135,14 @@ class _RowSampler(LogitsProcessor):
         for i, row in enumerate(self.rows):
             if row.generator is None or row.done:
                 continue
-            logits = scores[i : i + 1] / row.request.temperature
+            # A tiny temperature (1e-40 is a valid request) would overflow every logit to +-inf and
+            # softmax would give NaN, which multinomial refuses: the top logit is shifted to 0 first
+            # (no probability changes) so the others go to -inf, and the temperature is kept at least
+            # the dtype's smallest normal number so the top one stays 0 (0 / 0 is NaN). Both leave
+            # the draw one-hot at the top token, the limit of sampling as the temperature goes to 0.
+            logits = scores[i : i + 1]
+            temperature = max(row.request.temperature, torch.finfo(logits.dtype).tiny)
+            logits = (logits - logits.max()) / temperature
             if row.request.top_p < 1.0:
                 ordered, order = torch.sort(logits, descending=False)
                 outside = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - row.request.top_p)
