@@ -268,3 +268,64 @@ def test_inputs_without_a_routing_row_get_400(tiny_root, media):
             "messages: the request holds image+audio inputs, which routing.modality_keys ['text', 'image', 'audio'] does not list")
         for parts in ([image_part(red)], [audio_part(tone)], []):
             assert client.post("/v1/chat/completions", json=user("x", *parts)).status_code == 200
+
+
+def gpt2_run(root):
+    """A text-only run on a tiny GPT-2 (a learned table of 256 absolute positions)."""
+    import tiny
+    from cotune.config import load_config
+    from cotune.model import build_model, save_model
+
+    run = root / "serve" / "tiny-gpt2-run"
+    if (run / "manifest.json").exists():
+        return run
+    config = load_config(data=tiny.model_config(tiny.save_llm(root, "gpt2"), {}, trainable="adapter", adapter={"type": "mm_adapter"}))
+    return save_model(build_model(config), config, run)
+
+
+def test_only_rotary_free_position_tables_limit_prompt_plus_max_tokens():
+    import tiny
+    import transformers
+
+    from cotune.serve.engine import position_limit
+
+    assert position_limit(transformers.AutoModelForCausalLM.from_config(tiny.LLM_CONFIGS["gpt2"]())) == 256
+    opt = transformers.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                                 max_position_embeddings=64, word_embed_proj_dim=16)
+    assert position_limit(transformers.AutoModelForCausalLM.from_config(opt)) == 64  # its table has 2 rows more
+    for family in ("llama", "qwen2", "phi"):  # rotary: they run past max_position_embeddings without failing
+        assert position_limit(transformers.AutoModelForCausalLM.from_config(tiny.LLM_CONFIGS[family]())) is None
+
+
+def test_a_model_with_learned_positions_refuses_what_it_cannot_embed_and_batches_what_it_can(tiny_root):
+    """GPT-2 fails inside generate past its last position, taking the whole batch with it (a 500 for
+    every row). Asked for more than fits: 400 context_length_exceeded. The default max_tokens (300
+    here) is lowered to fit. Two requests that each fit but not together run in two batches."""
+    service = load_service(gpt2_run(tiny_root), ServeConfig(max_tokens=300, max_tokens_limit=1000), device="cpu")
+    assert service.engine.positions == 256
+    with BackgroundServer(service) as url, httpx.Client(base_url=url, timeout=120) as client:
+        refused = client.post("/v1/chat/completions", json={**user("the a an is"), "max_tokens": 300})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"
+        assert error["message"].startswith("max_tokens: this model's maximum context length is 256 tokens; the request needs ")
+        fitted = client.post("/v1/chat/completions", json=user("the a an is"))
+        assert fitted.status_code == 200 and fitted.json()["usage"]["total_tokens"] <= 256
+        long_prompt = {**user("the a " * 40), "max_tokens": 100}
+        prompt_tokens = client.post("/v1/chat/completions", json={**long_prompt, "max_tokens": 1}).json()["usage"]["prompt_tokens"]
+        short = {**user("the"), "max_tokens": 256 - prompt_tokens + 10}  # fits alone, not beside the long prompt
+        results, engine, batches = {}, service.engine, service.engine.batches
+
+        def one(name, body):
+            results[name] = client.post("/v1/chat/completions", json=body)
+
+        threads = [threading.Thread(target=one, args=item) for item in (("long", long_prompt), ("short", short))]
+        with engine.hold():
+            for thread in threads:
+                thread.start()
+            while engine.waiting < 2:
+                os.sched_yield()
+        for thread in threads:
+            thread.join(120)
+        assert {name: r.status_code for name, r in results.items()} == {"long": 200, "short": 200}, results["short"].text
+        assert engine.batches == batches + 2

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from cotune.serve.engine import SHUTTING_DOWN, Answer, EngineBusy, ShuttingDown, Unroutable
+from cotune.serve.engine import SHUTTING_DOWN, Answer, ContextTooLong, EngineBusy, ShuttingDown, Unroutable
 from cotune.serve.prepare import prepare
 from cotune.serve.schema import ChatRequest, RequestError, parse_chat_request, parse_json
 from cotune.serve.security import Guard, resolve_allowed_hosts
@@ -90,7 +90,7 @@ def create_app(service: Service, ui: bool = False, bind_host: str = "127.0.0.1")
         chat = parse_chat_request(parse_json(body), service.config, service.name)
         with service.engine.expecting():  # until it is queued: a batch about to start may wait for it
             async with preparing:
-                generation = await run_in_threadpool(prepare, chat, service.spec, service.config)
+                generation = await run_in_threadpool(prepare, chat, service.spec, service.config, service.engine.positions)
             events, job = _submit(service, chat, generation)
         return await _answer(request, service, chat, events, job)
 
@@ -171,6 +171,9 @@ def _submit(service: Service, chat: ChatRequest, generation):
         raise RequestError(503, f"server busy: {busy}", code="queue_full") from None
     except Unroutable as err:
         raise RequestError(400, f"messages: {err}", "messages", "unsupported_modalities") from None
+    except ContextTooLong as err:
+        param = "max_tokens" if chat.max_tokens_given else "messages"
+        raise RequestError(400, f"{param}: {err}", param, "context_length_exceeded") from None
 
 
 async def _answer(request: Request, service: Service, chat: ChatRequest, events: "_Events", job):

@@ -17,9 +17,17 @@ its own (EOS, its stop strings, its ``max_tokens``, its client leaving) and is a
 the call ends when every row has. Requests arriving meanwhile wait for the next batch. When the
 queue is empty but requests are still being read and prepared (:meth:`Engine.expecting`), the
 worker waits for them up to a quarter of the previous batch's duration (0.5 s at most), so that
-clients answered by one batch are not split across the next two; a lone client never waits. Greedy rows give the answer
-they give alone (``cotune predict`` batches with left padding the same way); padding only changes
-which floating-point sums the kernels form, and the tests check the answers are equal.
+clients answered by one batch are not split across the next two; a lone client never waits.
+
+A model with a learned table of absolute positions (GPT-2, OPT; :func:`position_limit`) cannot embed
+past its end: a request whose prompt plus ``max_tokens`` exceed it is refused at submit
+(:class:`ContextTooLong`), and a request joins a batch only if the batch's padded width plus its
+longest ``max_tokens`` still fit (every row is fed until the last ends); one that does not waits,
+first in line, for the next batch.
+
+Greedy rows give the answer they give alone (``cotune predict`` batches with left padding the same
+way); padding only changes which floating-point sums the kernels form, and the tests check the
+answers are equal.
 
 Sampling is per row: temperature and top-p are applied to the row's logits and a token drawn with
 the row's own generator, seeded from the request's ``seed`` (random when none), so the same seed
@@ -63,6 +71,32 @@ class ShuttingDown(EngineBusy):
 
 class Unroutable(ValueError):
     """The request's inputs form a modality combination the model has no routing row for."""
+
+
+class ContextTooLong(ValueError):
+    """The request's prompt plus its ``max_tokens`` need more positions than the model can embed."""
+
+
+#: Last names of the modules that hold a table of learned absolute positions (GPT-2 and GPT-Neo's
+#: ``wpe``, OPT and BioGPT's ``embed_positions``).
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+
+
+def position_limit(llm) -> int | None:
+    """The most positions ``llm`` can embed when it learns a table of absolute positions, from its
+    config (``n_positions`` / ``max_position_embeddings``; OPT's table holds 2 more rows than it
+    uses); None for rotary and ALiBi models, which run past their trained length without failing.
+    Indexing such a table past its end raises inside ``generate``, which would fail every row of
+    the batch: the engine refuses those requests before they are batched."""
+    config = llm.config.get_text_config() if hasattr(llm.config, "get_text_config") else llm.config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit < 1:
+        return None
+    tokens = llm.get_input_embeddings()
+    for name, module in llm.named_modules():
+        if isinstance(module, torch.nn.Embedding) and module is not tokens and name.rsplit(".", 1)[-1] in POSITION_TABLES:
+            return limit
+    return None
 
 
 #: Longest the worker waits for requests still being prepared before it starts a batch.
@@ -189,6 +223,7 @@ class Engine:
         self.model, self.tokenizer, self.max_queue, self.max_batch = model, tokenizer, max_queue, max_batch
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._held: list[Job] = []  # taken from the queue, left out of a batch they did not fit (under _count_lock)
         self._model_lock = threading.Lock()  # held while a batch runs, and by hold()
         self._thread: threading.Thread | None = None
         self._count_lock = threading.Lock()
@@ -203,6 +238,7 @@ class Engine:
         self.cancelled = 0  # requests stopped while generating because their client left
         self.batches = 0  # generate calls
         self.largest_batch = 0
+        self.positions = position_limit(model.llm)  # None: no limit on prompt + max_tokens
 
     def start(self) -> None:
         if self._thread is None:
@@ -220,6 +256,7 @@ class Engine:
         if first:
             self._deadline = time.monotonic() + grace
             self._drop_waiting()
+            self._drop_held()
             self._queue.put(None)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -229,6 +266,7 @@ class Engine:
         self.close(timeout)
         self._thread.join(timeout + 5)
         self._drop_waiting()
+        self._drop_held()
         self._thread = None
 
     @property
@@ -262,9 +300,15 @@ class Engine:
 
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         """Queues ``request``; raises EngineBusy when ``max_queue`` jobs are already waiting,
-        ShuttingDown once the engine is closing, Unroutable for inputs the model cannot route."""
+        ShuttingDown once the engine is closing, Unroutable for inputs the model cannot route,
+        ContextTooLong when the prompt plus ``max_tokens`` exceed :attr:`positions`."""
         if self._thread is None:
             raise EngineBusy("the model worker is not running")
+        prompt, total = len(request.prompt_ids), len(request.prompt_ids) + request.max_tokens
+        if self.positions is not None and total > self.positions:
+            raise ContextTooLong(f"this model's maximum context length is {self.positions} tokens; the request needs {total} "
+                                 f"({prompt} in the messages, {request.max_tokens} in the answer): lower max_tokens or "
+                                 "shorten the messages")
         if request.modality_row is None and self.model.routing_state is not None:
             request.modality_row = self._modality_row(request.prompt_ids)
         with self._count_lock:
@@ -310,47 +354,83 @@ class Engine:
             except queue.Empty:
                 return
             if job is not None:
-                with self._count_lock:
-                    self._waiting -= 1
-                job.cancel()
-                _send(job, ("error", SHUTTING_DOWN))
+                self._refuse(job)
+
+    def _refuse(self, job: Job) -> None:
+        """A waiting job the server will not run: it gets :data:`SHUTTING_DOWN`."""
+        with self._count_lock:
+            self._waiting -= 1
+        job.cancel()
+        _send(job, ("error", SHUTTING_DOWN))
+
+    def _drop_held(self) -> None:
+        """Refuses the jobs held back from earlier batches."""
+        with self._count_lock:
+            held, self._held = self._held, []
+        for job in held:
+            self._refuse(job)
+
+    def _pop_held(self) -> Job | None:
+        with self._count_lock:
+            return self._held.pop(0) if self._held else None
+
+    def _fits(self, width: int, steps: int, job: Job) -> bool:
+        """Whether ``job`` can join a batch of prompts ``width`` tokens wide (left-padded) that runs
+        up to ``steps`` steps: every row is fed until the last one ends, so with a table of absolute
+        positions the padded width plus the longest ``max_tokens`` must fit it."""
+        if self.positions is None:
+            return True
+        request = job.request
+        return max(width, len(request.prompt_ids)) + max(steps, request.max_tokens) <= self.positions
 
     def _work(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._pop_held() or self._queue.get()
             if first is None:
+                self._drop_held()
                 return
             with self._model_lock:  # counted as waiting until the model is free (hold() keeps it so)
                 with self._count_lock:
                     self._waiting -= 1
-                jobs, stop = [first], False
+                jobs, passed, stop = [first], [], False
+                width, steps = len(first.request.prompt_ids), first.request.max_tokens
                 gather_until = time.monotonic() + min(self._last_batch_seconds / 4, MAX_GATHER_SECONDS)
                 while len(jobs) < self.max_batch:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        left = gather_until - time.monotonic()
-                        if self._expected <= 0 or left <= 0:
-                            break
-                        try:  # more requests are being prepared: wait a little for them
-                            job = self._queue.get(timeout=left)
+                    job = self._pop_held()
+                    if job is None:
+                        try:
+                            job = self._queue.get_nowait()
                         except queue.Empty:
-                            break
+                            left = gather_until - time.monotonic()
+                            if self._expected <= 0 or left <= 0:
+                                break
+                            try:  # more requests are being prepared: wait a little for them
+                                job = self._queue.get(timeout=left)
+                            except queue.Empty:
+                                break
                     if job is None:
                         stop = True
                         break
+                    if not self._fits(width, steps, job):
+                        passed.append(job)  # still waiting: first in line for the next batch
+                        continue
                     with self._count_lock:
                         self._waiting -= 1
                     jobs.append(job)
+                    width, steps = max(width, len(job.request.prompt_ids)), max(steps, job.request.max_tokens)
+                with self._count_lock:
+                    self._held[:0] = passed
                 if self._closing:
                     for job in jobs:
                         job.cancel()
                         _send(job, ("error", SHUTTING_DOWN))
+                    self._drop_held()
                     return
                 started = [job for job in jobs if job._start()]
                 if started:
                     self._run_batch(started)
             if stop:
+                self._drop_held()
                 return
 
     def _modality_row(self, prompt_ids: list[int]) -> int:

@@ -51,9 +51,12 @@ class GenerationRequest:
     modality_row: int | None = None  # the model's modality row for these inputs (set by Engine.submit)
 
 
-def prepare(request: ChatRequest, spec: DataSpec, config: ServeConfig) -> GenerationRequest:
+def prepare(request: ChatRequest, spec: DataSpec, config: ServeConfig, positions: int | None = None) -> GenerationRequest:
     """Renders the prompt and decodes the media of ``request``; RequestError (400/413) for media
-    the model cannot read and prompts longer than the run's ``max_length``."""
+    the model cannot read and prompts longer than the run's ``max_length``. ``positions``: the
+    most positions the model can embed (:func:`cotune.serve.engine.position_limit`); a request
+    that set no ``max_tokens`` gets the server's default lowered to what fits (one that set it is
+    refused by the engine instead, as OpenAI refuses it)."""
     kinds = {e.kind for e in spec.encoders}
     for item in request.media:
         if item.kind not in kinds:
@@ -73,7 +76,10 @@ def prepare(request: ChatRequest, spec: DataSpec, config: ServeConfig) -> Genera
             raise RequestError(400, f"messages: {detail}", "messages") from None
         _check_placeholders(ids, request, spec)
         media = _inputs(request.media, paths, spec, tmp)
-    return GenerationRequest(ids, media, request.max_tokens, request.temperature, request.top_p, request.stop, request.seed)
+    max_tokens = request.max_tokens
+    if positions is not None and not request.max_tokens_given:
+        max_tokens = max(1, min(max_tokens, positions - len(ids)))  # a prompt that fills the context is refused by the engine
+    return GenerationRequest(ids, media, max_tokens, request.temperature, request.top_p, request.stop, request.seed)
 
 
 def _check_text(request: ChatRequest, spec: DataSpec) -> None:

@@ -75,6 +75,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     model: str | None = None
+    max_tokens_given: bool = True  # False: max_tokens is the server's default (it may be lowered to fit the context)
 
 
 def _bad(where: str, message: str, status: int = 400) -> RequestError:
@@ -180,7 +181,7 @@ def parse_chat_request(body, config: ServeConfig, model_id: str) -> ChatRequest:
         messages, media, max_tokens, temperature=float(_number(body, "temperature", 0, 2, 0.0)),
         top_p=float(_number(body, "top_p", 1e-9, 1, 1.0)), stop=_stops(body.get("stop")),
         seed=_number(body, "seed", -(2**63), 2**63 - 1, None, integer=True), stream=stream,
-        include_usage=bool(options.get("include_usage", False)), model=model,
+        include_usage=bool(options.get("include_usage", False)), model=model, max_tokens_given=body.get(key) is not None,
     )
 
 
