@@ -2,10 +2,10 @@
 
 Every request first passes :class:`~cotune.serve.security.Guard` (Host header, API key, and for
 POST the origin and ``Content-Type: application/json``). ``POST /v1/chat/completions`` reads the
-body (at most ``max_request_mb``, within ``read_timeout`` seconds), parses and checks it
-(:mod:`cotune.serve.schema`), renders the prompt and decodes the media in a worker thread of the
-server (:mod:`cotune.serve.prepare`; at most ``prepare_workers`` requests at a time), then queues it
-for the model (:mod:`cotune.serve.engine`). It answers once the request reached the model: as one
+body (at most ``max_request_mb``, within ``read_timeout`` seconds), then in a worker thread of the
+server (at most ``prepare_workers`` requests at a time) parses and checks it
+(:mod:`cotune.serve.schema`), renders the prompt and decodes the media (:mod:`cotune.serve.prepare`),
+then queues it for the model (:mod:`cotune.serve.engine`). It answers once the request reached the model: as one
 ``chat.completion`` object, or with ``"stream": true`` as server-sent events, one
 ``chat.completion.chunk`` per piece of text, ending with ``data: [DONE]``. A client that goes away
 stops its generation at the next token, streamed or not. Errors are OpenAI-style ``{"error":
@@ -87,10 +87,13 @@ def create_app(service: Service, ui: bool = False, bind_host: str = "127.0.0.1")
     async def chat_completions(request: Request):
         # the config is read per request: tests change the service's limits on a running server
         body = await _read_body(request, service.config.max_request_bytes, service.config.read_timeout)
-        chat = parse_chat_request(parse_json(body), service.config, service.name)
         with service.engine.expecting():  # until it is queued: a batch about to start may wait for it
+            # Parsing counts as preparing: at its peak it holds the body, its JSON strings and the
+            # decoded media (about 3x the body), so only prepare_workers requests hold that at once;
+            # in a thread, so a large body does not stall the event loop's other connections.
             async with preparing:
-                generation = await run_in_threadpool(prepare, chat, service.spec, service.config, service.engine.positions)
+                chat, generation = await run_in_threadpool(_parse_and_prepare, service, body)
+            del body  # not held while the request waits for the model and generates
             events, job = _submit(service, chat, generation)
         return await _answer(request, service, chat, events, job)
 
@@ -102,6 +105,14 @@ def create_app(service: Service, ui: bool = False, bind_host: str = "127.0.0.1")
             return HTMLResponse(page)
 
     return app
+
+
+def _parse_and_prepare(service: Service, body: bytes):
+    """(the checked request, what the model worker runs) from a request body; RequestError otherwise."""
+    chat = parse_chat_request(parse_json(body), service.config, service.name)
+    generation = prepare(chat, service.spec, service.config, service.engine.positions)
+    chat.media = []  # their bytes are decoded into generation.media: not held while the request waits
+    return chat, generation
 
 
 async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
