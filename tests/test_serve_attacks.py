@@ -75,13 +75,36 @@ def test_a_keyed_server_answers_only_with_a_key_and_health_without(keyed):
                 response = client.request(method, path, headers=headers, json=user("hi"))
                 assert response.status_code == 401, (method, path, headers)
                 assert response.json()["error"]["code"] == "invalid_api_key"
-                assert response.headers["www-authenticate"].startswith("Bearer")
-                assert 'Basic realm="cotune serve"' in response.headers["www-authenticate"]  # a browser asks for it
+                # one challenge per header (a browser reads the first of a header only): Basic makes it ask
+                assert response.headers.get_list("www-authenticate") == ['Bearer realm="cotune serve"', 'Basic realm="cotune serve"']
         assert client.get("/v1/models", headers=bearer(KEYS[1])).status_code == 200
         basic = {"Authorization": "Basic " + base64.b64encode(f"anyone:{KEYS[0]}".encode()).decode()}
         assert "<title>cotune chat</title>" in client.get("/", headers=basic).text  # the chat page, as a browser sends it
         answer = client.post("/v1/chat/completions", headers=bearer(KEYS[0]), json=user("hi"))
         assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+
+
+def test_every_route_of_a_keyed_server_but_health_needs_the_key(keyed):
+    """Every route the app has (the chat page's included), and paths it does not have, get 401
+    without a valid key: a client without one learns nothing, not even which paths exist."""
+    from cotune.serve.app import create_app
+
+    service, url = keyed
+    routes = {(method, route.path) for route in create_app(service, ui=True).routes for method in getattr(route, "methods", ())}
+    assert {("GET", "/"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/health")} <= routes, routes
+    unknown = {("GET", "/docs"), ("GET", "/openapi.json"), ("POST", "/v1/completions"), ("GET", "/v1/models/tiny-run"),
+               ("OPTIONS", "/v1/chat/completions"), ("GET", "/health/")}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for method, path in sorted(routes | unknown):
+            for headers in ({}, bearer("wrong"), bearer(KEYS[0] + "x"), bearer(KEYS[0][:-1])):
+                response = client.request(method, path, headers=headers, json=user("hi") if method == "POST" else None)
+                if path == "/health":
+                    assert response.status_code == 200 and response.json()["status"] == "ok"
+                else:
+                    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key", (method, path)
+            if path != "/health" and (method, path) in routes:
+                keyed_response = client.request(method, path, headers=bearer(KEYS[1]), json=user("hi") if method == "POST" else None)
+                assert keyed_response.status_code == 200, (method, path)
 
 
 def test_the_openai_client_sends_its_key(keyed):
@@ -124,6 +147,23 @@ def test_allowed_hosts_and_the_exposure_warning():
     assert "without an API key: anyone who can reach this port can use the model" in warning and "DNS rebinding" in warning
     assert exposure_warning("0.0.0.0", ("k",), None) is None and exposure_warning("127.0.0.1", (), None) is None
     assert exposure_warning("::", (), None)
+
+
+def test_listening_beyond_this_machine_without_a_key_warns_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """The warning is logged before loading (the run directory here does not exist, so the command
+    stops right after it): no server is started and nothing listens."""
+    monkeypatch.delenv("COTUNE_API_KEY", raising=False)
+    missing = str(tmp_path / "no-run")
+    warning = "WARNING cotune.cli.serve: serving on 0.0.0.0 without an API key: anyone who can reach this port can use the model"
+    for argv, warned in ((["--host", "0.0.0.0"], True), (["--host", "0.0.0.0", "--api-key", "k"], False),
+                         (["--host", "127.0.0.1"], False), ([], False)):
+        assert main(["serve", missing, *argv]) == 2
+        err = capsys.readouterr().err
+        assert "no such directory" in err
+        assert (warning in err) == warned, (argv, err)
+    monkeypatch.setenv("COTUNE_API_KEY", "from-the-environment")
+    assert main(["serve", missing, "--host", "0.0.0.0"]) == 2
+    assert "without an API key" not in capsys.readouterr().err
 
 
 def test_api_keys_come_from_one_source(tmp_path, capsys, run):

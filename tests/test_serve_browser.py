@@ -59,3 +59,40 @@ def test_ui_streams_an_answer_about_an_uploaded_image(tiny_root, tmp_path_factor
                 assert page.locator(".msg").count() == 0
             finally:
                 browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium); the browser test needs one")
+def test_ui_of_a_keyed_server_asks_the_browser_for_the_key(tiny_root):
+    """With --api-key the page and the API it calls need the key: the 401 carries a Basic challenge
+    the browser acts on (a browser with no password would ask for one), a wrong password is refused;
+    the key as the HTTP Basic password (what the login prompt sends) loads the page, and the page's
+    own fetch calls carry the same credentials, so the chat works. (Chromium ignores a Basic
+    challenge that follows another in the same header: the server sends one challenge per header.)"""
+    key = "browser-key-123"
+    service = load_service(serve_run(tiny_root), ServeConfig(max_tokens=6, api_keys=(key,)), device="cpu")
+    with BackgroundServer(service, ui=True) as url, httpx.Client(base_url=url, timeout=60) as api:
+        expected = api.post("/v1/chat/completions", json=user("hello"), headers={"Authorization": f"Bearer {key}"})
+        expected = expected.json()["choices"][0]["message"]["content"]
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            try:
+                # no credentials: the browser met a Basic challenge it could answer only by asking
+                # the user, which headless Playwright reports as an error
+                stranger = browser.new_context()
+                with pytest.raises(sync_api.Error, match="ERR_INVALID_AUTH_CREDENTIALS"):
+                    stranger.new_page().goto(url + "/")
+                stranger.close()
+                stranger = browser.new_context(http_credentials={"username": "me", "password": "wrong"})
+                assert stranger.new_page().goto(url + "/").status == 401  # answered the challenge, refused
+                stranger.close()
+                context = browser.new_context(http_credentials={"username": "me", "password": key})
+                page = context.new_page()
+                assert page.goto(url + "/").status == 200
+                page.wait_for_function("document.getElementById('meta').textContent.includes('trainable')")
+                page.fill("#text", "hello")
+                page.click("#send")
+                page.wait_for_selector(".assistant[data-state=done]", timeout=30_000)
+                assert page.text_content(".assistant") == expected and expected
+                assert not page.locator(".error").count()
+            finally:
+                browser.close()

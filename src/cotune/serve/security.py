@@ -132,10 +132,10 @@ def _key_of(authorization: str | None) -> str | None:
     return None
 
 
-def _json_error(status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None):
+def _json_error(status: int, message: str, kind: str, code: str, headers: Iterable[tuple[str, str]] = ()):
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
     return {"type": "http.response.start", "status": status, "headers": raw}, {"type": "http.response.body", "body": body}
 
 
@@ -173,7 +173,7 @@ class Guard:
         except asyncio.CancelledError:
             if started or not self.closing():
                 raise
-            start, body = _json_error(503, self.shutting_down, "server_busy", "shutting_down", {"Connection": "close"})
+            start, body = _json_error(503, self.shutting_down, "server_busy", "shutting_down", [("Connection", "close")])
             await send(start)
             await send(body)
 
@@ -190,8 +190,10 @@ class Guard:
             if given is None or not any([hmac.compare_digest(given.encode("utf-8", "replace"), key) for key in self.keys]):
                 message = ("missing API key: send 'Authorization: Bearer KEY'" if given is None
                            else "invalid API key")
-                challenge = f'Bearer realm="{REALM}", Basic realm="{REALM}"'
-                return _json_error(401, message, "invalid_request_error", "invalid_api_key", {"WWW-Authenticate": challenge})
+                # one challenge per header: Chromium reads only the first challenge of a header, so
+                # "Bearer ..., Basic ..." in one would never show its login prompt for the chat page
+                challenges = [("WWW-Authenticate", f'{scheme} realm="{REALM}"') for scheme in ("Bearer", "Basic")]
+                return _json_error(401, message, "invalid_request_error", "invalid_api_key", challenges)
         if scope["method"] == "POST":
             origin = _header(scope, b"origin")
             if origin is not None and (host is None or origin.lower().partition("://")[2].rstrip("/") != host.lower()):
