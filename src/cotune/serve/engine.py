@@ -238,6 +238,7 @@ class Engine:
         self.cancelled = 0  # requests stopped while generating because their client left
         self.batches = 0  # generate calls
         self.largest_batch = 0
+        self.routings_computed = 0  # compute_routing calls: one per modality row served, ever
         self.positions = position_limit(model.llm)  # None: no limit on prompt + max_tokens
 
     def start(self) -> None:
@@ -451,6 +452,7 @@ class Engine:
             if index not in self._routing:
                 with torch.no_grad():
                     self._routing[index] = self.model.compute_routing(torch.tensor([index], device=device))
+                self.routings_computed += 1
         return torch.cat([self._routing[row.request.modality_row] for row in rows], dim=1)
 
     def _run_batch(self, jobs: list[Job]) -> None:
