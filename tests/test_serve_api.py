@@ -31,20 +31,25 @@ MAX_TOKENS = 10
 QUESTIONS = ["what colour is the shape", "is it a circle", "what is the sound"]
 
 
-def serve_run(root, modality_keys=None):
+def serve_run(root, modality_keys=None, whisper_window=False):
     """``root/serve/tiny-run``, a saved model directory (built once per session root): tiny LLaMA with
     MM-Adapters + CLIP image encoder + Whisper audio encoder (placeholder ``<sound>``), random
-    adapter weights. ``modality_keys``: routing rows other than every combination (another directory)."""
+    adapter weights. ``modality_keys``: routing rows other than every combination (another directory).
+    ``whisper_window``: the audio encoder takes Whisper's own 30 s window (16 kHz, hop 160, 1,500
+    positions) instead of the tiny one's 1 s (another directory)."""
     from cotune.model import build_model, save_model
 
-    run = root / "serve" / ("tiny-run" if modality_keys is None else f"tiny-run-{'-'.join(modality_keys)}")
+    name = "tiny-run" + (f"-{'-'.join(modality_keys)}" if modality_keys is not None else "") + ("-30s" if whisper_window else "")
+    run = root / "serve" / name
     if (run / "manifest.json").exists():
         return run
+    audio = tiny.save_encoder(root, "whisper") if not whisper_window else save_whisper_30s(root)
     encoders = {
         "image": {"type": "clip", "name_or_path": str(tiny.save_encoder(root, "clip")), "layers": [1, 2, 3], "reduce": "cls",
                   "trainable": "adapter", "adapter": {"type": "mm_adapter"}, "connector": {"type": "lavin-neck", "hidden": 16}},
-        "audio": {"type": "whisper", "name_or_path": str(tiny.save_encoder(root, "whisper")), "layers": [-1], "reduce": "windows",
-                  "window": 4, "trainable": "adapter", "adapter": {"type": "rep_adapter"}, "connector": {"type": "linear"},
+        "audio": {"type": "whisper", "name_or_path": str(audio), "layers": [-1], "reduce": "windows",
+                  "window": 100 if whisper_window else 4, "trainable": "adapter", "adapter": {"type": "rep_adapter"},
+                  "connector": {"type": "linear"},
                   "placeholder": "<sound>"},  # a placeholder that is not the <audio> marker: text must not form it
     }
     raw = tiny.model_config(tiny.save_llm(root), encoders, trainable="adapter", adapter={"type": "mm_adapter"})
@@ -54,6 +59,22 @@ def serve_run(root, modality_keys=None):
     model = build_model(config)
     tiny.randomise_trainables(model)
     return save_model(model, config, run)
+
+
+def save_whisper_30s(root):
+    """A tiny random Whisper encoder with Whisper's 30 s input window (3,000 mel frames), under ``root``."""
+    import transformers
+
+    path = root / "enc-whisper-30s"
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        transformers.WhisperModel(transformers.WhisperConfig(
+            d_model=24, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=48, decoder_ffn_dim=48, num_mel_bins=8, max_source_positions=1500, vocab_size=64,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+        )).save_pretrained(path)
+        transformers.WhisperFeatureExtractor(feature_size=8).save_pretrained(path)  # 16 kHz, hop 160, 30 s
+    return path
 
 
 def write_media(directory):

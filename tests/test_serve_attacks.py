@@ -1,5 +1,5 @@
 """``cotune serve`` under attack: API keys, Host and cross-site checks, half-sent requests, clients
-that leave, a ``file://`` symlink race, images that would make preprocessing allocate gigabytes
+that leave, a ``file://`` symlink race, images and audio that would make preprocessing allocate gigabytes
 (the server's peak resident memory is measured), and SIGTERM with requests in flight."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -26,7 +28,7 @@ from cotune.config import ConfigError  # noqa: E402
 from cotune.serve import RequestError, ServeConfig, load_service, parse_chat_request  # noqa: E402
 from cotune.serve.security import exposure_warning, read_api_keys, resolve_allowed_hosts  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
-from test_serve_api import image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
+from test_serve_api import audio_part, image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
 
 KEYS = ("first-key-0123", "second-key-4567")
 LONG = 4000  # tokens: the tiny model never ends these prompts early (no EOS in its first 4,000 tokens)
@@ -289,10 +291,12 @@ def rss_kb(pid: int, field: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def process(run, tmp_path_factory):
+def process(tiny_root, tmp_path_factory):
     """``cotune serve`` in its own process: the chat page, a key file, batches of 2, a 0.5 s
-    shutdown grace. It imports the core and the serve package, never the HTTP stack, before the
+    shutdown grace; the run's Whisper takes a 30 s window, as the real one does (audio is decoded
+    up to the window). It imports the core and the serve package, never the HTTP stack, before the
     command runs."""
+    run = serve_run(tiny_root, whisper_window=True)
     work = tmp_path_factory.mktemp("serve-process")
     (work / "keys").write_text(KEYS[0] + "\n")
     with socket.socket() as sock:
@@ -324,43 +328,70 @@ def _healthy(url: str) -> bool:
         return False
 
 
+#: Images of a few hundred bytes at most whose resize would allocate gigabytes on the demo's run
+#: (CLIP resizes the short side to 224 px: 8000 x 1 -> 1.8 million x 224 pixels, +5 GB in the issue).
+ATTACK_IMAGES = ((8000, 1), (1, 8000), (30_000, 1), (1, 30_000))
+#: FLAC clips of 31 s of silence, tens of kB each, at (channels, Hz) beyond the 384,000 samples per
+#: second the server decodes: 8 x 192 kHz would decode to 190 MB of float32 within Whisper's 30 s.
+ATTACK_AUDIO = ((8, 192_000), (1, 655_350))
+#: Largest growth of the server's peak resident memory while it refuses the attacks above.
+PEAK_BOUND_MB = 32
+
+
+def flac_silence(channels: int, rate: int, seconds: int) -> bytes:
+    buffer = io.BytesIO()
+    with soundfile.SoundFile(buffer, "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16") as sound:
+        second = np.zeros((rate, channels), dtype=np.int16)
+        for _ in range(seconds):
+            sound.write(second)
+    return buffer.getvalue()
+
+
+def audio_data(data: bytes) -> dict:
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "flac"}}
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak memory is reset and read through /proc (Linux)")
-def test_images_that_would_resize_to_gigabytes_are_refused_within_bounded_memory(process, tmp_path):
-    """A 100,000 x 1 PNG is a few hundred bytes; resized to the processor's 30-pixel short side it
-    would be 3,000,000 x 30 pixels (over 600 MB while resizing). The server's peak resident memory
-    over eight of them at once, and their tall and 20,000 x 5 twins, stays within PEAK_BOUND_MB."""
+def test_media_that_would_decode_to_gigabytes_are_refused_within_bounded_memory(process, tmp_path):
+    """Issue 21's attack on the served process. This run's CLIP resizes the short side to 30 px, so
+    8000 x 1 would become 240,000 x 30 pixels and 30000 x 1 900,000 x 30 (0.3 and 1 GB as float32
+    in the image processor); its Whisper takes a 30 s window, so the clips would decode to 190 and
+    80 MB of float32. Each is sent 4 times, all at once: every request gets 413 from the header
+    checks, and the server's peak resident memory (VmHWM, reset first) grows by less than
+    PEAK_BOUND_MB."""
     server, url = process
-    attacks = [png_bytes(100_000, 1), png_bytes(1, 100_000), png_bytes(20_000, 5)]
-    assert max(len(a) for a in attacks) < 2000
+    attacks = [data_url(png_bytes(w, h)) for w, h in ATTACK_IMAGES]
+    attacks += [audio_data(flac_silence(channels, rate, 31)) for channels, rate in ATTACK_AUDIO]
+    sizes = [len(part["image_url"]["url"]) if "image_url" in part else len(part["input_audio"]["data"]) for part in attacks]
+    assert max(sizes[: len(ATTACK_IMAGES)]) < 400 and max(sizes) < 200_000, sizes  # base64: a few hundred bytes / kB
     with httpx.Client(base_url=url, timeout=120, headers=bearer(KEYS[0])) as client:
         media = write_media(tmp_path / "media")
-        for _ in range(2):  # warm-up: threads, allocator pools, an image through the whole path
-            assert client.post("/v1/chat/completions", json=user("what colour", image_part(media / "red.png"))).status_code == 200
+        for _ in range(2):  # warm-up: threads, allocator pools, an image and a clip through the whole path
+            body = user("what colour", image_part(media / "red.png"), audio_part(media / "tone.flac"))
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
         with open(f"/proc/{server.pid}/clear_refs", "w") as refs:
             refs.write("5")  # resets the peak (VmHWM) to the current resident size
         before = rss_kb(server.pid, "VmRSS")
         statuses = []
 
-        def attack(data: bytes) -> None:
+        def attack(part: dict) -> None:
             with httpx.Client(base_url=url, timeout=120, headers=bearer(KEYS[0])) as own:
-                response = own.post("/v1/chat/completions", json=user("what colour", data_url(data)))
-                statuses.append((response.status_code, response.json()["error"]["message"]))
+                response = own.post("/v1/chat/completions", json=user("what is it", part))
+                statuses.append((response.status_code, response.json().get("error", {}).get("message", "answered")))
 
-        threads = [threading.Thread(target=attack, args=(attacks[i % 3],)) for i in range(8 * 3)]
+        threads = [threading.Thread(target=attack, args=(part,)) for part in attacks * 4]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(120)
         peak = rss_kb(server.pid, "VmHWM")
     growth_mb = (peak - before) / 1024
-    with_messages = {message.split(": ", 1)[1] for _status, message in statuses}
-    print(f"\nimage attack: {len(statuses)} requests, peak RSS {before / 1024:.0f} MB -> {peak / 1024:.0f} MB ({growth_mb:+.1f} MB)")
-    assert len(statuses) == 24 and all(status == 413 for status, _ in statuses), statuses
-    assert any("aspect ratio of 100,000:1; the limit is 20:1" in m for m in with_messages), with_messages
+    messages = {message.split(": ", 1)[-1] for _status, message in statuses}
+    print(f"\nmedia attack: {len(statuses)} requests, peak RSS {before / 1024:.0f} MB -> {peak / 1024:.0f} MB ({growth_mb:+.1f} MB)")
+    assert len(statuses) == 4 * len(attacks) and all(status == 413 for status, _ in statuses), statuses
+    assert "30000x1 pixels, an aspect ratio of 30,000:1; the limit is 20:1" in messages, messages
+    assert "192,000 Hz x 8 channels; the limit is 384,000 samples per second over all channels" in messages, messages
     assert growth_mb < PEAK_BOUND_MB
-
-
-PEAK_BOUND_MB = 64
 
 
 def test_cotune_serve_command_serves_the_api_and_the_page_with_its_key_file(process):
