@@ -9,12 +9,24 @@ from cotune.backbones.loading import LoadError, load_config_only, load_pretraine
 from cotune.config.model import LLMConfig
 
 
+def _require_gguf() -> None:
+    """transformers reads GGUF checkpoints through the gguf package (the ``zoo`` extra); its own
+    error for a missing gguf comes after the download and as a traceback."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError as err:
+        from cotune.extras import missing
+
+        raise missing("model.llm.gguf_file (a GGUF checkpoint)", "gguf", "zoo") from err
+
+
 def load_llm(config: LLMConfig, meta: bool = False):
     """Returns (model, tokenizer). With ``meta`` the model is built from config.json on the meta
     device and the tokenizer is None (no weights or tokenizer files are read)."""
     hub = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
     extra = {}
     if config.gguf_file is not None:
+        _require_gguf()
         extra["gguf_file"] = config.gguf_file
     if meta:
         hf_config = load_config_only(transformers.AutoConfig, config.name_or_path, **hub, **extra)
@@ -32,6 +44,8 @@ def load_llm(config: LLMConfig, meta: bool = False):
 def load_tokenizer(config: LLMConfig):
     """The LLM's tokenizer (from the same path, revision and remote-code setting)."""
     extra = {"gguf_file": config.gguf_file} if config.gguf_file else {}
+    if extra:
+        _require_gguf()
     try:
         return transformers.AutoTokenizer.from_pretrained(
             config.name_or_path, revision=config.revision, trust_remote_code=config.trust_remote_code, **extra

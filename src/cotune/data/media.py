@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile
-import soxr
 import torch
 from PIL import Image, ImageOps
 from transformers import Wav2Vec2FeatureExtractor
@@ -31,7 +29,6 @@ MODALITIES = ("image", "audio")
 #: Clip length for wav2vec2/HuBERT-style extractors when ``audio_seconds`` is not set.
 DEFAULT_WAVEFORM_SECONDS = 10.0
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-_AUDIO_ERRORS = (soundfile.SoundFileError, RuntimeError, OSError, ValueError, EOFError)
 #: Largest ratio of an image's long side to its short side. An image processor resizes the short
 #: side up (CLIP: to 224 pixels), so a 96-byte 4000x1 PNG would become 224 x 896,000 float pixels
 #: (2.4 GB); the bound is checked from the header, before decoding. ``cotune serve`` applies the
@@ -122,8 +119,22 @@ def square_resize_tensor(
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
+def audio_libraries():
+    """(soundfile, soxr): the ``audio`` extra, imported when audio is first needed, so that data
+    without audio reads without it; MissingExtra (one line naming the extra) when it is absent."""
+    try:
+        import soundfile
+        import soxr
+    except ImportError as err:
+        from cotune.extras import missing
+
+        raise missing("decoding audio", err.name or "soundfile", "audio") from err
+    return soundfile, soxr
+
+
 def _read_mono(path: Path, sample_id: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """(mono float32 samples at the file's rate, that rate); reads only what cropping keeps."""
+    soundfile, _soxr = audio_libraries()
     try:
         with soundfile.SoundFile(path) as sound:
             rate = sound.samplerate
@@ -131,7 +142,7 @@ def _read_mono(path: Path, sample_id: str, max_seconds: float | None) -> tuple[n
             if max_seconds is not None:
                 frames = math.ceil(max_seconds * rate) + max(64, rate // 100)  # margin for the resampler
             data = sound.read(frames, dtype="float32", always_2d=True)
-    except _AUDIO_ERRORS as err:
+    except (soundfile.SoundFileError, RuntimeError, OSError, ValueError, EOFError) as err:
         raise _unreadable(path, sample_id, err) from err
     if not np.isfinite(data).all():
         raise SkipSample("unreadable_media", f"{sample_id}: {path}: samples are NaN or infinite")
@@ -162,7 +173,7 @@ def load_audio(path: str | Path, sample_id: str, target_rate: int, max_seconds: 
     if samples.size == 0:
         raise SkipSample("zero_length_audio", f"{sample_id}: {path} has no samples")
     if rate != target_rate:
-        samples = soxr.resample(samples, rate, target_rate).astype(np.float32, copy=False)
+        samples = audio_libraries()[1].resample(samples, rate, target_rate).astype(np.float32, copy=False)
     if max_seconds is not None:
         samples = samples[: round(max_seconds * target_rate)]
     if samples.size == 0:
@@ -286,6 +297,7 @@ class MediaPreprocessor:
         self.item_shape = shapes.pop()
 
     def _init_audio(self, audio_seconds: float | None, frames: int | None) -> None:
+        audio_libraries()  # a missing extra is said when the model is set up, not by a loader worker
         processor = self.processor
         self.sampling_rate = int(processor.sampling_rate)
         if hasattr(processor, "n_samples") and hasattr(processor, "nb_max_frames"):
