@@ -24,6 +24,7 @@ import torch
 
 from cotune.balance import BalanceController
 from cotune.config import CotuneConfig, config_hash, save_config, to_dict
+from cotune.config.paths import absolute_paths
 from cotune.data.collate import model_inputs
 from cotune.data.dataset import check_skip_fraction
 from cotune.data.loader import TrainData, build_train_data
@@ -106,7 +107,9 @@ def _make_optimizer(param_groups, train):
 
 
 class Trainer:
-    """Runs ``config`` in ``run_dir`` (``resume``: continue from its latest checkpoint).
+    """Runs ``config`` in ``run_dir`` (``resume``: continue from its latest checkpoint). The
+    config's local paths are made absolute first (:mod:`cotune.config.paths`), so the run's saved
+    config works from any directory.
 
     ``callbacks``: objects with any of ``on_train_begin(trainer)`` and ``on_step_end(trainer,
     record)``, called on every process; ``record`` is the step's metrics (already written). Time
@@ -122,6 +125,8 @@ class Trainer:
                  device: str = "auto") -> None:
         from accelerate import Accelerator
 
+        # The run's config.yaml must work from any directory (--resume, data check, eval).
+        config = absolute_paths(config)
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.callbacks = list(callbacks)
         launch = LaunchSettings.from_environment()
