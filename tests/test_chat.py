@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -30,9 +31,24 @@ class Recording(io.StringIO):
         return super().write(text)
 
 
-def chat(monkeypatch, run_dir, lines: str, *args: str) -> tuple[int, Recording, str]:
+class CtrlCOnce(Recording):
+    """Presses Ctrl-C (a real SIGINT to this process) right after the first piece of an answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pressed = False
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if not self.pressed and text.strip() and not text.startswith("["):
+            self.pressed = True
+            signal.raise_signal(signal.SIGINT)
+        return written
+
+
+def chat(monkeypatch, run_dir, lines: str, *args: str, out: Recording | None = None) -> tuple[int, Recording, str]:
     """Runs ``cotune chat`` in this process with ``lines`` as stdin; (exit code, stdout, stderr)."""
-    out, err = Recording(), io.StringIO()
+    out, err = out or Recording(), io.StringIO()
     monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
@@ -102,3 +118,35 @@ def test_end_of_input_ends_a_chat_process(trained_run):  # noqa: F811
                           input="what colour\n", capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("\n") == 1 and "you>" not in done.stdout and "Traceback" not in done.stderr
+
+
+def test_a_long_conversation_drops_its_oldest_exchanges_to_fit(monkeypatch, trained_run):  # noqa: F811
+    script = "what colour\n" * 3
+    code, _, err = chat(monkeypatch, trained_run, script, "--max-length", "250")
+    (p1, t1, _), (p2, t2, _), (p3, t3, _) = prompts(err)
+    assert code == 0 and (t1, t2, t3) == (0, 2, 4) and p1 < p2 < p3
+    # One token short of the third prompt: it drops its oldest exchange(s) until it fits, and says so.
+    limit = p3 - 1
+    code, out, err = chat(monkeypatch, trained_run, script, "--max-length", str(limit))
+    (q1, u1, _), (q2, u2, _), (q3, u3, _) = prompts(err)
+    assert code == 0 and (q1, u1, q2, u2) == (p1, 0, p2, 2) and u3 < 4 and q3 <= limit
+    dropped = (4 - u3) // 2
+    oldest = "the oldest exchange" if dropped == 1 else f"the {dropped} oldest exchanges"
+    assert [line for line in out.getvalue().splitlines() if line.startswith("[")] == [f"[dropped {oldest} to fit --max-length {limit}]"]
+    assert len([line for line in out.getvalue().splitlines() if not line.startswith("[")]) == 3  # three answers
+    # A question that cannot fit alone is said in the chat, which goes on.
+    code, out, err = chat(monkeypatch, trained_run, "what colour\n/reset\n", "--max-length", str(p1 - 1))
+    lines = out.getvalue().splitlines()
+    assert code == 0 and lines[0].startswith("[error: too_long: ") and lines[0].endswith("raise --max-length]")
+    assert lines[1] == "[conversation cleared]"
+
+
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(monkeypatch, trained_run):  # noqa: F811
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # SIGINT raises KeyboardInterrupt
+    code, out, err = chat(monkeypatch, trained_run, "what colour\nwhat colour\n", "--max-new-tokens", "12", out=CtrlCOnce())
+    lines = out.getvalue().splitlines()
+    assert code == 0 and out.pressed and lines[1] == "[answer stopped]" and len(lines) == 3, lines
+    full = lines[2]  # the second answer ran to its end
+    assert full and lines[0] and len(lines[0]) <= len(full)
+    # The part shown was kept as the first answer: the second question had it as history.
+    assert [turns for _, turns, _ in prompts(err)] == [0, 2]

@@ -1,9 +1,13 @@
-"""``cotune chat RUN_DIR [--image PATH] [--audio PATH] [--max-new-tokens M] [--temperature T]``:
-talk to a trained model in the terminal.
+"""``cotune chat RUN_DIR [--image PATH] [--audio PATH] [--max-new-tokens M] [--max-length N]
+[--temperature T]``: talk to a trained model in the terminal.
 
-Each line read from stdin is a user turn; the whole conversation so far (with the attached media)
-is rendered by the run's template exactly as training renders it (:func:`encode_prompt`), and the
+Each line read from stdin is a user turn; the conversation so far (with the attached media) is
+rendered by the run's template exactly as training renders it (:func:`encode_prompt`), and the
 answer is printed token by token as it is generated (a streamer passed through ``generate``).
+A prompt holds at most ``--max-length`` tokens (default: the run's ``data.max_length``, the
+longest prompt it trained on): when the conversation grows past it, its oldest exchanges are
+dropped, and the chat says so. Ctrl-C while an answer is generated stops that answer (what was
+shown is kept as the answer) and the chat goes on; at the prompt it leaves, as end of input does.
 Commands: ``/image PATH`` and ``/audio PATH`` attach (replace) that kind's item, ``/image`` or
 ``/audio`` alone detaches it, ``/reset`` forgets the conversation (media stay), ``/quit`` or end of
 input leaves. A media file that cannot be used is reported in the chat, which goes on.
@@ -34,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", metavar="PATH", help="an image to talk about (or /image PATH in the chat)")
     parser.add_argument("--audio", metavar="PATH", help="an audio clip to talk about (or /audio PATH in the chat)")
     parser.add_argument("--max-new-tokens", type=int, default=256, metavar="M", help="most tokens per answer (default: 256)")
+    parser.add_argument("--max-length", type=int, metavar="N",
+                        help="most tokens of a prompt, history included; the oldest exchanges are dropped to fit "
+                             "(default: the run's data.max_length)")
     parser.add_argument("--temperature", type=float, default=0.0, metavar="T", help="sampling temperature; 0 is greedy (default: 0)")
     parser.add_argument("--seed", type=int, metavar="S", help="seed for sampling (with --temperature > 0)")
     parser.add_argument("--device", help="torch device for the model (default: cuda if available, else cpu)")
@@ -60,8 +67,9 @@ class ChatSession:
     """One conversation: its turns, the attached media (paths and processed inputs) and the
     generation settings."""
 
-    def __init__(self, model, spec, out, max_new_tokens: int = 256, **generate_kwargs) -> None:
+    def __init__(self, model, spec, out, max_new_tokens: int = 256, max_length: int | None = None, **generate_kwargs) -> None:
         self.model, self.spec, self.out = model, spec, out
+        self.max_length = max_length or spec.max_length
         self.settings = {"max_new_tokens": max_new_tokens, **generate_kwargs}
         self.history: list = []
         self.paths: dict[str, Path] = {}
@@ -96,22 +104,51 @@ class ChatSession:
         self.say("conversation cleared")
 
     def reply(self, text: str) -> str | None:
-        """Streams the answer to ``text`` given the conversation so far; None if it cannot be asked."""
+        """Streams the answer to ``text`` given the conversation so far; None if it cannot be asked.
+        Ctrl-C while it is generated stops the answer: the part shown is kept as the answer."""
         question = Message("user", text)
-        sample = Sample("chat", [*self.history, question], {kind: [p] for kind, p in self.paths.items()})
-        spec = self.spec
-        try:
-            ids = encode_prompt(sample, spec.tokenizer, spec.slots(), spec.template, spec.system_prompt, spec.max_length)
-        except SkipSample as skip:
-            self.say(f"error: {skip.reason}: {skip.detail}" + ("; /reset to start over" if skip.reason == "too_long" else ""))
+        ids = self._prompt(question)
+        if ids is None:
             return None
-        log.debug("prompt: %d tokens, %d earlier turns, media: %s", len(ids), len(self.history), ", ".join(sorted(self.paths)) or "none")
+        spec = self.spec
         media = {name: tensor for inputs in self.inputs.values() for name, tensor in inputs.items()}
         streamer = TokenStreamer(spec.tokenizer, self.out)
-        rows = generate(self.model, torch.tensor([ids]), media=media, streamer=streamer, **self.settings)
+        try:
+            rows = generate(self.model, torch.tensor([ids]), media=media, streamer=streamer, **self.settings)
+        except KeyboardInterrupt:
+            answer = streamer.sent
+            self.out.write("\n")
+            self.say("answer stopped")
+            if answer:
+                self.history += [question, Message("assistant", answer)]
+            return answer
         answer = decode(spec.tokenizer, rows[0])
         self.history += [question, Message("assistant", answer)]
         return answer
+
+    def _prompt(self, question: Message) -> list[int] | None:
+        """The prompt ids for ``question`` after the history, the oldest exchanges dropped until it
+        fits ``max_length`` (said in the chat); None, said why, when it cannot be asked."""
+        spec, dropped = self.spec, 0
+        media = {kind: [p] for kind, p in self.paths.items()}
+        while True:
+            sample = Sample("chat", [*self.history[2 * dropped:], question], media)
+            try:
+                ids = encode_prompt(sample, spec.tokenizer, spec.slots(), spec.template, spec.system_prompt, self.max_length)
+                break
+            except SkipSample as skip:
+                if skip.reason == "too_long" and 2 * dropped < len(self.history):
+                    dropped += 1
+                    continue
+                hint = "; shorten it, or raise --max-length" if skip.reason == "too_long" else ""
+                self.say(f"error: {skip.reason}: {skip.detail}{hint}")
+                return None
+        if dropped:
+            self.history = self.history[2 * dropped:]
+            oldest = "the oldest exchange" if dropped == 1 else f"the {dropped} oldest exchanges"
+            self.say(f"dropped {oldest} to fit --max-length {self.max_length}")
+        log.debug("prompt: %d tokens, %d earlier turns, media: %s", len(ids), len(self.history), ", ".join(sorted(self.paths)) or "none")
+        return ids
 
 
 def chat_loop(session: ChatSession, lines) -> None:
@@ -121,7 +158,11 @@ def chat_loop(session: ChatSession, lines) -> None:
         if interactive:
             session.out.write("you> ")
             session.out.flush()
-        line = lines.readline()
+        try:
+            line = lines.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt leaves, as end of input does
+            session.out.write("\n")
+            break
         if not line:  # end of input
             break
         line = line.strip()
@@ -150,16 +191,25 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise ConfigError(f"--temperature: must be >= 0, got {args.temperature}")
+    if args.max_length is not None and args.max_length < 1:
+        raise ConfigError(f"--max-length: must be >= 1, got {args.max_length}")
     model, config = load_for_inference(args)
     spec = data_spec_from_model(model, config.data)
+    # A prompt and its answer must fit the LLM's positions: the default leaves the answer its room.
+    context = getattr(model.llm.config.get_text_config(), "max_position_embeddings", None) or float("inf")
+    max_length = args.max_length or int(min(spec.max_length, context - args.max_new_tokens))
+    if max_length < 1 or max_length + args.max_new_tokens > context:
+        raise ConfigError(f"--max-length {max_length} plus --max-new-tokens {args.max_new_tokens} is more than the "
+                          f"{context} positions the LLM has; lower one of them")
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    session = ChatSession(model, spec, sys.stdout, args.max_new_tokens, **sampling)
+    session = ChatSession(model, spec, sys.stdout, args.max_new_tokens, max_length, **sampling)
     for kind in ("image", "audio"):
         if getattr(args, kind):
             session.attach(kind, getattr(args, kind))
     if sys.stdin.isatty():
-        session.say(f"chatting with {args.run_dir} ({spec.template} template); commands: {COMMANDS}")
+        session.say(f"chatting with {args.run_dir} ({spec.template} template, prompts up to {max_length} tokens); "
+                    f"commands: {COMMANDS}; Ctrl-C stops an answer")
     chat_loop(session, sys.stdin)
     return 0
