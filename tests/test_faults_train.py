@@ -7,6 +7,7 @@ is shared: each fault is planted in a copy of it. A resume that falls back to st
 again, and must reproduce the reference's weights bit for bit.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -147,6 +148,36 @@ def test_a_resume_passes_over_a_damaged_newest_checkpoint_and_says_which_and_why
         return None
 
     judge(fault_tally, f"resume: {damage} (newest checkpoint)", check)
+
+
+class _Payload:
+    """A pickle that, if ever unpickled, creates the file ``marker`` (what a malicious one would run)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_pickle_planted_with_a_matching_manifest_is_never_run(copy, tmp_path, fault_tally):
+    newest, marker = checkpoint(copy, 4), tmp_path / "pwned"
+    torch.save({"state": {}, "param_groups": [], "payload": _Payload(marker)}, newest / "optimizer.pt")
+    manifest = json.loads((newest / "manifest.json").read_text())  # an attacker who also rewrites the manifest
+    data = (newest / "optimizer.pt").read_bytes()
+    manifest["files"]["optimizer.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+
+    def check():
+        with cotune_log() as lines:
+            *_, path = read_latest(copy, 0)
+        if marker.exists():
+            return "the planted pickle ran"
+        if path != checkpoint(copy, 3) or not any("does not load" in line and STEP.format(4) in line for line in lines):
+            return f"resumed from {path.name}; log: {lines}"
+        return None
+
+    judge(fault_tally, "resume: a malicious pickle in optimizer.pt, manifest rewritten to match", check)
 
 
 def test_after_falling_back_the_resumed_run_equals_the_uninterrupted_one(reference, copy, capsys, fault_tally):
