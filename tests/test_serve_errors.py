@@ -18,7 +18,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from cotune.serve import RequestError, ServeConfig, load_service, parse_chat_request  # noqa: E402
+from cotune.serve import GenerationRequest, RequestError, ServeConfig, load_service, parse_chat_request  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
 from test_serve_api import audio_part, image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
 
@@ -329,3 +329,35 @@ def test_a_model_with_learned_positions_refuses_what_it_cannot_embed_and_batches
             thread.join(120)
         assert {name: r.status_code for name, r in results.items()} == {"long": 200, "short": 200}, results["short"].text
         assert engine.batches == batches + 2
+
+
+def test_shutdown_refuses_at_once_a_request_held_back_from_the_running_batch(tiny_root):
+    """Two requests that do not fit one batch of the GPT-2 run: the long one runs, the short one is
+    held back for the next batch. The server closes as the batch starts (from the long request's
+    "start" event, so nothing depends on timing): the held request gets the shutdown error at once,
+    never starting, and the running one gets it at its next token (no grace)."""
+    from cotune.serve.engine import SHUTTING_DOWN
+
+    service = load_service(gpt2_run(tiny_root), ServeConfig(max_tokens_limit=1000), device="cpu")
+    engine, tokenizer = service.engine, service.spec.tokenizer
+    long_ids, short_ids = tokenizer("the a " * 40).input_ids, tokenizer("the").input_ids
+    events, ended = [], threading.Event()
+
+    def long_sink(event):
+        events.append(("long", *event))
+        if event[0] == "start":
+            engine.close(0)
+        if event[0] in ("done", "error"):
+            ended.set()
+
+    engine.start()
+    try:
+        with engine.hold():
+            engine.submit(GenerationRequest(long_ids, {}, 256 - len(long_ids)), long_sink)
+            engine.submit(GenerationRequest(short_ids, {}, 256 - len(long_ids) + 10), lambda event: events.append(("short", *event)))
+        assert ended.wait(60), events
+    finally:
+        engine.stop(5)
+    # in this order: the held request is refused by close itself, before the running one's next token
+    assert events == [("long", "start", None), ("short", "error", SHUTTING_DOWN), ("long", "error", SHUTTING_DOWN)], events
+    assert engine.waiting == 0 and engine.batches == 1
