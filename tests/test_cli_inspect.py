@@ -279,7 +279,8 @@ def test_unknown_encoder_type_lists_choices(capsys):
     [
         (["inspect", "does-not-exist.yaml"], "does not exist"),
         (["inspect", str(RECIPES / "llava-lora.yaml"), "--set", "model.llm.dtype"], "expected KEY=VALUE"),
-        (["inspect", str(RECIPES / "llava-lora.yaml"), "--dry-run", "--set", "model.llm.name_or_path=/no/such/dir"], "cannot read the config"),
+        (["inspect", str(RECIPES / "llava-lora.yaml"), "--dry-run", "--set", "model.llm.name_or_path=/no/such/dir"],
+         "model.llm.name_or_path: '/no/such/dir' is a local path and there is no such directory: /no/such/dir"),
     ],
 )
 def test_user_errors_exit_2(capsys, args, fragment):
