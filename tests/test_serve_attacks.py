@@ -58,7 +58,7 @@ def run(tiny_root):
 
 @pytest.fixture(scope="module")
 def keyed(run):
-    service = load_service(run, ServeConfig(api_keys=KEYS, max_tokens=4, read_timeout=1.0, max_tokens_limit=LONG), device="cpu")
+    service = load_service(run, ServeConfig(api_keys=KEYS, max_tokens=4, read_timeout=3.0, max_tokens_limit=LONG), device="cpu")
     with BackgroundServer(service, ui=True) as url:
         yield service, url
 
@@ -213,7 +213,7 @@ def test_a_client_that_leaves_stops_its_generation(keyed, stream):
 
 
 def test_half_sent_requests_are_cut_off(keyed):
-    """read_timeout is 1 s here: headers that never end are closed, bodies that never end get 408."""
+    """read_timeout is 3 s here (a margin for a loaded machine): headers that never end are closed, bodies that never end get 408."""
     service, url = keyed
     host, port = url.removeprefix("http://").split(":")
     heads, bodies = [], []
@@ -237,7 +237,7 @@ def test_half_sent_requests_are_cut_off(keyed):
         sock.close()
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
-        assert json.loads(body)["error"]["message"] == "the request body did not arrive within 1 s"
+        assert json.loads(body)["error"]["message"] == "the request body did not arrive within 3 s"
     with httpx.Client(base_url=url, timeout=60, headers=bearer(KEYS[0])) as client:  # still serving
         assert client.post("/v1/chat/completions", json=user("hi")).status_code == 200
 
