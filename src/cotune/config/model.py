@@ -149,8 +149,7 @@ class ConnectorConfig:
     """Maps selected encoder features [B, N, D_enc] to LLM tokens [B, N', D_llm].
 
     ``type``: ``lavin-neck`` (Linear-SiLU-Linear, ``hidden`` default 128), ``linear``,
-    ``mlp2x-gelu`` (LLaVA-1.5), ``audio-pool`` (average pool over ``stride`` frames, then MLP),
-    ``word-mix`` (the neck's output as weights over the LLM's word embeddings, ``hidden`` default 128).
+    ``mlp2x-gelu`` (LLaVA-1.5), ``audio-pool`` (average pool over ``stride`` frames, then MLP).
     """
 
     type: str = "mlp2x-gelu"

@@ -106,8 +106,4 @@ class AudioPool(Connector):
         return self.linear_2(self.act(self.linear_1(pooled)))
 
 
-from cotune.connectors.word_mix import WordMix  # noqa: E402 - after the registry and the base it registers with
-
-CONNECTORS.register("word-mix")(WordMix)
-
-__all__ = ["CONNECTORS", "AudioPool", "Connector", "LavinNeck", "LinearProjector", "MLP2xGelu", "WordMix"]
+__all__ = ["CONNECTORS", "AudioPool", "Connector", "LavinNeck", "LinearProjector", "MLP2xGelu"]

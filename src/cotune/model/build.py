@@ -80,10 +80,6 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, devic
         encoders[name], selectors[name], connectors[name], adapters = _build_encoder(name, enc_cfg, d_llm, meta)
         adapter_modules[f"encoder.{name}"] = adapters
 
-    for connector in connectors.values():
-        if hasattr(connector, "bind_vocabulary"):  # word-mix reads the LLM's word embeddings
-            connector.bind_vocabulary(llm.get_input_embeddings())
-
     modality_embedding = None
     if routing_state is not None:
         with meta_device() if meta else contextlib.nullcontext():
