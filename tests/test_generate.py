@@ -52,8 +52,8 @@ def test_left_padded_batch_equals_single_prompts(tiny_root):
     assert batched[1].tolist() == alone_text[0].tolist()
 
 
-def test_routing_is_computed_once_per_call(tiny_root):
-    model, image, _text, pixels = model_and_prompts(tiny_root)
+def count_routing(model) -> dict:
+    """Counts the model's routing computations (``calls["rows"]``) from now on."""
     calls = {"rows": 0}
     original = model.compute_routing
 
@@ -62,6 +62,12 @@ def test_routing_is_computed_once_per_call(tiny_root):
         return original(index)
 
     model.compute_routing = counting
+    return calls
+
+
+def test_routing_is_computed_once_per_call(tiny_root):
+    model, image, _text, pixels = model_and_prompts(tiny_root)
+    calls = count_routing(model)
     beams = generate(model, torch.tensor([image]), media={"image": pixels}, max_new_tokens=4, num_beams=2, eos_token_id=None)
     assert calls["rows"] == 1 and beams.shape == (1, 4)
 
@@ -72,14 +78,7 @@ def test_given_routing_is_used_instead_of_computed(tiny_root):
     computed = generate(model, ids, mask, media={"image": pixels}, max_new_tokens=5, eos_token_id=None)
     with torch.no_grad():  # one modality row at a time, as a server caches them
         rows = [model.compute_routing(row[None]) for row in model.modality_index(ids)]
-    calls = {"rows": 0}
-    original = model.compute_routing
-
-    def counting(index):
-        calls["rows"] += 1
-        return original(index)
-
-    model.compute_routing = counting
+    calls = count_routing(model)
     given = generate(model, ids, mask, media={"image": pixels}, max_new_tokens=5, eos_token_id=None, routing=torch.cat(rows, 1))
     assert calls["rows"] == 0 and given.tolist() == computed.tolist()
     other = torch.rand(torch.cat(rows, 1).shape, generator=torch.Generator().manual_seed(0)) * 50
