@@ -29,6 +29,7 @@ MODALITIES = ("image", "audio")
 #: Clip length for wav2vec2/HuBERT-style extractors when ``audio_seconds`` is not set.
 DEFAULT_WAVEFORM_SECONDS = 10.0
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_ORIENTATION = 0x0112  # the EXIF orientation tag
 #: Largest ratio of an image's long side to its short side. An image processor resizes the short
 #: side up (CLIP: to 224 pixels), so a 96-byte 4000x1 PNG would become 224 x 896,000 float pixels
 #: (2.4 GB); the bound is checked from the header, before decoding. ``cotune serve`` applies the
@@ -88,8 +89,9 @@ def load_image(path: str | Path, sample_id: str) -> Image.Image:
                                                          f"most {MAX_IMAGE_ASPECT:g} times the short side (an image processor "
                                                          f"would scale it up to a huge image)")
                 opened.load()  # full decode here, so truncated files fail now and not in a worker later
-                image = ImageOps.exif_transpose(opened)
-                return _to_rgb(image)
+                # exif_transpose copies the whole image even without an orientation tag: only when there is one
+                oriented = opened.getexif().get(_ORIENTATION, 1) not in (1, None)
+                return _to_rgb(ImageOps.exif_transpose(opened) if oriented else opened)
     except SkipSample:
         raise
     # Pillow's format plugins raise many exception types on malformed input (OSError, SyntaxError,
