@@ -24,7 +24,8 @@ open accuracy (colour and shape), the counter-prior split, and the same with shu
 
     python -m benchmarks.grounding_describe [--seeds 0 1 2] [--variants describe plain] [--steps 200] [--work DIR]
 
-About 15 minutes a run on one idle AMD EPYC core (training 200 steps, then 2 x 400 answers).
+Measured on a 2-core AMD EPYC shared with two other runs: training 1,540-1,570 s a run, evaluation about 180 s
+(2 x 400 answers); idle it is faster (not measured).
 Writes ``results/grounding_describe-cpu.{md,json}`` (not with ``--steps`` below 200).
 """
 
