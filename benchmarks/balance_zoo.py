@@ -25,7 +25,9 @@ Sizing, for 2 idle cores. Measured in the image recipe between other processes' 
 with three inputs), 32 greedy answers 3.1 s. Every 3 steps an estimate adds ~0.65 s a step, so
 80 steps take ~160 s with estimates and ~110 s without; 16 validation passes of 6 batches ~30 s,
 128 answers ~15 s, building the model ~10 s: ~3.6 min a run with estimates, ~2.7 min without;
-3 + 2 runs per recipe, two recipes: ~32 min (audio steps assumed as fast; not measured idle).
+3 + 2 runs per recipe, two recipes: ~32 min (audio steps assumed as fast). Measured idle since the
+evaluation also answers with shuffled images: 527 s for one ``constant`` run of the image recipe, so
+``--seeds 0 1 2 --recipes image --methods constant commit`` takes about an hour.
 ``--quick``: constant and commit, 10 steps, 16 validation and 32 test questions, 200 clips: ~4
 min idle; prints, writes nothing under benchmarks/results (its files go to ``--work``). On a shared
 machine everything is slower and the seconds are noisy: the report records the load and other
