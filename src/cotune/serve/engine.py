@@ -472,9 +472,6 @@ class Engine:
                     media.setdefault(name, []).append(tensor)
             stacked = {name: torch.cat(tensors) for name, tensors in media.items()}
             processors = LogitsProcessorList([_RowSampler(rows)] if any(row.generator is not None for row in rows) else [])
-            for row in rows:  # requests given to the engine without submit's routing check (defensive)
-                if row.request.modality_row is None and self.model.routing_state is not None:
-                    row.request.modality_row = self._modality_row(row.request.prompt_ids)
             generate(self.model, ids, mask, media=stacked or None, max_new_tokens=max(row.request.max_tokens for row in rows),
                      routing=self._routing_of(rows), do_sample=False, logits_processor=processors,
                      stopping_criteria=StoppingCriteriaList([_RowsDone(self, rows)]))
