@@ -42,9 +42,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_failure(err: BaseException, target: Path, previous: Path | None) -> CheckpointError:
-    """The error for a checkpoint write that failed: the cause in words (a full disk said as such),
-    the space left, and the checkpoint that survives."""
+def write_failure(err: BaseException, run_dir: Path, step: int) -> CheckpointError:
+    """The error for a failed write of checkpoint ``step``: the cause in words (a full disk said as
+    such), the space left, and the newest other checkpoint, which survives."""
+    target = checkpoint_dir(run_dir, step)
+    earlier = [p for p in list_checkpoints(run_dir) if p != target]
+    previous = earlier[-1] if earlier else None
     number = getattr(err, "errno", None)
     text = " ".join(str(err).split())
     full = number == errno.ENOSPC or "no space left" in text.lower()
@@ -118,7 +121,6 @@ def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor
     """
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
-    earlier = [p for p in list_checkpoints(run_dir) if p != final]
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -140,7 +142,7 @@ def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor
         _fsync(tmp)
     except Exception as err:  # noqa: BLE001 - torch and safetensors wrap OS errors in their own types
         shutil.rmtree(tmp, ignore_errors=True)
-        raise write_failure(err, final, earlier[-1] if earlier else None) from err
+        raise write_failure(err, run_dir, step) from err
     if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)

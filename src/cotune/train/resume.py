@@ -51,8 +51,7 @@ def save_checkpoint(trainer) -> Path:
         save_rng(staging, trainer.rank)
     except Exception as err:  # noqa: BLE001 - a full disk: say so, like write_checkpoint
         shutil.rmtree(staging, ignore_errors=True)  # what a retry of this step would write into
-        earlier = list_checkpoints(trainer.run_dir)
-        raise write_failure(err, checkpoint_dir(trainer.run_dir, step), earlier[-1] if earlier else None) from err
+        raise write_failure(err, trainer.run_dir, step) from err
     trainer.accelerator.wait_for_everyone()
     path = checkpoint_dir(trainer.run_dir, step)
     if trainer.main:
