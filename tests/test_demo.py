@@ -33,11 +33,15 @@ def _tiny_mobilenet(root):
 
 
 def _easyvqa(root):
-    records = {
-        split: [[f"what color is the {s}?", c, i] for i, (s, c) in enumerate((s, c) for s in SHAPES for c in COLOURS)]
-        + [[f"is there a {s}?", "yes", i] for i, s in enumerate(SHAPES)]
-        for split in ("train", "test")
-    }
+    """Per image: its colour and shape asked openly, and four yes/no questions (both answers, both
+    polarities), so every yes/no question has a description for "describe, then answer"."""
+    images = list(enumerate((s, c) for s in SHAPES for c in COLOURS))
+    rows = []
+    for i, (s, c) in images:
+        other = SHAPES[(SHAPES.index(s) + 1) % len(SHAPES)]
+        rows += [["what color is the shape?", c, i], ["what shape is this?", s, i], [f"is there a {s}?", "yes", i],
+                 [f"is there a {other}?", "no", i], [f"is there not a {s}?", "no", i], [f"is there not a {other}?", "yes", i]]
+    records = {split: rows for split in ("train", "test")}
     for split, rows in records.items():
         data = write_easyvqa(root, split, rows)
     return data
@@ -57,7 +61,7 @@ def demo_run(tiny_root, tmp_path_factory):
         "train.precision=fp32",
         "balance.every_k=2",
     ]
-    plan = DemoPlan(steps=4, batch_size=4, image_questions=12, audio_clips=80, eval_image=6, eval_audio=8, eval_text=5,
+    plan = DemoPlan(steps=4, batch_size=4, image_questions=24, audio_clips=80, eval_image=6, eval_audio=8, eval_text=5,
                     before_image=4, before_audio=4, max_new_tokens=3, text_max_new_tokens=4, eval_batch_size=4)
     out = root / "out"
     result = run_demo(out, plan, easyvqa=_easyvqa(root), overrides=overrides)

@@ -18,6 +18,8 @@ def _check_reader(key: str, name: str) -> None:
 ANSWER_FILTERS = ("all", "yes_no", "yes", "no", "open")
 #: ``DatasetConfig.polarity`` choices.
 POLARITY_FILTERS = ("all", "affirmative", "negated")
+#: ``DatasetConfig.targets`` choices.
+TARGETS = ("answer", "describe")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class DatasetConfig:
     (``negated``) or without (``affirmative``) a negation word; filtered samples are counted, not
     skipped. Entries of one dataset with different ``answers``/``polarity`` and weights rebalance a
     set that is mostly yes/no, or whose yes/no answers follow the questions' wording (docs/data.md).
+    ``targets``: ``answer`` (the data's own answers) or ``describe``: a yes/no sample is trained to
+    name what its media show before it answers (``blue circle: no``), from the description its
+    reader knows (``metadata["description"]``); yes/no samples without one are left out (counted as
+    filtered). Evaluation reads such answers after their last ``:`` (docs/data.md).
     """
 
     kind: str
@@ -48,11 +54,13 @@ class DatasetConfig:
     limit: int | None = None
     answers: str = "all"
     polarity: str = "all"
+    targets: str = "answer"
 
     def __post_init__(self) -> None:
         _check_reader("kind", self.kind)
         check_choice("answers", self.answers, ANSWER_FILTERS)
         check_choice("polarity", self.polarity, POLARITY_FILTERS)
+        check_choice("targets", self.targets, TARGETS)
         if self.kind == "scienceqa":
             from cotune.data.scienceqa_prompt import PROMPT_FORMATS
 

@@ -4,15 +4,17 @@ the generated text, what the references are, and which metric scores them.
 | task | reader | answer | metric |
 |---|---|---|---|
 | ``scienceqa`` | ``scienceqa`` | choice letter by :func:`~cotune.eval.extract.extract_answer` | ``scienceqa`` breakdown |
-| ``easyvqa`` | ``easyvqa`` | the generated text | ``vqa`` (exact match: one reference) |
-| ``audioqa`` | ``audioqa`` | the generated text | ``audioqa`` |
+| ``easyvqa`` | ``easyvqa`` | the text after the last ``:`` (else all of it) | ``vqa`` (exact match: one reference) |
+| ``audioqa`` | ``audioqa`` | the text after the last ``:`` (else all of it) | ``audioqa`` |
 | ``textqa`` | ``alpaca`` | the generated text | ``text-match`` over ``metadata["answers"]`` |
 | ``audiocaps`` | ``audiocaps`` | the generated text | ``caption`` (no accuracy) |
 | ``llava``, ``jsonl`` | same name | the generated text | ``vqa`` |
 
 References of open-ended tasks are the sample's ``metadata["answers"]`` or ``["references"]``
 (lists), else ``[metadata["answer"]]``, else its reference answer (the last assistant turn).
-Nothing here loads a model.
+Tasks whose models may be trained to describe their media before a yes/no answer
+(``targets: describe``: ``blue circle: no``) score the part after the last ``:``; the whole
+continuation stays in predictions.jsonl. Nothing here loads a model.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from cotune.registry import Registry
 @dataclass(frozen=True)
 class EvalTask:
     """One evaluation task: ``reader`` (a READERS key), ``metric`` (a METRICS key), and whether
-    answers are choice letters extracted from the text (``multiple_choice``)."""
+    answers are choice letters extracted from the text (``multiple_choice``) or the text after a
+    description (``after_description``: module docstring)."""
 
     name: str
     reader: str
     metric: str
     description: str
     multiple_choice: bool = False
+    after_description: bool = False
 
     @property
     def has_accuracy(self) -> bool:
@@ -48,8 +52,8 @@ TASKS: Registry = Registry("evaluation dataset")
 
 for _task in (
     EvalTask("scienceqa", "scienceqa", "scienceqa", "ScienceQA: 'The answer is X.' extraction, NAT..Avg breakdown", True),
-    EvalTask("easyvqa", "easyvqa", "vqa", "easy-VQA: exact match of the answer word"),
-    EvalTask("audioqa", "audioqa", "audioqa", "ClothoAQA-style audio QA: yes/no and single-word accuracy"),
+    EvalTask("easyvqa", "easyvqa", "vqa", "easy-VQA: exact match of the answer word", after_description=True),
+    EvalTask("audioqa", "audioqa", "audioqa", "ClothoAQA-style audio QA: yes/no and single-word accuracy", after_description=True),
     EvalTask("textqa", "alpaca", "text-match", "text QA (Alpaca JSON with metadata answers): text match"),
     EvalTask("audiocaps", "audiocaps", "caption", "audio captioning: BLEU, ROUGE-L, CIDEr-D"),
     EvalTask("llava", "llava", "vqa", "LLaVA conversation JSON: VQA accuracy of the last answer"),
@@ -131,7 +135,8 @@ def item_record(task: EvalTask, sample: Sample, prediction: str) -> dict:
         record.update(answer=letter(extraction.index), references=[letter(target)], choice=extraction.index,
                       target=target, rule=extraction.rule)
     else:
-        record.update(answer=prediction.strip(), references=references(sample))
+        answer = prediction.rpartition(":")[2] if task.after_description else prediction
+        record.update(answer=answer.strip(), references=references(sample))
     return record
 
 

@@ -7,10 +7,12 @@ exists, else the CSV's directory. A row whose field count differs from the heade
 ``malformed_record`` at its line number. Readers check only that the audio files exist.
 
 ``audioqa``: columns ``file`` (or ``file_name``, ``filename``, ``audio``), ``question`` (or
-``QuestionText``), ``answer``, optional ``id`` and ``question_type``. One sample per row
+``QuestionText``), ``answer``, optional ``id``, ``question_type`` and ``description`` (what the clip
+sounds like, for ``targets: describe``). One sample per row
 (ClothoAQA's several answers to a question stay separate samples); id: the ``id`` cell, else
 ``<file>#<k>``, k counting earlier rows of that file; metadata ``{"answer", "question"}``, plus
-``question_type`` when that cell is set (the evaluation reports accuracy per question type).
+``question_type`` and ``description`` when those cells are set (the evaluation reports accuracy per
+question type).
 
 ``audiocaps``: a file column as above, or AudioCaps' ``youtube_id`` + ``start_time``, which name
 the file ``<youtube_id>_<start_time>.wav``; captions in ``caption`` (AudioCaps: one row per
@@ -52,6 +54,7 @@ def read_audioqa(config: DatasetConfig, report: DatasetReport) -> Iterator[Sampl
     answer = _column(header, ("answer",), path, "answer")
     id_column = _column(header, ("id",), path, "id", required=False)
     type_column = _column(header, ("question_type",), path, "question_type", required=False)
+    description_column = _column(header, ("description",), path, "description", required=False)
     root = _audio_root(config, path)
     rows_per_file: Counter = Counter()
 
@@ -66,6 +69,8 @@ def read_audioqa(config: DatasetConfig, report: DatasetReport) -> Iterator[Sampl
         metadata = {"answer": reply, "question": text}
         if type_column and row.get(type_column, "").strip():
             metadata["question_type"] = row[type_column].strip()
+        if description_column and row.get(description_column, "").strip():
+            metadata["description"] = row[description_column].strip()
         return Sample(sample_id, messages, media, metadata)
 
     return emit(config, report, _rows(path, header), make)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,8 @@ def emit(
     """Yields ``make(record, index)`` for at most ``config.limit`` records, counting each in
     ``report.total``; a SkipSample (raised by ``make`` or read in place of a record) and an id
     already yielded (``malformed_record``) are reported with the record's position. Samples that
-    ``config.answers`` leaves out are counted in ``report.filtered``, not in ``total``. Text that is
+    ``config.answers``/``polarity`` leave out, and yes/no samples that ``targets: describe`` cannot
+    describe, are counted in ``report.filtered``, not in ``total``. Text that is
     not valid Unicode (:func:`~cotune.data.schema.check_text`) and a record that makes ``make``
     fail in any other way (nested too deeply, a type no check foresaw) are ``malformed_record``
     skips too: one bad record never costs the dataset."""
@@ -123,6 +125,11 @@ def emit(
             if not answer_filter_keeps(sample, config.answers, config.polarity):
                 report.filtered += 1
                 continue
+            if config.targets == "describe":
+                sample = described(sample)
+                if sample is None:
+                    report.filtered += 1
+                    continue
             if sample.id in seen:
                 raise SkipSample("malformed_record", f"duplicate id {sample.id!r}")
         except SkipSample as skip:
@@ -148,6 +155,23 @@ def answer_filter_keeps(sample: Sample, answers: str, polarity_filter: str = "al
         question = next((m.content for m in reversed(sample.messages) if m.role == "user"), "")
         kept = polarity(question) == polarity_filter
     return kept
+
+
+def described(sample: Sample) -> Sample | None:
+    """``DatasetConfig.targets: describe``: a yes/no sample's last answer becomes
+    ``<description>: <answer>`` (its media described first, then the comparison with the question);
+    other samples are returned as they are. None (left out, counted as filtered: the data is not at
+    fault) for a yes/no sample whose reader gave no ``metadata["description"]``."""
+    last = max((i for i, m in enumerate(sample.messages) if m.role == "assistant"), default=None)
+    if last is None or answer_word(sample.messages[last].content) not in YES_NO:
+        return sample
+    description = (sample.metadata or {}).get("description")
+    if not isinstance(description, str) or not description.strip():
+        return None
+    messages = list(sample.messages)
+    answer = answer_word(messages[last].content)
+    messages[last] = Message("assistant", f"{description.strip()}: {answer}")
+    return replace(sample, messages=messages)
 
 
 # --- record fields ----------------------------------------------------------------------------

@@ -15,11 +15,14 @@ front), the assistant turn the answer word. Id: ``<split>-<k>``, k the question'
 questions.json, so ids are stable as long as the file is. Metadata:
 ``{"answer", "answers": [answer], "question", "image_id", "question_type"}`` (``answers`` is the
 reference list the ``vqa`` metric takes; ``question_type`` is ``yes_no``, ``shape`` or ``color``,
-from the answer: easy-VQA's 13 answers are yes, no, three shapes and eight colours).
+from the answer: easy-VQA's 13 answers are yes, no, three shapes and eight colours), plus
+``description`` (``"blue circle"``) when the split's open questions about the same image name both
+its colour and its shape (for ``targets: describe``; 2,435 of the train split's 4,000 images).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -42,7 +45,26 @@ def read(config: DatasetConfig, report: DatasetReport) -> Iterator[Sample]:
         splits = sorted(p.name for p in data.iterdir() if (p / "questions.json").is_file())
         raise ValueError(f"split: {config.split!r} has no {questions}; splits here: {', '.join(splits) or 'none'}")
     root = media_root(config, data / config.split / "images")
-    return emit(config, report, json_records(questions), partial(_sample, split=config.split, root=root))
+    descriptions = image_descriptions(questions) if config.targets == "describe" else {}
+    return emit(config, report, json_records(questions), partial(_sample, split=config.split, root=root, descriptions=descriptions))
+
+
+def image_descriptions(questions: Path) -> dict[int, str]:
+    """image id -> ``"<colour> <shape>"`` for the images whose colour and shape some open question of
+    ``questions`` (questions.json) answers; a file that is not a list of records describes nothing
+    (the reader reports its records)."""
+    try:
+        records = json.loads(questions.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
+        return {}
+    colour: dict[int, str] = {}
+    shape: dict[int, str] = {}
+    for record in records if isinstance(records, list) else ():
+        if isinstance(record, list) and len(record) == 3 and isinstance(record[1], str) and isinstance(record[2], int):
+            kind = question_type(record[1])
+            if kind != "yes_no":
+                (shape if kind == "shape" else colour)[record[2]] = answer_word(record[1])
+    return {image: f"{colour[image]} {shape[image]}" for image in colour.keys() & shape.keys()}
 
 
 def data_root(path: Path) -> Path:
@@ -64,7 +86,7 @@ def question_type(answer: str) -> str:
     return "yes_no" if word in YES_NO else "shape" if word in SHAPES else "color"
 
 
-def _sample(record: Any, index: int, *, split: str, root: Path) -> Sample:
+def _sample(record: Any, index: int, *, split: str, root: Path, descriptions: dict[int, str]) -> Sample:
     sample_id = f"{split}-{index}"
     if not isinstance(record, list) or len(record) != 3:
         raise SkipSample("malformed_record", f"{sample_id}: expected [question, answer, image_id], got {record!r:.80}")
@@ -83,4 +105,6 @@ def _sample(record: Any, index: int, *, split: str, root: Path) -> Sample:
     media = attach_media(sample_id, messages, {"image": [f"{image_id}.png"]}, root)
     metadata = {"answer": answer, "answers": [answer], "question": question, "image_id": image_id,
                 "question_type": question_type(answer)}
+    if image_id in descriptions:
+        metadata["description"] = descriptions[image_id]
     return Sample(sample_id, messages, media, metadata)

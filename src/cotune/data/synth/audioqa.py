@@ -2,7 +2,7 @@
 
 Output, read by the ``audioqa`` reader::
 
-    <out>/train.csv, <out>/test.csv   id,file_name,QuestionText,answer,question_type
+    <out>/train.csv, <out>/test.csv   id,file_name,QuestionText,answer,question_type,description
     <out>/audio/<split>-<k>.wav       16 kHz mono 16-bit, 1-2 s, one clip per question
 
 Six properties, each asked in two forms (12 question types): a choice form answered by one word
@@ -16,6 +16,9 @@ and a yes/no form (``question_type`` ``pitch`` and ``pitch-yes-no``):
 | duration | long, short | a tone or noise burst of 1.2-1.7 s or 0.2-0.4 s |
 | sweep | rising, falling | an exponential chirp between ~300 Hz and ~3 kHz |
 | source | tone, noise | a steady tone or a white-noise burst |
+
+``description`` is the clip's value of the property asked (``low`` for "Is the tone high-pitched?"
+when the answer is no): what ``targets: describe`` trains a yes/no answer to say first.
 
 Each clip is made for its question (the property asked is set by the answer, the rest is drawn at
 random), so every answer is unambiguous. Question types cycle through each split and answers
@@ -103,7 +106,7 @@ def synthesize(out_dir: Path, *, seed: int, count: int | None = None) -> dict:
             onset = float(rng.uniform(0.05, clip_seconds - event.length - 0.05))
             write_wav(out_dir / "audio" / file, render(event, clip_seconds, onset, rng))
             question, answer = _question(prop, yes_no, value, asked, rng)
-            rows.append((f"{split}-{k:05d}", file, question, answer, type_name(prop, yes_no)))
+            rows.append((f"{split}-{k:05d}", file, question, answer, type_name(prop, yes_no), value))
             answers[answer] += 1
         _write_csv(out_dir / f"{split}.csv", rows)
     return summary("audioqa", out_dir, seed, sizes, answers=dict(sorted(answers.items())))
@@ -170,6 +173,6 @@ def _event(prop: str, value: str, rng: np.random.Generator) -> Event:
 def _write_csv(path: Path, rows: list[tuple[str, ...]]) -> None:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(("id", "file_name", "QuestionText", "answer", "question_type"))
+    writer.writerow(("id", "file_name", "QuestionText", "answer", "question_type", "description"))
     writer.writerows(rows)
     atomic_write_text(path, text.getvalue())
