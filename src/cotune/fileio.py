@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name beside the target, optionally fsync, rename.
+"""Atomic file writes (write to a temporary name beside the target, optionally fsync, rename) and
+cotune's cache folder.
 
 A reader (or a crash) sees either the old file or the complete new one, never a partial file.
 """
@@ -29,3 +30,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], fsync: bool 
 
 def atomic_write_text(path: str | Path, text: str, fsync: bool = True) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text), fsync)
+
+
+def cache_root(cache: str | Path | None = None) -> Path:
+    """``cache``, else ``$COTUNE_CACHE``, else ``$XDG_CACHE_HOME/cotune`` (default ``~/.cache/cotune``):
+    the zoo's copies and the media the ``hf`` reader takes out of datasets live below it."""
+    if cache is not None:
+        return Path(cache).expanduser()
+    if os.environ.get("COTUNE_CACHE"):
+        return Path(os.environ["COTUNE_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "cotune"

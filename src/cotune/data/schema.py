@@ -72,7 +72,6 @@ SKIP_REASONS = (
     "template_mismatch",     # the template's renderings are not prefixes of each other
     "marker_mismatch",       # media markers in the text and media files disagree
     "unsupported_media",     # the sample has a media kind that no encoder of the model reads
-    "embedded_media",        # media stored inside the dataset (bytes) rather than as files
 )
 
 

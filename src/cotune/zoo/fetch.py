@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -25,21 +24,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cotune.fileio import cache_root
 from cotune.zoo.entries import ZooEntry, ZooError, find_entry
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "zoo.json"
-
-
-def cache_root(cache: str | Path | None = None) -> Path:
-    """``cache``, else ``$COTUNE_CACHE``, else ``$XDG_CACHE_HOME/cotune`` (default ``~/.cache/cotune``)."""
-    if cache is not None:
-        return Path(cache).expanduser()
-    if os.environ.get("COTUNE_CACHE"):
-        return Path(os.environ["COTUNE_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "cotune"
 
 
 def entry_dir(entry: ZooEntry, cache: str | Path | None = None) -> Path:

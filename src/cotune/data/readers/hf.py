@@ -1,23 +1,26 @@
-"""The optional ``hf`` reader: local Hugging Face datasets (``save_to_disk`` folders, parquet, arrow).
+"""The optional ``hf`` reader: Hugging Face datasets in the Hub's usual forms.
 
 Needs the ``datasets`` package (``pip install 'cotune[hf-datasets]'``), imported only when the
-reader runs. ``path`` is one of:
+reader runs. ``path`` is one of (:mod:`cotune.data.readers.hf_open`):
 
 - a ``save_to_disk`` folder of a ``Dataset`` (``split`` is ignored) or of a ``DatasetDict``
   (``split`` picks one; a missing split is an error listing the splits);
 - a ``.parquet`` or ``.arrow`` file (arrow files as ``datasets`` writes them);
 - a folder of such files: those of the split, named ``<split>.*``, ``<split>-*`` (the Hub's
-  ``data/train-00000-of-00002.parquet``), ``*_<split>.*``, or inside a ``<split>/`` folder.
+  ``data/train-00000-of-00002.parquet``), ``*_<split>.*``, or inside a ``<split>/`` folder;
+- a Hub id, ``owner/name`` or ``owner/name/config``, read from the ``datasets`` cache (nothing is
+  downloaded).
 
-The conversation comes from the first of these columns present: ``messages`` (the ``jsonl``
-reader's messages, contents as strings or lists of parts), ``conversations`` (LLaVA turns), or
-``instruction``/``output`` with optional ``input`` (Alpaca). Media: ``image``/``images`` and
+The conversation comes from the first of these layouts present (:data:`LAYOUTS`): ``messages``
+(roles and contents, contents as strings or lists of parts), ``conversations`` (LLaVA turns),
+``texts`` (the Cauldron's ``[{"user", "assistant"}]`` turns), ``instruction``/``output`` with
+optional ``input`` (Alpaca), or a question column (``question``, ``query``, ``prompt``) with an
+answer column (``answer``, ``response``, ``completion``). Media: ``image``/``images`` and
 ``audio``/``audios`` columns hold a path, a list of paths, or ``datasets`` Image/Audio values
-(``{"bytes", "path"}``), relative to ``config.media_root`` (default: ``path`` if it is a folder,
-else its folder). Media embedded as bytes are not supported: such records are skipped as
-``embedded_media`` (cotune's samples refer to files, and this reader writes nothing); store the
-files and their paths instead. Optional ``id`` column (default ``<path stem>-<row index>``).
-Rows are read raw from Arrow in batches; no media is decoded and nothing is cached.
+(``{"bytes", "path"}``). Paths are relative to ``config.media_root`` (default: ``path`` if it is a
+folder, else its folder); bytes are written once to cotune's content-addressed media cache
+(:mod:`cotune.data.readers.hf_media`) and the sample names that file. Optional ``id`` column
+(default ``<path stem>-<row index>``).
 """
 
 from __future__ import annotations
@@ -30,31 +33,32 @@ from typing import Any
 from cotune.config.data import DatasetConfig
 from cotune.data.readers import READERS
 from cotune.data.readers.alpaca import alpaca_messages
-from cotune.data.readers.common import Record, as_object, attach_media, chat_messages, emit, media_root, path_list, record_id
+from cotune.data.readers.common import as_object, chat_messages, check_markers, conversation, emit, media_root, record_id
+from cotune.data.readers.hf_media import media_cell
+from cotune.data.readers.hf_open import HUB_ID, open_dataset
 from cotune.data.readers.llava import llava_messages
 from cotune.data.report import DatasetReport
-from cotune.data.schema import Message, Sample, SkipSample
+from cotune.data.schema import Message, Sample, SkipSample, resolve_media_path
 
 MEDIA_COLUMNS = {"image": ("image", "images"), "audio": ("audio", "audios")}
-TABLE_SUFFIXES = (".parquet", ".arrow")
-BATCH_ROWS = 256
+QUESTION_COLUMNS = ("question", "query", "prompt")
+ANSWER_COLUMNS = ("answer", "response", "completion")
 
 
 @READERS.register("hf")
 def read(config: DatasetConfig, report: DatasetReport) -> Iterator[Sample]:
-    """Samples of a local Hugging Face dataset (module docstring)."""
+    """Samples of a Hugging Face dataset (module docstring)."""
     datasets = _import_datasets()
     path = Path(config.path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    columns, records = _open(datasets, path, config.split)
+    columns, records = open_dataset(datasets, path, config.split)
     media = {kind: next((c for c in names if c in columns), None) for kind, names in MEDIA_COLUMNS.items()}
+    local = path.exists() or not HUB_ID.fullmatch(str(path))
     make = partial(
         _sample,
-        stem=path.stem,
-        to_messages=_conversation_format(columns, path),
+        stem=path.stem if local else path.name,
+        to_messages=conversation_layout(columns, path),
         media_columns={kind: column for kind, column in media.items() if column},
-        root=media_root(config, path if path.is_dir() else path.parent),
+        root=media_root(config, (path if path.is_dir() else path.parent) if local else Path.cwd()),
     )
     return emit(config, report, records, make)
 
@@ -81,99 +85,65 @@ def _sample(
     row = as_object(row)
     sample_id = record_id(row, f"{stem}-{index}")
     messages = to_messages(row)
-    media = {kind: _media_paths(row.get(column), column) for kind, column in media_columns.items()}
-    return Sample(sample_id, messages, attach_media(sample_id, messages, media, root))
+    cells = {kind: media_cell(row.get(column), column) for kind, column in media_columns.items()}
+    check_markers(sample_id, messages, {kind: len(paths) + len(files) for kind, (paths, files) in cells.items()})
+    media = {}
+    for kind, (paths, files) in cells.items():
+        if paths or files:
+            media[kind] = files or [_resolve(root, p, sample_id) for p in paths]
+    return Sample(sample_id, messages, media)
 
 
-def _conversation_format(columns: list[str], path: Path) -> Callable[[dict], list[Message]]:
-    if "messages" in columns:
-        return lambda row: chat_messages(row.get("messages"), "messages")
-    if "conversations" in columns:
-        return lambda row: llava_messages(row.get("conversations"))
-    if "instruction" in columns and "output" in columns:
-        return alpaca_messages
-    raise ValueError(
-        f"{path}: no conversation columns (messages, conversations, or instruction + output); "
-        f"columns: {', '.join(columns)}"
-    )
+def _resolve(root: Path, relative: str, sample_id: str) -> Path:
+    try:
+        return resolve_media_path(root, relative, sample_id)
+    except (OSError, ValueError) as err:  # e.g. a NUL byte or an over-long name
+        raise SkipSample("malformed_record", f"{sample_id}: unusable path {relative!r:.80} ({err})") from None
 
 
-def _media_paths(value: Any, column: str) -> list[str]:
-    """Paths of a media cell: None, a path, a ``{"bytes", "path"}`` value, or a list of these."""
-    items = value if isinstance(value, list) else [] if value is None else [value]
-    paths = []
-    for item in items:
-        if isinstance(item, dict):
-            if item.get("bytes") is not None:
-                raise SkipSample("embedded_media", f"{column!r} holds embedded bytes; the hf reader takes file paths only")
-            item = item.get("path")
-        paths.append(item)
-    return path_list(paths, column) if paths else []
+# --- conversation layouts -------------------------------------------------------------------
 
 
-# --- opening the dataset ----------------------------------------------------------------------
+def _texts_messages(row: dict) -> list[Message]:
+    """The Cauldron's ``texts``: ``[{"user": ..., "assistant": ...}, ...]``, one exchange each."""
+    turns = row.get("texts")
+    if not isinstance(turns, list) or not turns:
+        raise SkipSample("missing_field", "no 'texts'")
+    pairs = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise SkipSample("malformed_record", f"texts[{i}] must be an object with 'user' and 'assistant'")
+        pairs += [("user", turn.get("user")), ("assistant", turn.get("assistant"))]
+    return conversation(pairs, "texts")
 
 
-def _open(datasets, path: Path, split: str) -> tuple[list[str], Iterator[Record]]:
-    """Column names and the raw rows (python values, media undecoded) with their positions."""
-    if path.is_dir() and (path / "dataset_dict.json").is_file():
-        splits = datasets.load_from_disk(str(path))
-        if split not in splits:
-            raise ValueError(f"{path}: no split {split!r}; splits: {', '.join(splits)}")
-        return splits[split].column_names, _dataset_rows(splits[split], f"{path}[{split}]")
-    if path.is_dir() and (path / "state.json").is_file():
-        dataset = datasets.load_from_disk(str(path))
-        return dataset.column_names, _dataset_rows(dataset, str(path))
-    files = _table_files(path, split)
-    return _file_columns(datasets, files[0]), _files_rows(datasets, files)
+def _question_answer(question: str, answer: str) -> Callable[[dict], list[Message]]:
+    def messages(row: dict) -> list[Message]:
+        q, a = row.get(question), row.get(answer)
+        for column, value in ((question, q), (answer, a)):
+            if value is None or (isinstance(value, str) and not value.strip() and column == question):
+                raise SkipSample("missing_field", f"no {column!r}")
+            if not isinstance(value, str):
+                raise SkipSample("malformed_record", f"{column!r} must be a string, got {type(value).__name__}")
+        return conversation([("user", q), ("assistant", a)], f"{question}/{answer}")
+
+    return messages
 
 
-def _table_files(path: Path, split: str) -> list[Path]:
-    if path.is_file():
-        if path.suffix.lower() not in TABLE_SUFFIXES:
-            raise ValueError(f"{path}: expected a save_to_disk folder or a .parquet/.arrow file")
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES and p.is_file())
-    chosen = [p for p in files if _in_split(p.relative_to(path), split)]
-    if not chosen:
-        names = ", ".join(str(p.relative_to(path)) for p in files) or "none"
-        raise ValueError(f"{path}: no parquet/arrow file for split {split!r}; files: {names}")
-    return chosen
+#: Layouts in the order they are tried: (columns that must all be present, row -> messages).
+LAYOUTS: tuple[tuple[tuple[str, ...], Callable[[dict], list[Message]]], ...] = (
+    (("messages",), lambda row: chat_messages(row.get("messages"), "messages")),
+    (("conversations",), lambda row: llava_messages(row.get("conversations"))),
+    (("texts",), _texts_messages),
+    (("instruction", "output"), alpaca_messages),
+    *(((q, a), _question_answer(q, a)) for q in QUESTION_COLUMNS for a in ANSWER_COLUMNS),
+)
 
 
-def _in_split(relative: Path, split: str) -> bool:
-    stem = relative.stem
-    named = stem == split or stem.startswith(f"{split}-") or stem.endswith(f"_{split}")
-    return named or split in relative.parts[:-1]
-
-
-def _file_columns(datasets, file: Path) -> list[str]:
-    if file.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_schema(file).names
-    return datasets.Dataset.from_file(str(file)).column_names
-
-
-def _files_rows(datasets, files: list[Path]) -> Iterator[Record]:
-    for file in files:
-        if file.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            batches = (batch.to_pylist() for batch in pq.ParquetFile(file).iter_batches(batch_size=BATCH_ROWS))
-            yield from _numbered(batches, str(file))
-        else:
-            yield from _dataset_rows(datasets.Dataset.from_file(str(file)), str(file))
-
-
-def _dataset_rows(dataset, where: str) -> Iterator[Record]:
-    batches = (table.to_pylist() for table in dataset.with_format("arrow").iter(batch_size=BATCH_ROWS))
-    return _numbered(batches, where)
-
-
-def _numbered(batches: Iterator[list[dict]], where: str) -> Iterator[Record]:
-    index = 0
-    for rows in batches:
-        for row in rows:
-            yield f"{where} row {index}", row
-            index += 1
+def conversation_layout(columns: list[str], path: Path) -> Callable[[dict], list[Message]]:
+    """The first of :data:`LAYOUTS` whose columns ``columns`` all has."""
+    for needed, to_messages in LAYOUTS:
+        if all(c in columns for c in needed):
+            return to_messages
+    known = "; ".join(" + ".join(needed) for needed, _ in LAYOUTS)
+    raise ValueError(f"{path}: no conversation columns (one of: {known}); columns: {', '.join(columns)}")
