@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cotune.cli.score import format_metrics, format_scienceqa
+from cotune.cli.score import format_metrics, format_mme, format_scienceqa
 from cotune.eval.ablation import ABLATIONS, check_ablations
 from cotune.eval.breakdown import group_accuracies
 
@@ -102,6 +102,8 @@ def format_report(metrics: dict, run_keys: tuple[str, ...]) -> str:
         table = "nothing evaluated"
     elif metrics["metric"] == "scienceqa":
         table = format_scienceqa(metrics) + f"\nfallbacks (not 'The answer is X'): {metrics['fallbacks']}"
+    elif metrics["metric"] == "mme":
+        table = format_mme(metrics)
     else:
         table = format_metrics({k: v for k, v in metrics.items() if k not in run_keys and not isinstance(v, dict)})
     skipped = ", ".join(f"{reason} {n}" for reason, n in metrics["skipped"].items()) or "none"

@@ -2,8 +2,9 @@
 
 ``cotune score scienceqa --problems problems.json --predictions preds.json [--split test]
 [--pid-splits pid_splits.json] [--json]`` prints the ScienceQA breakdown; ``cotune score
-{vqa,caption,audioqa} --predictions preds.jsonl [--json]`` prints that task's metrics. Formats,
-policies and definitions: docs/eval-metrics.md.
+{vqa,caption,audioqa} --predictions preds.jsonl [--json]`` prints that task's metrics; ``cotune
+score mme --results DIR [--json]`` prints MME's scores of results in its evaluation tool's layout.
+Formats, policies and definitions: docs/eval-metrics.md.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sqa.add_argument("--split", default="test", help="key of pid_splits.json to score, or 'all' for every problem (default: test)")
     sqa.add_argument("--pid-splits", metavar="FILE", help="pid_splits.json (default: the one beside --problems)")
     sqa.add_argument("--json", action="store_true", help="print one JSON object of the nine columns instead of the table")
+    mme_help = "MME: acc, acc+ and score per subtask, perception and cognition totals (as MME's eval tool computes them)"
+    mme = tasks.add_parser("mme", help=mme_help, description=mme_help)
+    mme.add_argument("--results", required=True, metavar="DIR",
+                     help="directory of <subtask>.txt files, lines image<TAB>question<TAB>answer<TAB>prediction, two per image")
+    mme.add_argument("--json", action="store_true",
+                     help="print one JSON object: perception, cognition, total, subtasks {name: {acc, acc_plus, score}}")
     for task, help_ in JSONL_TASKS.items():
         sub = tasks.add_parser(task, help=help_, description=f"{help_}; predictions and references from a JSONL file.")
         sub.add_argument(
@@ -49,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "scienceqa":
         result = score_scienceqa(args.problems, args.predictions, args.split, args.pid_splits)
         print(json.dumps({column: result[column] for column in COLUMNS}) if args.json else format_scienceqa(result))
+        return 0
+    if args.task == "mme":
+        from cotune.eval.mme_results import read_results
+
+        result = METRICS.get("mme")(read_results(args.results))
+        print(json.dumps(result) if args.json else format_mme(result))
         return 0
     _ids, predictions, references = read_jsonl(args.predictions)
     try:
@@ -176,4 +189,18 @@ def format_metrics(result: dict) -> str:
     for name, value in result.items():
         shown = str(round(value, 4)) if isinstance(value, float) else ("-" if value is None else str(value))
         lines.append(f"{name.ljust(width)}  {shown}")
+    return "\n".join(lines)
+
+
+def format_mme(result: dict) -> str:
+    """MME's table: acc, acc+ and score per subtask, then the perception, cognition and total scores."""
+    lines = [f"{'subtask':<24}{'acc':>8}{'acc+':>8}{'score':>9}{'images':>8}{'other':>7}"]
+    for name, row in result["subtasks"].items():
+        lines.append(f"{name:<24}{row['acc']:>8.2f}{row['acc_plus']:>8.2f}{row['score']:>9.2f}{row['images']:>8}{row['other']:>7}")
+    totals = ", ".join(f"{key} {'-' if result[key] is None else format(result[key], '.2f')}" for key in ("perception", "cognition", "total"))
+    lines.append(f"MME {totals}")
+    if result["missing"]:
+        lines.append(f"missing subtasks (not in the totals): {', '.join(result['missing'])}")
+    if result["incomplete_images"]:
+        lines.append(f"images without both questions scored (wrong for acc+): {result['incomplete_images']}")
     return "\n".join(lines)

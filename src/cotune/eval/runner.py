@@ -34,6 +34,7 @@ from cotune.eval.ablation import ablate as ablate_samples
 from cotune.eval.ablation import check_ablations
 from cotune.eval.breakdown import breakdown, reliance
 from cotune.eval.metrics import ScoreError
+from cotune.eval.mme_results import write_results as write_mme_results
 from cotune.eval.tasks import EvalTask, item_record, parse_dataset, score
 from cotune.fileio import atomic_write_text
 from cotune.model.generate import generate, left_pad
@@ -41,7 +42,7 @@ from cotune.model.io import CONFIG, MANIFEST, WEIGHTS, load
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS, METRICS_FILE = "predictions.jsonl", "metrics.json"
+PREDICTIONS, METRICS_FILE, MME_RESULTS = "predictions.jsonl", "metrics.json", "mme_results"
 #: Keys of metrics.json that describe the run rather than score it.
 RUN_KEYS = (
     "run_dir", "dataset", "path", "split", "metric", "template", "records", "selected", "evaluated", "skipped",
@@ -293,8 +294,11 @@ def _score(task: EvalTask, records: list[dict], metadata: dict, out: str | Path 
 
 
 def write_outputs(out: str | Path, records: Sequence[dict], metrics: dict | None) -> None:
-    """``out/predictions.jsonl`` (one record a line) and ``out/metrics.json``, each written atomically."""
+    """``out/predictions.jsonl`` (one record a line) and ``out/metrics.json``, each written atomically;
+    for MME also ``out/mme_results/<subtask>.txt``, the layout MME's own evaluation tool reads."""
     out = Path(out)
     atomic_write_text(out / PREDICTIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    if metrics is not None and metrics.get("metric") == "mme":
+        write_mme_results(out / MME_RESULTS, records)
     if metrics is not None:
         atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

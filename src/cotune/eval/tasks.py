@@ -9,6 +9,7 @@ the generated text, what the references are, and which metric scores them.
 | ``textqa`` | ``alpaca`` | the generated text | ``text-match`` over ``metadata["answers"]`` |
 | ``audiocaps`` | ``audiocaps`` | the generated text | ``caption`` (no accuracy) |
 | ``llava``, ``jsonl`` | same name | the generated text | ``vqa`` |
+| ``mme`` | ``mme`` | yes/no/other by :func:`~cotune.eval.metrics.mme.parse_answer` | ``mme`` (acc, acc+, totals) |
 
 References of open-ended tasks are the sample's ``metadata["answers"]`` or ``["references"]``
 (lists), else ``[metadata["answer"]]``, else its reference answer (the last assistant turn).
@@ -27,6 +28,7 @@ from pathlib import Path
 from cotune.data.schema import Sample
 from cotune.eval.extract import extract_answer
 from cotune.eval.metrics import METRICS, ScoreError
+from cotune.eval.metrics.mme import MMEItem, parse_answer
 from cotune.registry import Registry
 
 
@@ -58,6 +60,7 @@ for _task in (
     EvalTask("audiocaps", "audiocaps", "caption", "audio captioning: BLEU, ROUGE-L, CIDEr-D"),
     EvalTask("llava", "llava", "vqa", "LLaVA conversation JSON: VQA accuracy of the last answer"),
     EvalTask("jsonl", "jsonl", "vqa", "generic chat JSONL: VQA accuracy of the last answer"),
+    EvalTask("mme", "mme", "mme", "MME: yes/no read as MME's tool reads it, acc and acc+ per subtask, perception/cognition"),
 ):
     TASKS.register(_task.name)(_task)
 
@@ -126,7 +129,8 @@ def letter(index: int) -> str:
 
 def item_record(task: EvalTask, sample: Sample, prediction: str) -> dict:
     """One line of predictions.jsonl without ``correct``: id, question, prediction, extracted
-    ``answer`` and ``references`` (plus ``choice``, ``target`` and ``rule`` for multiple choice)."""
+    ``answer`` and ``references`` (plus ``choice``, ``target`` and ``rule`` for multiple choice,
+    ``subtask`` and ``image`` for MME, whose ``answer`` is ``yes``, ``no`` or ``other``)."""
     question = next((m.content for m in reversed(sample.messages) if m.role == "user"), "")
     record = {"id": sample.id, "question": question, "prediction": prediction}
     if task.multiple_choice:
@@ -134,6 +138,9 @@ def item_record(task: EvalTask, sample: Sample, prediction: str) -> dict:
         extraction = extract_answer(prediction, choices)
         record.update(answer=letter(extraction.index), references=[letter(target)], choice=extraction.index,
                       target=target, rule=extraction.rule)
+    elif task.metric == "mme":
+        meta = sample.metadata
+        record.update(answer=parse_answer(prediction), references=[meta["answer"]], subtask=meta["subtask"], image=meta["image"])
     else:
         answer = prediction.rpartition(":")[2] if task.after_description else prediction
         record.update(answer=answer.strip(), references=references(sample))
@@ -145,6 +152,11 @@ def score(task: EvalTask, records: list[dict], metadata: dict[str, dict]) -> dic
     (True/False; None for tasks without accuracy). ``metadata``: sample id -> sample metadata."""
     if task.multiple_choice:
         return _score_choices(records, metadata)
+    if task.metric == "mme":
+        items = [MMEItem(r["subtask"], r["image"], r["references"][0], r["prediction"]) for r in records]
+        for record in records:
+            record["correct"] = record["answer"] == record["references"][0].lower()
+        return METRICS.get("mme")(items)
     metric = METRICS.get(task.metric, key=f"task {task.name}")
     answers, refs = [r["answer"] for r in records], [r["references"] for r in records]
     for record in records:

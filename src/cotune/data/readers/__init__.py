@@ -19,7 +19,7 @@ from cotune.registry import Registry
 READERS: Registry = Registry("dataset reader")
 
 # Reader modules register themselves on import; the import list is explicit (no auto-discovery).
-from cotune.data.readers import alpaca, audio, easyvqa, hf, jsonl, llava, scienceqa  # noqa: E402,F401
+from cotune.data.readers import alpaca, audio, easyvqa, hf, jsonl, llava, mme, scienceqa  # noqa: E402,F401
 
 
 
