@@ -2,7 +2,8 @@
 
 ``cotune score scienceqa --problems problems.json --predictions preds.json [--split test]
 [--pid-splits pid_splits.json] [--json]`` prints the ScienceQA breakdown; ``cotune score
-{vqa,caption,audioqa} --predictions preds.jsonl [--json]`` prints that task's metrics; ``cotune
+{vqa,caption,audioqa} --predictions preds.jsonl [--json]`` prints that task's metrics (``caption
+--toolkit coco``: pycocoevalcap's own scores, METEOR included); ``cotune
 score mme --results DIR [--json]`` prints MME's scores of results in its evaluation tool's layout.
 Formats, policies and definitions: docs/eval-metrics.md.
 """
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 #: Tasks whose predictions are JSONL records ``{"id", "prediction", "references"}``, with their help.
 JSONL_TASKS = {
     "vqa": "VQA accuracy (normalised answers, soft accuracy over 10 references) and exact match",
-    "caption": "BLEU-1..4, ROUGE-L and CIDEr-D against reference captions",
+    "caption": "BLEU-1..4, ROUGE-L and CIDEr-D against reference captions (COCO caption toolkit's tokenization)",
     "audioqa": "ClothoAQA accuracy: yes/no, single-word and overall",
 }
 
@@ -49,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--predictions", required=True, metavar="FILE", help='JSONL, one {"id", "prediction", "references": [...]} per line'
         )
         sub.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+        if task == "caption":
+            sub.add_argument("--toolkit", choices=("python", "coco"), default="python",
+                             help="python: cotune's PTB tokenization and scorers (default); coco: pycocoevalcap itself "
+                                  "(extra 'coco', Java; adds METEOR, and SPICE where its models are installed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result) if args.json else format_mme(result))
         return 0
     _ids, predictions, references = read_jsonl(args.predictions)
+    metric = "caption-coco" if getattr(args, "toolkit", "python") == "coco" else args.task
     try:
-        result = METRICS.get(args.task)(predictions, references)
+        result = METRICS.get(metric)(predictions, references)
     except ScoreError as err:
         raise ScoreError(f"{args.predictions}: {err}") from None
     print(json.dumps(result) if args.json else format_metrics(result))

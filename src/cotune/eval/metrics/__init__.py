@@ -9,6 +9,7 @@ tasks with an accuracy always have the key ``accuracy`` (a percentage, 0-100, tw
 | ``multiple-choice`` | :func:`~cotune.eval.metrics.scienceqa.multiple_choice` | ``{id: index}`` predictions and answers |
 | ``vqa`` | :func:`~cotune.eval.metrics.vqa.vqa` | prediction strings, reference lists |
 | ``caption`` | :func:`~cotune.eval.metrics.caption.caption` | caption strings, reference lists |
+| ``caption-coco`` | :func:`~cotune.eval.metrics.coco.coco_caption` (pycocoevalcap, Java) | caption strings, reference lists |
 | ``audioqa`` | :func:`~cotune.eval.metrics.audioqa.audioqa` | prediction strings, reference lists |
 | ``mme`` | :func:`~cotune.eval.metrics.mme.mme` | ``MMEItem(subtask, image, answer, prediction)`` list |
 | ``text-match`` | :func:`~cotune.eval.metrics.textqa.text_match` | prediction strings, acceptable-answer lists |
@@ -34,6 +35,6 @@ def percent(correct: float, count: int) -> float | None:
 
 
 # Metric modules register themselves on import; the import list is explicit (no auto-discovery).
-from cotune.eval.metrics import audioqa, caption, mme, scienceqa, textqa, vqa  # noqa: E402,F401
+from cotune.eval.metrics import audioqa, caption, coco, mme, scienceqa, textqa, vqa  # noqa: E402,F401
 
 __all__ = ["METRICS", "ScoreError", "percent"]

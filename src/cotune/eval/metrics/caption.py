@@ -1,17 +1,20 @@
 """Captioning metrics as coco-caption computes them: BLEU-1..4, ROUGE-L and CIDEr-D.
 
-Written here from the published definitions and checked against pycocoevalcap's pure-Python
-scorers (see tests/test_metrics.py); pycocoevalcap itself is not a dependency (a 100 MB wheel whose
-tokenizer needs Java).
+Written here from the published definitions and checked against pycocoevalcap's scorers
+(tests/test_metrics.py, tests/test_caption_coco.py); pycocoevalcap itself is the optional extra
+``coco`` (a 100 MB wheel whose tokenizer and METEOR need Java).
 
-* Tokens (:func:`tokenize`): lower-cased, PTB-like (clitics split off: ``don't`` -> ``do n't``,
-  ``dog's`` -> ``dog 's``; hyphenated words and decimals kept whole), punctuation dropped as
-  coco-caption drops it after Stanford's PTBTokenizer. Close to, not identical with, Stanford's.
+* Tokens: coco-caption's (Stanford's PTBTokenizer, lower-cased, its punctuation tokens dropped),
+  reproduced in Python by :func:`cotune.eval.metrics.ptb.tokenize`; every result names it under
+  ``tokenizer`` (``ptb-python``). The toolkit itself (its Java tokenizer, METEOR, SPICE) is
+  :mod:`cotune.eval.metrics.coco`.
 * BLEU-n (Papineni et al. 2002): corpus level; clipped n-gram counts and candidate n-gram counts
   are summed over the whole set, precisions of orders 1..n combined by their geometric mean, times
   the brevity penalty ``exp(1 - r / c)`` when ``c < r`` (``c`` total candidate length, ``r`` the
-  sum of each item's closest reference length, the shorter on ties). No smoothing: a zero
-  precision gives 0 (coco-caption returns about 1e-9 there because of its epsilons).
+  sum of each item's closest reference length, the shorter on ties). No smoothing, but
+  coco-caption's epsilons: each precision is ``(matches + 1e-15) / (n-grams + 1e-9)`` and the length
+  ratio ``(c + 1e-15) / (r + 1e-9)``, so an order without a match scores a small positive number
+  exactly as the toolkit does (3e-5 for BLEU-4 of a short set is printed by papers as 0.003).
 * ROUGE-L (Lin 2004, coco-caption's variant): per item, the LCS precision and recall against each
   reference, their maxima over the references combined as
   ``(1 + b^2) P R / (R + b^2 P)`` with ``b = 1.2``; averaged over items.
@@ -29,26 +32,17 @@ unrounded; papers usually print them times 100.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 
 from cotune.eval.metrics import METRICS, ScoreError
+from cotune.eval.metrics.ptb import tokenize
 from cotune.eval.metrics.vqa import check_items
 
-_CLITIC_NT = re.compile(r"(?<=\w)n't\b")
-_CLITIC = re.compile(r"(?<=\w)'(s|re|ve|ll|d|m)\b")
-_TOKEN = re.compile(r"n't|'(?:s|re|ve|ll|d|m)\b|\w+(?:[-.'/]\w+)*|[^\w\s]")
-# coco-caption's PUNCTUATIONS after PTB's bracket escapes, plus the raw brackets and quotes.
-_DROP = frozenset(("''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";", "(", ")", "[", "]", "{", "}", '"'))
+#: The ``tokenizer`` every caption score names: coco-caption's PTB tokenization, in Python.
+TOKENIZER = "ptb-python"
 
 Tokens = Sequence[str]
-
-
-def tokenize(text: str) -> list[str]:
-    """PTB-like lower-case tokens of ``text`` without punctuation (module docstring)."""
-    text = _CLITIC.sub(r" '\1", _CLITIC_NT.sub(" n't", text.lower()))
-    return [token for token in _TOKEN.findall(text) if token not in _DROP]
 
 
 def ngrams(tokens: Tokens, n: int) -> Counter:
@@ -71,15 +65,14 @@ def corpus_bleu(candidates: Sequence[Tokens], references: Sequence[Sequence[Toke
             guessed[k] += max(len(candidate) - k, 0)
         cand_len += len(candidate)
         ref_len += min((abs(len(ref) - len(candidate)), len(ref)) for ref in refs)[1]
-    scores, log_sum = [], 0.0
-    penalty = 1.0 if cand_len >= ref_len else (math.exp(1 - ref_len / cand_len) if cand_len else 0.0)
+    # coco-caption's epsilons, kept so a zero count gives its small value rather than 0 or a division by zero.
+    tiny, small = 1e-15, 1e-9
+    ratio = (cand_len + tiny) / (ref_len + small)
+    penalty = math.exp(1 - 1 / ratio) if ratio < 1 else 1.0
+    scores, product = [], 1.0
     for k in range(n):
-        if correct[k] == 0 or log_sum == -math.inf:
-            log_sum = -math.inf
-            scores.append(0.0)
-            continue
-        log_sum += math.log(correct[k] / guessed[k])
-        scores.append(penalty * math.exp(log_sum / (k + 1)))
+        product *= (correct[k] + tiny) / (guessed[k] + small)
+        scores.append(penalty * product ** (1 / (k + 1)))
     return scores
 
 
@@ -139,7 +132,7 @@ def cider_d(candidates: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
 def caption(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
     """BLEU-1..4, ROUGE-L and CIDEr-D of caption strings against their reference strings.
 
-    Returns ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "count"}``.
+    Returns ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "count", "tokenizer"}``.
     """
     check_items(predictions, references)
     candidates = [tokenize(p) for p in predictions]
@@ -150,4 +143,5 @@ def caption(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     result["ROUGE-L"] = sum(rouge_l(c, r) for c, r in zip(candidates, refs)) / len(candidates)
     result["CIDEr-D"] = sum(cider_d(candidates, refs)) / len(candidates)
     result["count"] = len(candidates)
+    result["tokenizer"] = TOKENIZER
     return result
