@@ -16,6 +16,7 @@ from cotune.cli import chat as chat_cmd
 from cotune.cli import data as data_cmd
 from cotune.cli import demo as demo_cmd
 from cotune.cli import eval as eval_cmd
+from cotune.cli import export as export_cmd
 from cotune.cli import inspect as inspect_cmd
 from cotune.cli import merge as merge_cmd
 from cotune.cli import predict as predict_cmd
@@ -35,6 +36,7 @@ COMMANDS: dict[str, Command] = {
     "report": Command(report_cmd.add_arguments, report_cmd.run),
     "score": Command(score_cmd.add_arguments, score_cmd.run),
     "merge": Command(merge_cmd.add_arguments, merge_cmd.run),
+    "export": Command(export_cmd.add_arguments, export_cmd.run),
     "eval": Command(eval_cmd.add_arguments, eval_cmd.run),
     "predict": Command(predict_cmd.add_arguments, predict_cmd.run),
     "chat": Command(chat_cmd.add_arguments, chat_cmd.run),

@@ -32,6 +32,7 @@ from cotune.data.report import DataReport
 from cotune.data.schema import DataError
 from cotune.data.templates import IGNORE_INDEX
 from cotune.data.spec import data_spec_from_model
+from cotune.export.run_outputs import write_run_outputs
 from cotune.model import build_model, save_model
 from cotune.train.checkpoint import checkpoint_dir, list_checkpoints
 from cotune.train.evaluate import evaluate_loss
@@ -494,6 +495,7 @@ class Trainer:
             save_model(self.model, self.config, final, trainable=trainable, counts=self.parameter_counts)
             self.data.report.write(self.run_dir / "data_report.json")
             self.data.report.log_summary()
+            write_run_outputs(self.model, self.config, self.run_dir, trainable)  # PEFT folders, README.md
         self.accelerator.wait_for_everyone()
         return final
 
