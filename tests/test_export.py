@@ -82,10 +82,10 @@ def transformers_answer(llava, processor, image, max_new_tokens=6):
 
 
 CASES = {
-    # LLaVA-1.5's shape: CLIP layer -2 patches, mlp2x-gelu, LoRA in the LLM and the tower, LaVIN's layout
+    # LLaVA-1.5's shape: CLIP layer -2 patches, mlp2x-gelu, LoRA in the LLM and the tower; LaVIN's layout and square resize
     "clip-mlp-lora-lavin": dict(encoder={"type": "clip", "layers": [-2], "reduce": "patches", "trainable": "lora",
                                          "adapter": LORA, "connector": {"type": "mlp2x-gelu"}},
-                                llm=dict(trainable="lora", adapter=LORA), data={"template": "lavin"}, chat=False),
+                                llm=dict(trainable="lora", adapter=LORA), data={"template": "lavin", "image_transform": "square"}, chat=False),
     # SigLIP, two layers feature-wise, a linear projector, a fully trained LLM, a chat template + system prompt
     "siglip-linear-full-chat": dict(encoder={"type": "siglip", "layers": [-2, -3], "layer_merge": "features", "reduce": "patches",
                                              "connector": {"type": "linear"}},
