@@ -252,7 +252,7 @@ def test_predict_dataset_and_single_item(trained_run, tmp_path, capsys):
         (["eval", "{tmp}/nowhere", "--dataset", "easyvqa:{tmp}", "--out", "{tmp}/o"], "no such directory"),
         (["eval", "{run}", "--dataset", "sciqa:{tmp}", "--out", "{tmp}/o"],
          "--dataset: unknown evaluation dataset 'sciqa' (did you mean 'scienceqa'?); valid: audiocaps, audioqa, easyvqa, jsonl, llava, "
-         "scienceqa, textqa"),
+         "mme, scienceqa, textqa"),
         (["eval", "{run}", "--dataset", "scienceqa:{sqa}", "--split", "dev", "--out", "{tmp}/o"],
          "split: 'dev' is not in {sqa}/pid_splits.json; available: test, train"),
         (["eval", "{run}", "--dataset", "easyvqa:{sqa}", "--out", "{tmp}/o"], "not an easy-VQA data directory"),

@@ -14,22 +14,14 @@ lmms_eval = pytest.importorskip("lmms_eval.evaluator", reason="lmms-eval is not 
 
 import corpus  # noqa: E402
 import tiny  # noqa: E402
-from cotune.config import load_config  # noqa: E402
 from cotune.eval import evaluate_run, load_run  # noqa: E402
-from cotune.model import build_model, save_model  # noqa: E402
 
 QUESTIONS = ["what color is the shape?", "is there a circle?", "what shape is in the image?", "is the shape red?"]
 
 
 @pytest.fixture(scope="module")
 def image_run(tiny_root, tmp_path_factory):
-    """A saved tiny LLaMA + CLIP model with random MM-Adapters (LaVIN template)."""
-    encoders = {"image": {"type": "clip", "name_or_path": str(tiny.save_encoder(tiny_root, "clip")), "reduce": "cls",
-                          "connector": {"type": "mlp2x-gelu"}}}
-    config = load_config(data=tiny.model_config(tiny.save_llm(tiny_root), encoders, trainable="adapter", adapter={"type": "mm_adapter"}))
-    model = build_model(config)
-    tiny.randomise_trainables(model, seed=7)
-    return save_model(model, config, tmp_path_factory.mktemp("lmms-run") / "model")
+    return tiny.save_image_run(tiny_root, tmp_path_factory.mktemp("lmms-run") / "model", seed=7)
 
 
 @pytest.fixture

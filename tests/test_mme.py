@@ -11,7 +11,6 @@ from PIL import Image
 
 import tiny
 from cotune.cli.main import main
-from cotune.config import load_config
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
 from cotune.config.data import DatasetConfig
@@ -19,7 +18,6 @@ from cotune.eval import evaluate_run, load_run
 from cotune.eval.metrics import ScoreError
 from cotune.eval.metrics.mme import SUBTASKS, MMEItem, mme, parse_answer
 from cotune.eval.mme_results import read_results
-from cotune.model import build_model, save_model
 
 
 @pytest.mark.parametrize("prediction, label", [
@@ -134,13 +132,7 @@ def test_reader_reads_both_layouts_in_order_and_counts_skips(tmp_path):
 
 @pytest.fixture(scope="module")
 def image_run(tiny_root, tmp_path_factory):
-    """A saved tiny LLaMA + CLIP model with random MM-Adapters (LaVIN template)."""
-    encoders = {"image": {"type": "clip", "name_or_path": str(tiny.save_encoder(tiny_root, "clip")), "reduce": "cls",
-                          "connector": {"type": "mlp2x-gelu"}}}
-    config = load_config(data=tiny.model_config(tiny.save_llm(tiny_root), encoders, trainable="adapter", adapter={"type": "mm_adapter"}))
-    model = build_model(config)
-    tiny.randomise_trainables(model, seed=5)
-    return save_model(model, config, tmp_path_factory.mktemp("mme-run") / "model")
+    return tiny.save_image_run(tiny_root, tmp_path_factory.mktemp("mme-run") / "model", seed=5)
 
 
 def test_eval_mme_writes_the_tools_layout_and_score_mme_agrees(image_run, tmp_path, capsys):

@@ -129,7 +129,8 @@ def test_vqa_audioqa_caption_jsonl(tmp_path, capsys):
     cap_file = jsonl(tmp_path / "cap.jsonl", [{"id": 0, "prediction": "a b c d", "references": ["a b c d", "a b"]}])
     assert cli("caption", "--predictions", cap_file, "--json") == 0
     result = json.loads(capsys.readouterr().out)
-    assert list(result) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "count"]
+    assert list(result) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "count", "tokenizer"]
+    assert result["tokenizer"] == "ptb-python"
     assert result["BLEU-4"] == pytest.approx(1.0) and result["ROUGE-L"] == pytest.approx(1.0)
 
 

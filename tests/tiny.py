@@ -234,3 +234,17 @@ def pad_batch(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, 
         ids[i, : r.shape[1]] = r[0]
         mask[i, : r.shape[1]] = 1
     return ids, mask
+
+
+def save_image_run(root: Path, out: Path, seed: int = 0) -> Path:
+    """A saved model directory (``out``): tiny LLaMA + CLIP (CLS token, MLP connector) with random
+    MM-Adapters, LaVIN template; what ``cotune eval`` and friends load as a run."""
+    from cotune.config import load_config
+    from cotune.model import build_model, save_model
+
+    encoders = {"image": {"type": "clip", "name_or_path": str(save_encoder(root, "clip")), "reduce": "cls",
+                          "connector": {"type": "mlp2x-gelu"}}}
+    config = load_config(data=model_config(save_llm(root), encoders, trainable="adapter", adapter={"type": "mm_adapter"}))
+    model = build_model(config)
+    randomise_trainables(model, seed=seed)
+    return save_model(model, config, out)

@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from cotune.data.dataset import DataError
     from cotune.data.report import DatasetReport
     from cotune.data.spec import data_spec_from_model
-    from cotune.eval.runner import predict_samples, run_config
+    from cotune.eval.progress import GenerationProgress
+    from cotune.eval.generation import predict_samples
+    from cotune.eval.runner import run_config
     from cotune.fileio import atomic_write_text
 
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
@@ -85,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
     model, config = load_for_inference(args, config)
     spec = data_spec_from_model(model, config.data)
     lines = []
+    # Progress goes to stderr (bar) or the log; stdout carries only the JSONL.
+    progress = GenerationProgress(len(samples), f"predict {args.data or 'input'}", enabled=len(samples) > 1)
     for prediction in predict_samples(model, spec, samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                      report=report, num_workers=args.num_workers):
+                                      report=report, num_workers=args.num_workers, progress=progress.advance):
         sample = prediction.sample
         record = {"id": sample.id, "prompt": next(m.content for m in reversed(sample.messages) if m.role == "user"),
                   "prediction": prediction.text}
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         if args.out is None:
             print(lines[-1], end="", flush=True)
+    progress.close()
     if not args.data and not lines:  # the one item could not be used: say why
         reason, details = next(iter(report.examples.items()))
         raise DataError(f"{reason}: {details[0]}")

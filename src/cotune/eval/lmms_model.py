@@ -14,7 +14,7 @@ preprocessors read, as ``cotune serve`` does with uploads). Prompts are then ren
 asking ``cotune eval``'s questions gets ``cotune eval``'s answers.
 
 * ``generate_until``: requests grouped by their generation settings, in order, batched through
-  :func:`~cotune.eval.runner.predict_samples` (greedy unless the task sets a temperature > 0),
+  :func:`~cotune.eval.generation.predict_samples` (greedy unless the task sets a temperature > 0),
   each answer cut at the first of the task's ``until`` strings.
 * ``loglikelihood``: the continuation's mean negative log-likelihood per token after the prompt
   (the LM loss; teacher-forced, right-padded batches) and whether greedy decoding would produce
@@ -43,7 +43,8 @@ from cotune.data.report import DatasetReport
 from cotune.data.schema import Message, Sample, SkipSample
 from cotune.data.spec import data_spec_from_model
 from cotune.data.templates import IGNORE_INDEX, encode_prompt
-from cotune.eval.runner import check_generation, load_run, predict_samples
+from cotune.eval.generation import check_generation, predict_samples
+from cotune.eval.runner import load_run
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
-"""Running a trained model over a dataset: prompts rendered exactly as in training, batched greedy
-generation with left padding, scoring by task, and the ``predictions.jsonl``/``metrics.json`` files.
+"""Running a trained model over a dataset: reading and selecting the samples, generating (the loop
+is :mod:`cotune.eval.generation`), scoring by task, and the ``predictions.jsonl``/``metrics.json``
+files.
 
 :func:`evaluate_run` is the whole evaluation (the ``cotune eval`` command, the demo and the trainer
-call it); :func:`predict_samples` is the generation loop underneath it, also used by ``cotune
-predict``. Records that cannot be used (a reader skip, a prompt too long, media that does not
+call it); :func:`~cotune.eval.generation.predict_samples` is the generation loop underneath it, also
+used by ``cotune predict`` (both importable from here too). Records that cannot be used (a reader skip, a prompt too long, media that does not
 decode, a media kind the model has no encoder for) are counted by reason, never raised mid-run.
 Nothing here has trainable parameters; the model is put in eval mode while generating.
 """
@@ -16,28 +17,25 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
-
-import torch
 
 from cotune.config import ConfigError, CotuneConfig, DatasetConfig, load_config
-from cotune.data.dataset import DataError, PreparedDataset
+from cotune.data.dataset import DataError
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
-from cotune.data.schema import Sample, SkipSample
-from cotune.data.spec import DataSpec, data_spec_from_model
-from cotune.data.templates import IGNORE_INDEX, encode_prompt
+from cotune.data.schema import Sample
+from cotune.data.spec import data_spec_from_model
 from cotune.eval.ablation import ablate as ablate_samples
 from cotune.eval.ablation import check_ablations
 from cotune.eval.breakdown import breakdown, reliance
+from cotune.eval.generation import Prediction, check_generation, decode, predict_samples  # noqa: F401 - re-exported
 from cotune.eval.metrics import ScoreError
 from cotune.eval.mme_results import write_results as write_mme_results
+from cotune.eval.progress import GenerationProgress
 from cotune.eval.tasks import EvalTask, item_record, parse_dataset, score
 from cotune.fileio import atomic_write_text
-from cotune.model.generate import generate, left_pad
 from cotune.model.io import CONFIG, MANIFEST, WEIGHTS, load
 
 log = logging.getLogger(__name__)
@@ -48,14 +46,6 @@ RUN_KEYS = (
     "run_dir", "dataset", "path", "split", "metric", "template", "records", "selected", "evaluated", "skipped",
     "skip_examples", "limit", "sample_seed", "max_new_tokens", "batch_size", "seconds", "samples_per_second",
 )
-
-
-class Prediction(NamedTuple):
-    """One generated answer: the sample, its prompt ids and the decoded continuation."""
-
-    sample: Sample
-    prompt_ids: list[int]
-    text: str
 
 
 def run_config(run_dir: str | Path) -> CotuneConfig:
@@ -77,11 +67,6 @@ def load_run(run_dir: str | Path, device=None):
     """(model, config) of a run directory or saved model directory (see :func:`run_config`)."""
     config = run_config(run_dir)
     return load(run_dir, device), config
-
-
-def check_generation(model) -> None:
-    if model.config.routing.mode == "inline" and model.routing_state is not None:
-        raise ConfigError("model.routing.mode: 'inline' routing cannot generate (its modality row cannot be cached); train with 'separate'")
 
 
 def select(samples: Sequence[Sample], limit: int | None, seed: int | None) -> list[Sample]:
@@ -112,61 +97,6 @@ def dataset_config(task: EvalTask, path: Path, split: str, config: CotuneConfig)
     if trained is not None:
         fields = {"prompt_format": trained.prompt_format, "use_caption": trained.use_caption, "prompt": trained.prompt}
     return DatasetConfig(kind=task.reader, path=str(path), split=split, name=f"{task.name}:{split}", **fields)
-
-
-def decode(tokenizer, row: torch.Tensor) -> str:
-    """Generated ids [N] -> text up to the first EOS, special tokens dropped, stripped."""
-    ids = row.tolist()
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-
-def predict_samples(
-    model, spec: DataSpec, samples: Iterable[Sample], *, batch_size: int = 8, max_new_tokens: int = 64,
-    report: DatasetReport | None = None, num_workers: int = 0, **generate_kwargs,
-) -> Iterator[Prediction]:
-    """Generates an answer to the last user turn of every usable sample, in order.
-
-    Prompts come from :func:`~cotune.data.templates.encode_prompt` with ``spec``'s template and
-    system prompt; media go through ``spec``'s preprocessors (in ``num_workers`` loader workers).
-    Batches are left-padded [B, T] and decoded greedily unless ``generate_kwargs`` say otherwise.
-    Samples that cannot be used are counted in ``report`` (a generator: counts are complete once
-    it is exhausted).
-    """
-    check_generation(model)
-    report = report if report is not None else DatasetReport("predict")
-    slots, kept, prompts = spec.slots(), [], []
-    for sample in samples:
-        try:
-            prompts.append(encode_prompt(sample, spec.tokenizer, slots, spec.template, spec.system_prompt, spec.max_length))
-        except SkipSample as skip:
-            report.skip(skip.reason, skip.detail)
-            continue
-        kept.append(sample)
-    if not kept:
-        return
-    dataset = PreparedDataset(report.name, kept, prompts, [[IGNORE_INDEX] * len(p) for p in prompts], spec)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=list, num_workers=num_workers)
-    settings = {"do_sample": False, "max_new_tokens": max_new_tokens, **generate_kwargs}
-    for number, items in enumerate(loader):
-        usable = []
-        for offset, item in enumerate(items):
-            if "skip" in item:
-                report.skip(*item["skip"])
-            else:
-                usable.append((number * batch_size + offset, item))
-        if not usable:
-            continue
-        ids, mask = left_pad([item["input_ids"].tolist() for _, item in usable], spec.pad_id)
-        media: dict[str, list[torch.Tensor]] = {}
-        for _, item in usable:
-            for name, tensors in item["media"].items():
-                media.setdefault(name, []).extend(tensors)
-        stacked = {name: torch.stack(tensors) for name, tensors in media.items()}
-        rows = generate(model, ids, mask, media=stacked, **settings)
-        for (index, _), row in zip(usable, rows):
-            yield Prediction(kept[index], prompts[index], decode(spec.tokenizer, row))
 
 
 @dataclass
@@ -202,7 +132,7 @@ def evaluate_run(
     model, config: CotuneConfig, dataset: str | tuple[EvalTask, Path] | EvalSet, *, split: str = "test", limit: int | None = None,
     sample_seed: int | None = None, batch_size: int = 8, max_new_tokens: int = 64, out: str | Path | None = None,
     num_workers: int = 0, run_dir: str | Path | None = None, ablate: str | None = None, ablations: Sequence[str] = (),
-    ablation_seed: int = 0,
+    ablation_seed: int = 0, progress: bool = True,
 ) -> dict:
     """Evaluates ``model`` (built from ``config``) on ``dataset``.
 
@@ -217,14 +147,16 @@ def evaluate_run(
     instead of the samples' own; metrics say which under ``ablation``. ``ablations`` evaluates with
     own media first, then once per named ablation (written under ``out/ablate-<name>``), and adds
     ``ablations``: per ablation its accuracy, breakdown and ``reliance`` (own vs ablated, per
-    group, and the gap). ``ablation_seed`` seeds the shuffle's derangement.
+    group, and the gap). ``ablation_seed`` seeds the shuffle's derangement. ``progress`` shows
+    each pass's progress (:mod:`cotune.eval.progress`: a bar on a terminal, log lines otherwise).
     """
     for flag, value in (("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens)):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
     check_ablations(ablate, ablations)
     data = dataset if isinstance(dataset, EvalSet) else load_eval_set(config, dataset, split, limit, sample_seed)
-    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_workers": num_workers, "run_dir": run_dir}
+    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_workers": num_workers, "run_dir": run_dir,
+                "progress": progress}
     metrics, records = _evaluate(model, config, data, out, ablate=ablate, ablation_seed=ablation_seed, **settings)
     if ablations:
         metrics["ablations"] = {}
@@ -244,7 +176,7 @@ def evaluate_run(
 
 def _evaluate(
     model, config: CotuneConfig, data: EvalSet, out, *, batch_size: int, max_new_tokens: int, num_workers: int, run_dir,
-    ablate: str | None = None, ablation_seed: int = 0,
+    ablate: str | None = None, ablation_seed: int = 0, progress: bool = True,
 ) -> tuple[dict, list[dict]]:
     """One pass of :func:`evaluate_run` over ``data`` (own media, or ``ablate``'s): its metrics
     and scored records (``out`` only receives what was generated if scoring fails)."""
@@ -258,10 +190,12 @@ def _evaluate(
         samples = ablated.samples if ablated else data.samples
         start = time.perf_counter()
         records, metadata = [], {}
-        for prediction in predict_samples(model, spec, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                          report=report, num_workers=num_workers):
-            records.append(item_record(task, prediction.sample, prediction.text))
-            metadata[prediction.sample.id] = prediction.sample.metadata
+        label = f"eval {data.config.name}" + (f" ({ablate})" if ablate else "")
+        with GenerationProgress(len(samples), label, enabled=progress) as shown:
+            for prediction in predict_samples(model, spec, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                              report=report, num_workers=num_workers, progress=shown.advance):
+                records.append(item_record(task, prediction.sample, prediction.text))
+                metadata[prediction.sample.id] = prediction.sample.metadata
         seconds = time.perf_counter() - start
     run = {
         "run_dir": None if run_dir is None else str(run_dir), "dataset": task.name, "path": str(data.path),

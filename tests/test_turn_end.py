@@ -1,0 +1,89 @@
+"""Generation stops each answer where training ends it: EOS for LaVIN's layout, the chat template's
+end-of-turn token (``<|im_end|>``) when the tokenizer's EOS is another token, as a base LLM's is."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import tiny
+from cotune.config import load_config
+from cotune.data.report import DatasetReport
+from cotune.data.schema import Message, Sample
+from cotune.data.spec import data_spec_from_model
+from cotune.data.turn_end import stop_ids
+from cotune.eval.generation import decode, predict_samples
+from cotune.model import build_model
+from test_templates import CHATML
+
+
+def chat_tokenizer():
+    tok = tiny.make_tokenizer()
+    tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
+    tok.chat_template = CHATML
+    return tok
+
+
+def test_stop_ids_add_the_end_of_turn_token_only_where_it_is_not_eos():
+    tok = chat_tokenizer()
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert stop_ids(tok, "chat") == (tok.eos_token_id, im_end)
+    assert stop_ids(tok, "lavin") == (tok.eos_token_id,)  # LaVIN's layout ends answers in EOS
+    llama3 = chat_tokenizer()
+    llama3.chat_template = "{% for m in messages %}{{ m['content'] }}</s>{% endfor %}"  # the turn ends in EOS itself
+    assert stop_ids(llama3, "chat") == (llama3.eos_token_id,)
+    plain = chat_tokenizer()
+    plain.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"  # no special marker
+    assert stop_ids(plain, "chat") == (plain.eos_token_id,)
+
+
+def test_decode_cuts_at_the_first_stop():
+    tok = chat_tokenizer()
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    answer = tok("red circle", add_special_tokens=False)["input_ids"]
+    tail = tok("user: more", add_special_tokens=False)["input_ids"]
+    row = torch.tensor(answer + [im_end] + tail + [tok.eos_token_id])
+    assert decode(tok, row, stop_ids(tok, "chat")) == "red circle"
+    assert decode(tok, row) == tok.decode(answer + [im_end] + tail, skip_special_tokens=True).strip()  # EOS only: the invented turn stays
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_root, tmp_path_factory):
+    """A tiny text-only LLaMA whose tokenizer has a ChatML template and an EOS (</s>) that is not <|im_end|>."""
+    path = tmp_path_factory.mktemp("chat-llm") / "llm"
+    shutil.copytree(tiny.save_llm(tiny_root), path)
+    chat_tokenizer().save_pretrained(path)
+    config = load_config(data=tiny.model_config(path))
+    return build_model(config), config
+
+
+def test_generation_stops_at_the_end_of_turn_token(chat_model):
+    model, config = chat_model
+    spec = data_spec_from_model(model, config.data)
+    assert spec.template == "chat"
+    im_end = spec.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    sample = Sample("q", [Message("user", "what colour is the shape?")])
+    # Make <|im_end|> the greedy first token: its LM-head row along the prompt's last hidden state, every lower id against it.
+    seen = []
+    handle = model.llm.lm_head.register_forward_pre_hook(lambda _module, args: seen.append(args[0][0, -1].detach().clone()))
+    try:
+        next(predict_samples(model, spec, [sample], max_new_tokens=1))
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        weight = model.llm.lm_head.weight
+        weight[:im_end] = -seen[0]
+        weight[im_end:] = seen[0]
+    report = DatasetReport("t")
+    [prediction] = list(predict_samples(model, spec, [sample], max_new_tokens=12, report=report))
+    assert prediction.text == "" and report.skipped == {}
+    # The row ended at <|im_end|>: generating again with EOS as the only stop runs all 12 tokens.
+    from cotune.model.generate import generate
+
+    ids = torch.tensor([prediction.prompt_ids])
+    with_stop = generate(model, ids, max_new_tokens=12, do_sample=False, eos_token_id=list(stop_ids(spec.tokenizer, "chat")))
+    eos_only = generate(model, ids, max_new_tokens=12, do_sample=False)
+    assert with_stop.shape[1] == 1 and with_stop[0, 0] == im_end
+    assert eos_only.shape[1] == 12
