@@ -91,6 +91,9 @@ CASES = {
                                              "connector": {"type": "linear"}},
                                     llm=dict(trainable="full"), data={"template": "chat", "system_prompt": "Answer in one word."},
                                     chat=True),
+    # a frozen Qwen2 with tied embeddings: only the projector trained
+    "clip-mlp-frozen-tied": dict(encoder={"type": "clip", "layers": [-1], "reduce": "all", "connector": {"type": "mlp2x-gelu"}},
+                                 llm=dict(), data={"template": "lavin"}, chat=False, family="qwen2"),
 }
 
 
@@ -99,7 +102,7 @@ def test_llava_export_answers_what_cotune_predict_answers(tiny_root, tmp_path, c
     spec = CASES[case]
     encoder = dict(spec["encoder"])
     encoder["name_or_path"] = str(siglip_encoder(tiny_root) if encoder["type"] == "siglip" else tiny.save_encoder(tiny_root, "clip"))
-    llm = chat_llm(tiny_root, tmp_path) if spec["chat"] else tiny.save_llm(tiny_root)
+    llm = chat_llm(tiny_root, tmp_path) if spec["chat"] else tiny.save_llm(tiny_root, spec.get("family", "llama"))
     run, model = saved_run(tmp_path, llm, {"image": encoder}, spec["data"], **spec["llm"])
     image = tmp_path / "photo.png"
     Image.new("RGB", (41, 29), (200, 40, 90)).save(image)
@@ -179,3 +182,22 @@ def test_export_refuses_an_unknown_run_and_a_full_output_directory(tmp_path):
     assert code == 2 and "exists and is not empty" in err
     code, _, err = cli("export", str(tmp_path / "nothing"), "--format", "causal-lm", "--out", str(tmp_path / "new"))
     assert code == 2 and "no such directory" in err
+
+
+@pytest.mark.parametrize("family, exported", [("llama", True), ("qwen2", False)])
+def test_causal_lm_folds_need_a_config_that_holds_their_biases(tiny_root, tmp_path, family, exported):
+    """MM-Adapters before the FFN fold into gate/up projections that have no bias: LLaMA's config
+    turns on mlp_bias (down_proj gets zeros), Qwen2's has no such flag and the export is refused."""
+    adapter = {"type": "mm_adapter", "dropout": 0.0, "sites": "attn+ffn"}
+    run, model = saved_run(tmp_path, tiny.save_llm(tiny_root, family), {}, {"template": "lavin"}, trainable="adapter", adapter=adapter)
+    code, _, err = cli("export", str(run), "--format", "causal-lm", "--out", str(tmp_path / "lm"))
+    if not exported:
+        assert code == 2 and "cannot hold" in err and "mlp.gate_proj.bias" in err
+        return
+    assert code == 0, err
+    lm = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    assert lm.config.mlp_bias and lm.config.attention_bias
+    ids = tiny.encode(model, QUESTION)
+    with torch.no_grad():
+        assert (model(ids).logits - lm(ids).logits).abs().max() <= 1e-4
+        assert float(lm.model.layers[0].mlp.down_proj.bias.abs().max()) == 0.0
