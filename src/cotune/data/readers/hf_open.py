@@ -54,7 +54,8 @@ def _cached_hub_dataset(datasets, name: str, split: str) -> tuple[list[str], Ite
         raise FileNotFoundError(
             f"{name}: not a local path, and the datasets cache ({cache_dir}) holds no copy of it "
             f"({' '.join(str(err).split())}); run datasets.load_dataset({repo!r}) once on a machine with network "
-            "and copy the cache, or save the dataset with save_to_disk / to_parquet and give that path"
+            "and copy the cache, or save the dataset with save_to_disk / to_parquet and give that path (a dataset "
+            "with several configurations cached is named owner/name/config)"
         ) from None
     splits = list(builder.info.splits or {})
     if split not in splits:
