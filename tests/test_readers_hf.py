@@ -177,6 +177,7 @@ def test_hf_hub_id_is_read_from_the_datasets_cache_only(tmp_path, monkeypatch):
     samples, report = read("hf", "me/toy")
     assert [s.id for s in samples] == ["toy-0", "toy-1"] and report.total == 2
     assert samples[1].messages[-1].content == "red 1" and samples[1].media["image"][0].suffix == ".png"
+    assert [s.id for s in read("hf", "me/toy/default")[0]] == ["toy-0", "toy-1"]  # owner/name/config
     with pytest.raises(ValueError, match="no split 'test' in the cached copy; splits: train"):
         read("hf", "me/toy", split="test")
     with pytest.raises(FileNotFoundError, match="not a local path, and the datasets cache .* holds no copy of it"):

@@ -55,7 +55,7 @@ def read(config: DatasetConfig, report: DatasetReport) -> Iterator[Sample]:
     local = path.exists() or not HUB_ID.fullmatch(str(path))
     make = partial(
         _sample,
-        stem=path.stem if local else path.name,
+        stem=path.stem if local else str(path).split("/")[1],  # a Hub id: its dataset name
         to_messages=conversation_layout(columns, path),
         media_columns={kind: column for kind, column in media.items() if column},
         root=media_root(config, (path if path.is_dir() else path.parent) if local else Path.cwd()),
