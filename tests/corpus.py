@@ -63,6 +63,18 @@ def run_config(tiny_root, data_root, **train):
     return raw
 
 
+def llava_lora_config(tiny_root, data_root, **train):
+    """:func:`run_config` made LLaVA-style: CLIP patches of layer -2, mlp2x-gelu, LoRA (r 4) in the
+    LLM and in CLIP, the tokenizer's template (LaVIN's layout: the tiny tokenizer has none)."""
+    lora = {"type": "lora", "lora_r": 4, "lora_dropout": 0.0}
+    raw = run_config(tiny_root, data_root, **train)
+    raw["model"]["llm"].update(trainable="lora", adapter=lora)
+    raw["model"]["encoders"]["image"].update(layers=[-2], reduce="patches", trainable="lora", adapter=lora,
+                                             connector={"type": "mlp2x-gelu"})
+    raw["data"]["template"] = "auto"
+    return raw
+
+
 def write_easyvqa(root, split="train", records=None):
     """easy-VQA's shipped layout under ``root/easy_vqa/data``: ``<split>/questions.json`` holding
     ``records`` ([question, answer, image_id]) and a 64x64 PNG for every integer image id in them."""

@@ -14,13 +14,15 @@ import transformers
 from PIL import Image
 from tokenizers.processors import TemplateProcessing
 
+import corpus
 import tiny
 from cotune.cli.main import main
 from cotune.config import load_config
 from cotune.data.schema import Message, Sample
 from cotune.data.spec import data_spec_from_model
 from cotune.data.templates import encode_prompt
-from cotune.model import build_model, load, save_model
+from cotune.model import build_model, save_model
+from cotune.train import Trainer
 
 QUESTION = "what colour is the circle"
 CHATML = ("{{ bos_token }}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
@@ -201,3 +203,20 @@ def test_causal_lm_folds_need_a_config_that_holds_their_biases(tiny_root, tmp_pa
     with torch.no_grad():
         assert (model(ids).logits - lm(ids).logits).abs().max() <= 1e-4
         assert float(lm.model.layers[0].mlp.down_proj.bias.abs().max()) == 0.0
+
+
+def test_a_trained_run_exported_as_llava_answers_what_cotune_predict_answers(tiny_root, tmp_path):
+    """The whole path on a real run directory: train (LoRA in the LLM and CLIP), export, and ask
+    transformers and `cotune predict` the same question about the same image."""
+    run = tmp_path / "run"
+    Trainer(load_config(data=corpus.llava_lora_config(tiny_root, tmp_path / "data", max_steps=2)), run).run()
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (30, 44), (20, 160, 60)).save(image)
+    code, _, err = cli("export", str(run), "--format", "llava", "--out", str(tmp_path / "llava"))
+    assert code == 0, err
+    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "llava")
+    llava = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    answer, _ = transformers_answer(llava, processor, image, max_new_tokens=10)
+    assert answer == predicted(run, image, max_new_tokens=10)
+    card = (tmp_path / "llava" / "README.md").read_text()
+    assert "scienceqa:train" in card and "training loss at step 2" in card

@@ -15,17 +15,9 @@ from cotune.export.peft_adapters import write_peft_adapters
 from cotune.model import load
 from cotune.train import Trainer
 
-LORA = {"type": "lora", "lora_r": 4, "lora_dropout": 0.0}
-
-
 def lora_run(tiny_root, tmp_path):
     """Two training steps of a tiny LLaVA-style run with LoRA in the LLM and in CLIP."""
-    raw = corpus.run_config(tiny_root, tmp_path / "data", max_steps=2)
-    raw["model"]["llm"].update(trainable="lora", adapter=LORA)
-    raw["model"]["encoders"]["image"].update(layers=[-2], reduce="patches", trainable="lora", adapter=LORA,
-                                             connector={"type": "mlp2x-gelu"})
-    raw["data"]["template"] = "auto"
-    Trainer(load_config(data=raw), tmp_path / "run").run()
+    Trainer(load_config(data=corpus.llava_lora_config(tiny_root, tmp_path / "data", max_steps=2)), tmp_path / "run").run()
     return tmp_path / "run"
 
 
