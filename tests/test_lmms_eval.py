@@ -144,3 +144,19 @@ def test_loglikelihood_is_the_batch_independent_loss_and_greedy_matches_generati
     for (a, _), (b, _) in zip(single, batched):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)  # right padding changes nothing
     assert all(loss > 0 for loss, _ in single) and min(l for l, _ in single[4:]) > max(l for l, _ in single[:4])
+
+
+def test_visuals_become_lossless_files_the_preprocessors_read(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cotune.data.media import load_audio, load_image
+    from cotune.eval.lmms_model import write_visuals
+
+    image = Image.new("RGB", (20, 12), (10, 200, 30))
+    image.putpixel((3, 4), (1, 2, 3))
+    clip = {"array": np.sin(np.linspace(0, 60, 16000)).astype(np.float32) * 0.5, "sampling_rate": 16000}
+    media = write_visuals([image, clip, {"video": "v.mp4"}], tmp_path)
+    assert [p.suffix for p in media["image"]] == [".png"] and [p.suffix for p in media["audio"]] == [".wav"]
+    assert list(load_image(media["image"][0], "s").getdata()) == list(image.getdata())
+    assert np.array_equal(load_audio(media["audio"][0], "s", 16000), clip["array"])
