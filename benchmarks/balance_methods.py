@@ -74,7 +74,7 @@ def config_for(work: Path, files: dict[str, Path], method: str, steps: int):
 @torch.no_grad()
 def answer_accuracy(trainer) -> float:
     """Teacher-forced accuracy of the answer's first token on the validation set."""
-    model, dataset = trainer.model, trainer._eval_sets[0]
+    model, dataset = trainer.model, trainer.evaluator.datasets[0]
     model.eval()
     right = total = 0
     for batch in torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=Collator(trainer.spec.pad_id)):

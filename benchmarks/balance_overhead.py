@@ -13,7 +13,7 @@ size) and, after each, estimates kappa with `exact` and with `jvp` on the same s
 the demo's MM-Adapters and LaVIN neck, ``zoo_model.py``), batch 16 x 48-token chat rows with 7 image
 tokens (the demo's shape), the demo's per-group learning rates. Whole training steps are timed the
 way the Trainer runs them, in interleaved rounds: a plain step (``constant`` without estimation),
-a step on which a ``BalanceController`` with the default settings (``BalanceConfig()``: estimator
+a step on which a balance strategy (``make_balance``) with the default settings (``BalanceConfig()``: estimator
 ``exact``, every_k 20) estimates kappa, and the same with ``estimator: jvp``. The relative step
 time at every_k = k is 1 + (due step / plain step - 1) / k, from the median over rounds of the
 due-to-plain ratio within a round (target <= 1.10 at the default k). On the jvp step, ``exact`` is
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from throughput_report import Contention, machine  # noqa: E402
 from train_throughput import Stepper  # noqa: E402
 
-from cotune.balance.controller import BalanceController  # noqa: E402
+from cotune.balance.strategies import BalanceStrategy, make_balance  # noqa: E402
 from cotune.balance.estimator import exact_estimate, jvp_estimate, snapshot  # noqa: E402
 from cotune.balance.scheduler import kappa_of  # noqa: E402
 from cotune.balance.sides import resolve_sides  # noqa: E402
@@ -71,14 +71,14 @@ def save(text: str, name: str) -> None:
 ZOO_NAMES = ("constant", "exact", "jvp")
 
 
-def due_step(step: Stepper, controller: BalanceController, n: int) -> tuple[float, dict]:
+def due_step(step: Stepper, controller: BalanceStrategy, n: int) -> tuple[float, dict]:
     """A training step on which ``controller`` estimates kappa (``n``: a step index it is due at), in
     the Trainer's order: forward, backward, snapshot, clip + AdamW, estimate. Returns (s, record)."""
     started = time.perf_counter()
     step.forward().backward()
-    controller.before_step(n)
+    controller.before_update(n)
     step.update()
-    record = controller.after_step(n, step.batch)
+    record = controller.after_update(n, step.batch, {})
     return time.perf_counter() - started, record
 
 
@@ -86,7 +86,7 @@ def zoo_rounds(step: Stepper, rounds: int) -> dict:
     """Interleaved rounds of a plain, an exact-due and a jvp-due step (order rotated every round);
     on the jvp step, exact on the same parameters (untimed)."""
     default = BalanceConfig()
-    controllers = {name: BalanceController(replace(default, estimator=name), step.model, step.optimizer, 0, float) for name in ZOO_NAMES[1:]}
+    controllers = {name: make_balance(replace(default, estimator=name), step.model, step.optimizer, 0, float) for name in ZOO_NAMES[1:]}
     step()  # warm-up: the up-projections leave zero
     due_step(step, controllers["jvp"], 0)  # warm-up of the forward-mode path
     times = {name: [] for name in ZOO_NAMES}

@@ -14,7 +14,7 @@ from cotune.balance.estimator import exact_estimate, jvp_estimate, snapshot
 from cotune.balance.regularizer import lag_weights
 from cotune.balance.scheduler import BalanceScheduler, kappa_of
 from cotune.balance.estimator import Estimate
-from cotune.balance.controller import BalanceController
+from cotune.balance.strategies import STRATEGIES, make_balance
 from cotune.config import BalanceConfig, load_config
 from cotune.train import Interrupted, Trainer
 
@@ -183,16 +183,16 @@ def test_regulariser_gradient_reaches_only_lagging_sides(tiny_root, tmp_path, ta
     raw = corpus.run_config(tiny_root, tmp_path / "data", max_steps=1)
     trainer = Trainer(load_config(data=raw, overrides=["balance.method=commit", f"balance.aux_target={target}"]), tmp_path / "run")
     trainer.setup()
-    controller = trainer.balance
-    controller.lag = {"S": 1.0, "T": 0.0}
+    strategy = trainer.balance
+    strategy.lag = {"S": 1.0, "T": 0.0}
     batch = next(iter(trainer.data.loader))
-    with controller.forward_context():
+    with strategy.forward_context():
         out = trainer.model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], media=batch["media"])
-    controller.add_aux(out.logits, batch["labels"], 1.0, main_loss=out.loss)
-    reached = set(controller._aux_grads)
-    s_ids = {id(p) for p in controller.params["S"] if p.requires_grad}
-    assert reached == s_ids and not reached & {id(p) for p in controller.params["T"]}
-    assert any(torch.count_nonzero(g) for g in controller._aux_grads.values())
+    strategy.after_forward(0, batch, out, out.loss, 1.0, last=True)
+    reached = set(strategy.regulariser.pending)
+    s_ids = {id(p) for p in strategy.params["S"] if p.requires_grad}
+    assert reached == s_ids and not reached & {id(p) for p in strategy.params["T"]}
+    assert any(torch.count_nonzero(g) for g in strategy.regulariser.pending.values())
 
 
 def test_grad_norm_regulariser_is_minus_the_lagging_sides_gradient_norm_slope():
@@ -201,17 +201,18 @@ def test_grad_norm_regulariser_is_minus_the_lagging_sides_gradient_norm_slope():
     model = Toy().double()
     optimizer = torch.optim.SGD([{"params": [model.a], "group": "encoder.image"}, {"params": [model.b], "group": "llm"}], lr=0.1)
     config = BalanceConfig(method="commit", aux_target="grad_norm", aux_weight=0.5)
-    controller = BalanceController(config, model, optimizer, start_step=0, reduce=float)
-    controller.lag = {"S": 0.8, "T": 0.0}
+    strategy = make_balance(config, model, optimizer, start_step=0, reduce=float)
+    strategy.lag = {"S": 0.8, "T": 0.0}
+    regulariser = strategy.regulariser
     batch = toy_batch()
 
     def loss_at(a):
         logits = model.embed[batch["input_ids"]] @ (a + model.b)
         return nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
 
-    value = controller.add_aux(None, batch["labels"], 1.0, main_loss=loss_at(model.a))
-    added = controller._aux_grads[id(model.a)]
-    assert set(controller._aux_grads) == {id(model.a)}
+    value = regulariser.add(None, batch["labels"], 1.0, main_loss=loss_at(model.a))
+    added = regulariser.pending[id(model.a)]
+    assert set(regulariser.pending) == {id(model.a)}
 
     def grad_norm(a):
         a = a.detach().requires_grad_(True)
@@ -267,10 +268,16 @@ def test_reusing_the_training_forward_for_before_gives_the_same_kappa(tiny_root,
     """With no dropout and fp32, the training forward's logits are the "before" distribution."""
     trainer, reused = run(tiny_root, tmp_path, "reused", ["balance.every_k=1"], max_steps=4)
     trainer.model.train()
-    assert trainer.balance.reuses_training_logits(0, "fp32") and not trainer.balance.reuses_training_logits(0, "bf16")
+    assert trainer.balance.monitor.reuses_training_logits(0, "fp32") and not trainer.balance.monitor.reuses_training_logits(0, "bf16")
     _, separate = run(tiny_root, tmp_path, "separate", ["balance.every_k=1", "balance.reuse_training_logits=never"], max_steps=4)
     for a, b in zip(reused, separate, strict=True):
         if a.get("balance/valid") == 1.0:
             assert a["balance/kappa"] == pytest.approx(b["balance/kappa"], rel=1e-4, abs=1e-7)
             assert a["balance/estimate_seconds"] > 0
     assert any(r.get("balance/valid") == 1.0 for r in reused)
+
+
+def test_every_configurable_method_has_a_strategy():
+    from cotune.config.balance import METHODS
+
+    assert STRATEGIES.names() == sorted(METHODS)

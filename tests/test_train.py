@@ -267,7 +267,12 @@ def test_existing_run_directory_is_not_overwritten(tiny_root, tmp_path):
 
 def test_bf16_autocast_trains_on_cpu(tiny_root, tmp_path):
     trainer = Trainer(config(tiny_root, tmp_path, ["train.precision=bf16"], max_steps=3), tmp_path / "run")
+    trainer.setup()
+    # The float32 LM head runs in bfloat16 only under autocast.
+    dtypes = []
+    trainer.model.llm.lm_head.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype) if trainer.model.training else None)
     trainer.run()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
     records = metrics(tmp_path / "run")
     assert all(math.isfinite(r["loss"]) and "skipped" not in r for r in records)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)

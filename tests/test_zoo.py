@@ -262,7 +262,9 @@ def _real(name: str) -> Path:
 
 
 def test_real_mobilenet_known_answer():
-    zoo_convert.verify_mobilenet(_real("torchvision/mobilenet_v2"))
+    # verify_mobilenet raises on other classes or logits; the summary names the recorded classes.
+    summary = zoo_convert.verify_mobilenet(_real("torchvision/mobilenet_v2"))
+    assert summary.startswith(f"probe top-3 ImageNet classes {zoo_convert.MOBILENET_PROBE_TOP3}")
 
 
 def test_real_smollm2_known_answer():
@@ -270,7 +272,9 @@ def test_real_smollm2_known_answer():
 
 
 def test_real_easyvqa_counts():
-    zoo_convert.verify_easyvqa(_real("easy-vqa"))
+    summary = zoo_convert.verify_easyvqa(_real("easy-vqa"))
+    for split, (images, questions) in zoo_convert.EASYVQA_COUNTS.items():
+        assert f"{split}: {images} images, {questions} questions" in summary
 
 
 

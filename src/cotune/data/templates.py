@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 
 from cotune.data.schema import MEDIA_MARKERS, Sample, SkipSample, check_text
 
+#: The label of positions the loss skips (PyTorch's cross-entropy default); the model's loss and
+#: the balance estimates read the same constant.
 IGNORE_INDEX = -100
 
 

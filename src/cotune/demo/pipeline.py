@@ -128,8 +128,7 @@ def demo_config(out: Path, easyvqa: Path, plan: DemoPlan, sizes: dict[str, int],
 
 def use_bfloat16() -> bool:
     """bf16 weights and autocast on GPUs that support it; float32 on CPU, where a whole training
-    step measured 2x slower under bf16 autocast (8.5-11 s vs 4-5 s idle, AVX512-BF16) although a
-    bare bf16 matmul ran 3x faster."""
+    step under bf16 autocast measured slower than in float32 (docs/demo.md, step 4)."""
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -19,9 +19,8 @@ from torch import nn
 from cotune.adapters.bottleneck import MMAdapter, RepAdapter
 from cotune.adapters.routing import RoutingState
 from cotune.config.model import ModelConfig
+from cotune.data.templates import IGNORE_INDEX
 from cotune.model.splice import SpliceError, inline_attention_mask, modality_codes, splice_features
-
-IGNORE_INDEX = -100
 
 
 @dataclass

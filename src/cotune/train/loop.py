@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cotune.balance import BalanceController
+from cotune.balance import make_balance
 from cotune.config import CotuneConfig, config_hash, save_config, to_dict
 from cotune.config.paths import absolute_paths
 from cotune.data.collate import model_inputs
@@ -35,13 +35,13 @@ from cotune.data.spec import data_spec_from_model
 from cotune.export.run_outputs import write_run_outputs
 from cotune.model import build_model, save_model
 from cotune.train.checkpoint import checkpoint_dir, list_checkpoints
-from cotune.train.evaluate import evaluate_loss
+from cotune.train.evaluate import Evaluator
 from cotune.train.groups import optimizer_groups
 from cotune.train.launch import LaunchSettings, check_launch, use_cuda
 from cotune.train.metrics import MetricsLog, Progress, truncate_metrics
 from cotune.train.resume import read_latest, restore, save_checkpoint
-from cotune.train.schedules import lr_multiplier
 from cotune.train.sharding import make_sharding
+from cotune.train.step import OptimizerStep, make_optimizer
 from cotune.train.state import TrainerState
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,6 @@ class Interrupted(RuntimeError):
     def __init__(self, signal_number: int, checkpoint: Path) -> None:
         super().__init__(f"stopped by signal {signal_number}; checkpoint saved at {checkpoint}")
         self.signal_number = signal_number
-
-
-def _make_optimizer(param_groups, train):
-    kwargs = {"betas": tuple(train.betas), "eps": train.eps}
-    try:
-        return torch.optim.AdamW(param_groups, lr=0.0, fused=True, **kwargs)
-    except (RuntimeError, ValueError):  # fused kernels missing for this device/dtype
-        return torch.optim.AdamW(param_groups, lr=0.0, foreach=True, **kwargs)
 
 
 class Trainer:
@@ -183,7 +175,7 @@ class Trainer:
         self.steps_per_epoch = max(1, micro_batches // train.grad_accum)
         self.total_steps = train.max_steps or math.ceil(train.epochs * self.steps_per_epoch)
         param_groups, self.settings = optimizer_groups(self.model, train, self.steps_per_epoch)
-        self.optimizer = _make_optimizer(param_groups, train)
+        self.optimizer = make_optimizer(param_groups, train)
         self.ddp_model, self.optimizer = self.sharding.wrap(self.model, self.optimizer)
         warmup_end = max((s.start_step + s.warmup for s in self.settings.values()), default=0)
         balance = config.balance
@@ -191,7 +183,16 @@ class Trainer:
             # The estimate swaps whole parameters in and out; FSDP holds them as shards.
             log.info("balance: kappa is not estimated under FSDP")
             balance = replace(balance, estimator="none")
-        self.balance = BalanceController(balance, self.model, self.optimizer, warmup_end, self._reduce)
+        self.balance = make_balance(balance, self.model, self.optimizer, warmup_end, self._reduce, train.precision)
+        device = self.accelerator.device
+        self.update = OptimizerStep(
+            self.model, self.optimizer, self.settings, self.balance, train.max_grad_norm, self.total_steps, self.scaler,
+            (lambda t: self.accelerator.reduce(t.to(device), reduction="sum").cpu()) if self.sharding.sharded else None,
+        )
+        self.evaluator = Evaluator(
+            self.model, spec, config.data, self.data.report, self._reduce, autocast=self.autocast, device=device, rank=self.rank,
+            world=self.world, sharded=self.sharding.sharded, forward=self.ddp_model if self.sharding.sharded else self.model,
+        )
         if checkpoint is not None:
             restore(self, checkpoint)
         else:
@@ -263,40 +264,16 @@ class Trainer:
                 out = model(**model_inputs(batch, self.accelerator.device), touch_all=self.world > 1,
                             supervised_logits=not batch.get("stand_in"))
                 loss = out.loss_sum * (self.world / max(tokens, 1.0))
-                if index == len(batches) - 1 and self.balance.reuses_training_logits(self.state.step, self.config.train.precision):
-                    self.balance.capture_training_logits(batch, out.logits, out.logit_positions)
-                if self.balance.aux_active():
-                    fraction = batch["num_supervised"] / max(tokens / self.world, 1.0)
-                    self._aux_loss += self.balance.add_aux(out.logits, batch["labels"].to(out.logits.device), fraction,
-                                                           out.logit_positions, main_loss=loss)
+                fraction = batch["num_supervised"] / max(tokens / self.world, 1.0)
+                self.balance.after_forward(self.state.step, batch, out, loss, fraction, last=index == len(batches) - 1)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += float(out.loss_sum.detach())
             seen += 0 if batch.get("stand_in") else int(batch["attention_mask"].sum())
             samples += len(batch["sample_ids"])
         # The main gradients carry fp16's loss scale until unscale_; the regulariser's must too.
         loss_scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
-        self.balance.apply_aux(self.world, lambda t: self.accelerator.reduce(t, reduction="sum"), loss_scale)
+        self.balance.after_backward(self.world, lambda t: self.accelerator.reduce(t, reduction="sum"), loss_scale)
         return self._reduce(loss_sum) / max(tokens, 1.0), int(self._reduce(seen)), int(self._reduce(samples))
-
-    def _group_norms(self) -> dict[str, float]:
-        squares: dict[str, float] = {}
-        for group in self.optimizer.param_groups:
-            total = sum(float(p.grad.detach().float().pow(2).sum()) for p in group["params"] if p.grad is not None)
-            squares[group["group"]] = squares.get(group["group"], 0.0) + total
-        if self.sharding.sharded:  # each process holds a disjoint slice of every gradient
-            names = sorted(squares)
-            local = torch.tensor([squares[n] for n in names], device=self.accelerator.device, dtype=torch.float64)
-            squares = dict(zip(names, self.accelerator.reduce(local, reduction="sum").tolist()))
-        return {name: math.sqrt(value) for name, value in squares.items()}
-
-    def _set_learning_rates(self) -> dict[str, float]:
-        rates = {}
-        scale = self.balance.group_multipliers()
-        for group in self.optimizer.param_groups:
-            settings = self.settings[group["group"]]
-            group["lr"] = settings.lr * lr_multiplier(settings, self.state.step, self.total_steps) * scale.get(group["group"], 1.0)
-            rates[group["group"]] = group["lr"]
-        return rates
 
     def _check_decode_skips(self) -> None:
         """Media that fail to decode while loading count against ``data.max_skip_fraction`` as the
@@ -340,52 +317,21 @@ class Trainer:
             batches = [b for b in batches if b["sample_ids"]]
         else:
             batches = [b if b["sample_ids"] else self._stand_in(b) for b in batches]
-        self._aux_loss = 0.0
         if not batches:
             return self._empty_step()
         loss, seen, samples = self._forward_backward(batches)
         if samples == 0:  # every process's items failed to decode: no update from momentum alone
             self.optimizer.zero_grad(set_to_none=True)
             return self._empty_step()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        norms = self._group_norms()
-        total_norm = math.sqrt(sum(v * v for v in norms.values()))
-        record = {"step": self.state.step + 1, "epoch": self.state.epoch, "loss": loss}
-        if not (math.isfinite(loss) and math.isfinite(total_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
+        update = self.update(self.state.step, loss, batches[-1])
+        record = {"step": self.state.step + 1, "epoch": self.state.epoch, "loss": loss, **update.record}
+        if update.applied:
+            self.state.consecutive_bad = 0
+        else:
             self.state.bad_steps += 1
             self.state.consecutive_bad += 1
-            log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); skipped", self.state.step + 1, loss, total_norm)
             record["skipped"] = 1
-            if self.scaler is not None:
-                self.scaler.update()  # lowers the loss scale after an overflow
-        else:
-            step = self.state.step
-            self.balance.drop_inactive_gradients(step)
-            max_norm = self.config.train.max_grad_norm
-            active = self.balance.active_groups(step)
-            active_norm = total_norm if active is None else math.sqrt(sum(v * v for g, v in norms.items() if g in active))
-            if max_norm is not None and active_norm > max_norm:
-                coefficient = max_norm / (active_norm + 1e-6)
-                for p in self.model.parameters():
-                    if p.grad is not None:
-                        p.grad.mul_(coefficient)
-            rates = self._set_learning_rates()
-            self.balance.before_step(step)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.state.consecutive_bad = 0
-            record.update({f"lr/{k}": v for k, v in rates.items()})
-            record.update(self.balance.after_step(step, batches[-1]))
-            record.update(self.balance.side_norms(norms))
-            if self.balance.aux_active() or self._aux_loss:
-                record["balance/aux_loss"] = self._aux_loss
-        record.update({f"grad_norm/{k}": v for k, v in norms.items()})
+        record.update({f"grad_norm/{k}": v for k, v in update.norms.items()})
         elapsed = time.perf_counter() - started
         self.state.samples_seen += samples
         self.state.tokens_seen += seen
@@ -465,8 +411,7 @@ class Trainer:
         train, step = self.config.train, self.state.step
         record["step_seconds"] = time.perf_counter() - self._step_started
         if train.eval_every and step % train.eval_every == 0 and self.config.data.eval:
-            record.update(evaluate_loss(self))
-            self.model.train()
+            record.update(self.evaluator())
         if self.main:
             self.metrics.write(record)
         progress.update(step, record)
@@ -487,7 +432,7 @@ class Trainer:
             self.save_checkpoint()
         final = self.run_dir / "model"
         if self.config.data.eval and not self.config.train.eval_every:
-            record = {"step": self.state.step, **evaluate_loss(self)}
+            record = {"step": self.state.step, **self.evaluator()}
             if self.main:
                 self.metrics.write(record)
         trainable = self.sharding.trainable_state(self.model, self.ddp_model) if self.sharding.sharded else None
