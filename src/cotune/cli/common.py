@@ -47,13 +47,18 @@ class Command:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the positional CONFIG (a YAML file) and repeated ``--set KEY=VALUE`` overrides."""
     parser.add_argument("config", metavar="CONFIG", help="YAML config file (e.g. recipes/lavin-7b-scienceqa.yaml)")
+    add_set_argument(parser)
+
+
+def add_set_argument(parser: argparse.ArgumentParser, what: str = "a config value") -> None:
+    """Repeated ``--set KEY=VALUE`` overrides into ``args.overrides`` (``what`` they override, for the help)."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value by its dotted key, e.g. --set model.llm.dtype=bfloat16 "
+        help=f"override {what} by its dotted key, e.g. --set model.llm.dtype=bfloat16 "
         "(VALUE is parsed as YAML; repeatable, applied in order)",
     )
 

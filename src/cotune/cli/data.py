@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from cotune.cli.common import add_set_argument
 from cotune.config import ConfigError, CotuneConfig, DataConfig, DatasetConfig, load_config
 from cotune.data.collate import Collator
 from cotune.data.dataset import DataError, check_skip_fraction, prepare_dataset
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--kind", help=f"reader for a dataset path ({', '.join(READERS.names())})")
     check.add_argument("--split", default="train", help="split of a dataset path (default: train)")
     check.add_argument("--config", help="with a dataset path: also render it with this config's model")
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    add_set_argument(check)
     check.add_argument("--workers", type=int, default=0, help="DataLoader workers for media decoding")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     synth = sub.add_parser("synth", help="write a synthetic demo dataset (audioqa, scienceqa, textqa) into an empty directory")

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from cotune.cli.common import add_set_argument
 from cotune.demo import DemoPlan, run_demo
 
 ROWS = (("image", "easy-VQA test (image)"), ("audio", "sound QA test (audio)"), ("text", "held-out text questions"))
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of every random choice: synthetic data, training draws and order, initialisation, "
                         "evaluation subsets, the shuffle (default: 0)")
     parser.add_argument("--cache", metavar="DIR", help="zoo cache root (default: $COTUNE_CACHE, else ~/.cache/cotune)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the demo recipe (repeatable)")
+    add_set_argument(parser, "the demo recipe")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from cotune.cli.common import add_set_argument
 from cotune.config import ConfigError, load_config
 from cotune.train.launch import DEVICES, use_cuda
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", nargs="?", help="YAML config (optional with --resume: the run's own)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    add_set_argument(parser)
     parser.add_argument("--out", help="run directory (default: runs/<config name>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP; gloo on CPU)")
