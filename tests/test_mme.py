@@ -15,7 +15,6 @@ from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
 from cotune.config.data import DatasetConfig
 from cotune.eval import evaluate_run, load_run
-from cotune.eval.metrics import ScoreError
 from cotune.eval.metrics.mme import SUBTASKS, MMEItem, mme, parse_answer
 from cotune.eval.mme_results import read_results
 

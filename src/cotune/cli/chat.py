@@ -24,6 +24,7 @@ import torch
 
 from cotune.data.schema import Message, Sample, SkipSample
 from cotune.data.templates import encode_prompt
+from cotune.data.turn_end import stop_ids
 from cotune.eval.runner import decode
 from cotune.model.generate import generate
 from cotune.model.stream import AnswerStream
@@ -50,8 +51,8 @@ class TokenStreamer(AnswerStream):
     """Writes each settled piece of the answer to ``out`` as it is generated (the decoding rules
     are :class:`~cotune.model.stream.AnswerStream`'s, shared with ``cotune serve``), then a newline."""
 
-    def __init__(self, tokenizer, out) -> None:
-        super().__init__(tokenizer, on_text=self._write)
+    def __init__(self, tokenizer, out, stop_ids=None) -> None:
+        super().__init__(tokenizer, on_text=self._write, stop_ids=stop_ids)
         self.out = out
 
     def _write(self, piece: str) -> None:
@@ -70,7 +71,9 @@ class ChatSession:
     def __init__(self, model, spec, out, max_new_tokens: int = 256, max_length: int | None = None, **generate_kwargs) -> None:
         self.model, self.spec, self.out = model, spec, out
         self.max_length = max_length or spec.max_length
-        self.settings = {"max_new_tokens": max_new_tokens, **generate_kwargs}
+        # Answers end where training ended them: EOS, or the chat template's end-of-turn token.
+        self.stops = stop_ids(spec.tokenizer, spec.template)
+        self.settings = {"max_new_tokens": max_new_tokens, "eos_token_id": list(self.stops), **generate_kwargs}
         self.history: list = []
         self.paths: dict[str, Path] = {}
         self.inputs: dict[str, dict] = {}  # kind -> {encoder name: input [1, ...]}
@@ -112,7 +115,7 @@ class ChatSession:
             return None
         spec = self.spec
         media = {name: tensor for inputs in self.inputs.values() for name, tensor in inputs.items()}
-        streamer = TokenStreamer(spec.tokenizer, self.out)
+        streamer = TokenStreamer(spec.tokenizer, self.out, self.stops)
         try:
             rows = generate(self.model, torch.tensor([ids]), media=media, streamer=streamer, **self.settings)
         except KeyboardInterrupt:
@@ -122,7 +125,7 @@ class ChatSession:
             if answer:
                 self.history += [question, Message("assistant", answer)]
             return answer
-        answer = decode(spec.tokenizer, rows[0])
+        answer = decode(spec.tokenizer, rows[0], self.stops)
         self.history += [question, Message("assistant", answer)]
         return answer
 

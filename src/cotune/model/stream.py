@@ -6,7 +6,9 @@ re-decodes the answer from its first token at every step, so multi-token charact
 the stop string is not part of the answer) and only releases text that cannot change any more:
 not an incomplete character, not the start of a stop string, not trailing whitespace. The pieces
 it releases therefore always join to the final answer, which equals ``cotune predict``'s decoding
-(up to EOS, special tokens dropped, stripped). :class:`StopWhenDone` ends generation once a stop
+(up to the first stop id, special tokens dropped, stripped). The stop ids default to EOS; callers
+pass the template's (:func:`cotune.data.turn_end.stop_ids`: EOS and the chat template's end-of-turn
+token), so an answer ends where training ended it. :class:`StopWhenDone` ends generation once a stop
 string was seen or the request was cancelled. Nothing here has parameters.
 """
 
@@ -22,12 +24,14 @@ from transformers.generation.streamers import BaseStreamer
 class AnswerStream(BaseStreamer):
     """Collects generated ids; calls ``on_text(piece)`` with each new piece of settled text."""
 
-    def __init__(self, tokenizer, stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None) -> None:
+    def __init__(self, tokenizer, stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
+                 stop_ids: Sequence[int] | None = None) -> None:
         self.tokenizer, self.stop, self.on_text = tokenizer, tuple(stop), on_text
+        self.stop_ids = tuple(stop_ids) if stop_ids is not None else (tokenizer.eos_token_id,)
         self.ids: list[int] = []
         self.sent = ""
         self.text = ""
-        self.stopped = False  # a stop string or EOS was generated
+        self.stopped = False  # a stop string or a stop id (EOS, end of turn) was generated
         self._seen_prompt = False
 
     def put(self, value) -> None:
@@ -44,13 +48,14 @@ class AnswerStream(BaseStreamer):
 
     @property
     def hit_eos(self) -> bool:
-        return self.tokenizer.eos_token_id in self.ids
+        """Whether a stop id (EOS or the template's end of turn) ended the answer."""
+        return any(stop in self.ids for stop in self.stop_ids)
 
     def _update(self, final: bool) -> None:
         ids = self.ids
-        eos = self.tokenizer.eos_token_id
-        if eos in ids:
-            ids, self.stopped = ids[: ids.index(eos)], True
+        end = min((ids.index(stop) for stop in self.stop_ids if stop in ids), default=None)
+        if end is not None:
+            ids, self.stopped = ids[:end], True
         text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:

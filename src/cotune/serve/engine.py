@@ -44,7 +44,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,9 +144,9 @@ class Job:
 class _Row:
     """One job inside a batch: its answer stream, tokens so far, sampling generator, state."""
 
-    def __init__(self, job: Job, tokenizer, device: torch.device) -> None:
+    def __init__(self, job: Job, tokenizer, device: torch.device, stop_ids: Sequence[int] | None = None) -> None:
         self.job, self.request = job, job.request
-        self.stream = AnswerStream(tokenizer, self.request.stop, lambda piece: _send(job, ("text", piece)))
+        self.stream = AnswerStream(tokenizer, self.request.stop, lambda piece: _send(job, ("text", piece)), stop_ids)
         self.stream.put(torch.empty(1, 0, dtype=torch.long))  # the (empty) prompt, as generate would push it
         self.count = 0
         self.done = False
@@ -217,10 +217,12 @@ class _RowsDone(StoppingCriteria):
 
 class Engine:
     """Owns ``model`` in a worker thread; ``max_queue`` requests may wait for it, and up to
-    ``max_batch`` are generated together."""
+    ``max_batch`` are generated together. ``stop_ids`` end an answer (default: EOS; the service
+    passes the template's, :func:`cotune.data.turn_end.stop_ids`)."""
 
-    def __init__(self, model, tokenizer, max_queue: int = 64, max_batch: int = 8) -> None:
+    def __init__(self, model, tokenizer, max_queue: int = 64, max_batch: int = 8, stop_ids: Sequence[int] | None = None) -> None:
         self.model, self.tokenizer, self.max_queue, self.max_batch = model, tokenizer, max_queue, max_batch
+        self.stop_ids = stop_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._held: list[Job] = []  # taken from the queue, left out of a batch they did not fit (under _count_lock)
@@ -458,7 +460,7 @@ class Engine:
     def _run_batch(self, jobs: list[Job]) -> None:
         device = self.model.llm.get_input_embeddings().weight.device
         started = time.monotonic()
-        rows = [_Row(job, self.tokenizer, device) for job in jobs]
+        rows = [_Row(job, self.tokenizer, device, self.stop_ids) for job in jobs]
         self._rows = rows
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(rows))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cotune.data.spec import DataSpec
+from cotune.data.turn_end import stop_ids
 from cotune.serve.config import ServeConfig
 from cotune.serve.engine import Engine
 
@@ -40,7 +41,8 @@ class Service:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
-        self.engine = Engine(self.model, self.spec.tokenizer, self.config.max_queue, self.config.max_batch)
+        stops = stop_ids(self.spec.tokenizer, self.spec.template)  # answers end where training ended them
+        self.engine = Engine(self.model, self.spec.tokenizer, self.config.max_queue, self.config.max_batch, stops)
 
     @property
     def modalities(self) -> list[str]:
