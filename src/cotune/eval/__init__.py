@@ -2,9 +2,10 @@
 
 :func:`extract_answer` turns a generated ScienceQA continuation into a choice index, deterministically;
 :data:`METRICS` holds the metrics by exact name (``scienceqa``, ``multiple-choice``, ``vqa``,
-``caption``, ``audioqa``); :data:`TASKS` the evaluation tasks by dataset name;
-:func:`evaluate_run` generates with a trained model and scores a dataset, :func:`predict_samples`
-generates without scoring. Definitions and file formats: docs/eval-metrics.md and docs/eval.md.
+``caption``, ``caption-coco``, ``audioqa``, ``text-match``, ``mme``); :data:`TASKS` the evaluation
+tasks by dataset name; :func:`evaluate_run` generates with a trained model and scores a dataset,
+:func:`predict_samples` generates without scoring. lmms-eval's ``cotune`` model is
+:mod:`cotune.eval.lmms_model` (imported only by lmms-eval). Definitions and file formats: docs/eval-metrics.md and docs/eval.md.
 """
 
 from cotune.eval.extract import RULES, Extraction, extract_answer
