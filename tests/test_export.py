@@ -220,3 +220,28 @@ def test_a_trained_run_exported_as_llava_answers_what_cotune_predict_answers(tin
     assert answer == predicted(run, image, max_new_tokens=10)
     card = (tmp_path / "llava" / "README.md").read_text()
     assert "scienceqa:train" in card and "training loss at step 2" in card
+
+
+def test_a_placeholder_beyond_the_vocabulary_gets_a_row_that_is_never_generated(tiny_root, tmp_path):
+    """LLaMA-2's tokenizer fills its 32,000 rows, so cotune's <image> gets id 32,000: the export adds
+    the row (LLaVA embeds every id before splicing) and suppresses it in generation."""
+    llm = tmp_path / "llm-full-vocab"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**tiny.LLM_CONFIGS["llama"]().to_dict(), "vocab_size": tiny.TOKENIZER_SIZE})).save_pretrained(llm)
+    tiny.make_tokenizer().save_pretrained(llm)
+    encoder = {"type": "clip", "name_or_path": str(tiny.save_encoder(tiny_root, "clip")), "layers": [-2], "connector": {"type": "mlp2x-gelu"}}
+    run, model = saved_run(tmp_path, llm, {"image": encoder}, {"template": "lavin"})
+    assert model.placeholder_ids["image"] == tiny.TOKENIZER_SIZE  # one past the last row
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (33, 30), (10, 10, 250)).save(image)
+    code, _, err = cli("export", str(run), "--format", "llava", "--out", str(tmp_path / "llava"))
+    assert code == 0, err
+    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "llava")
+    llava = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    assert llava.generation_config.suppress_tokens == [tiny.TOKENIZER_SIZE]
+    answer, inputs = transformers_answer(llava, processor, image)
+    with torch.no_grad():
+        ours = model(inputs["input_ids"], media={"image": inputs["pixel_values"]}).logits
+        theirs = llava(**inputs).logits
+    assert theirs.shape[-1] == tiny.TOKENIZER_SIZE + 1 and (ours - theirs[..., :-1]).abs().max() <= 1e-4
+    assert answer == predicted(run, image)

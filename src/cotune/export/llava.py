@@ -82,7 +82,7 @@ def _connector_state(connector, d_llm: int) -> dict[str, torch.Tensor]:
         if connector.linear_1.out_features != d_llm:
             raise ExportError(f"connector hidden width {connector.linear_1.out_features} != the LLM's {d_llm}; "
                               "LLaVA's projector is D_enc -> D_llm -> D_llm (set connector.hidden to it, or leave it unset)")
-        return {f"{k}": v for k, v in connector.state_dict().items()}
+        return dict(connector.state_dict())
     weight, bias = connector.proj.weight, connector.proj.bias
     eye = torch.eye(d_llm, dtype=weight.dtype)
     return {"linear_1.weight": weight, "linear_1.bias": bias, "linear_2.weight": eye, "linear_2.bias": torch.zeros(d_llm, dtype=weight.dtype)}
