@@ -9,14 +9,23 @@ import json
 import textwrap
 
 import pytest
+from PIL import ImageFile
 
-lmms_eval = pytest.importorskip("lmms_eval.evaluator", reason="lmms-eval is not installed (pip install 'cotune[lmms-eval]')")
-
-import corpus  # noqa: E402
-import tiny  # noqa: E402
-from cotune.eval import evaluate_run, load_run  # noqa: E402
+import corpus
+import tiny
+from cotune.eval import evaluate_run, load_run
 
 QUESTIONS = ["what color is the shape?", "is there a circle?", "what shape is in the image?", "is the shape red?"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lmms_eval():
+    """lmms-eval's evaluator, imported only when these tests run: importing it sets PIL's
+    LOAD_TRUNCATED_IMAGES (lmms_eval/api/task.py), which is put back afterwards so that later tests
+    see truncated images as cotune does."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    yield pytest.importorskip("lmms_eval.evaluator", reason="lmms-eval is not installed (pip install 'cotune[lmms-eval]')")
+    ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +91,7 @@ def test_the_plugin_entry_point_registers_the_model():
     assert get_model("cotune") is CotuneLMM
 
 
-def test_local_task_scores_equal_cotune_eval(image_run, tmp_path, offline):
+def test_local_task_scores_equal_cotune_eval(lmms_eval, image_run, tmp_path, offline):
     model, config = load_run(image_run)
     first = evaluate_run(model, config, f"easyvqa:{easyvqa(tmp_path / 'a', ['red'] * 8)}", max_new_tokens=5, batch_size=4,
                          out=tmp_path / "first")
@@ -158,5 +167,5 @@ def test_visuals_become_lossless_files_the_preprocessors_read(tmp_path):
     clip = {"array": np.sin(np.linspace(0, 60, 16000)).astype(np.float32) * 0.5, "sampling_rate": 16000}
     media = write_visuals([image, clip, {"video": "v.mp4"}], tmp_path)
     assert [p.suffix for p in media["image"]] == [".png"] and [p.suffix for p in media["audio"]] == [".wav"]
-    assert list(load_image(media["image"][0], "s").getdata()) == list(image.getdata())
+    assert np.array_equal(np.asarray(load_image(media["image"][0], "s")), np.asarray(image))
     assert np.array_equal(load_audio(media["audio"][0], "s", 16000), clip["array"])

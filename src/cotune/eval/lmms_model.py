@@ -23,7 +23,10 @@ asking ``cotune eval``'s questions gets ``cotune eval``'s answers.
   cotune returns the same so its choices are scored as theirs are.
 
 A request cotune cannot use (video, media the model has no encoder for, a prompt too long) gets
-an empty answer / ``(inf, False)`` and is counted in the log. No parameters are trained here.
+an empty answer / ``(inf, False)`` and is counted in the log. lmms-eval sets PIL's
+``LOAD_TRUNCATED_IMAGES`` when it is imported, so inside it a truncated image file is decoded (PIL
+fills the missing rows) where ``cotune eval`` skips it as ``unreadable_media``; task images come
+decoded already, so this concerns only visuals given as file paths. No parameters are trained here.
 """
 
 from __future__ import annotations
