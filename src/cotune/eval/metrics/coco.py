@@ -18,19 +18,27 @@ from pathlib import Path
 
 from cotune.eval.metrics import METRICS, ScoreError
 from cotune.eval.metrics.vqa import check_items
+from cotune.extras import MissingExtra, missing
 
 TOKENIZER = "ptb-java"
-EXTRA = "the COCO caption toolkit needs the optional extra: pip install 'cotune[coco]'"
+
+
+def require_toolkit() -> None:
+    """MissingExtra (naming the extra ``coco``) without pycocoevalcap; ScoreError without ``java``."""
+    try:
+        import pycocoevalcap  # noqa: F401
+    except ImportError as err:
+        raise missing("the COCO caption toolkit (--toolkit coco)", "pycocoevalcap", "coco") from err
+    if shutil.which("java") is None:
+        raise ScoreError("the COCO caption toolkit runs its tokenizer and METEOR on Java, and no 'java' is on PATH")
 
 
 def toolkit_problem() -> str | None:
-    """Why the toolkit cannot run here (pycocoevalcap not installed, no ``java``), or None."""
+    """Why the toolkit cannot run here, or None."""
     try:
-        import pycocoevalcap  # noqa: F401
-    except ImportError:
-        return EXTRA
-    if shutil.which("java") is None:
-        return "the COCO caption toolkit runs its tokenizer and METEOR on Java, and no 'java' is on PATH"
+        require_toolkit()
+    except (MissingExtra, ScoreError) as err:
+        return str(err)
     return None
 
 
@@ -55,12 +63,10 @@ def coco_caption(predictions: Sequence[str], references: Sequence[Sequence[str]]
 
     Returns the keys of :func:`~cotune.eval.metrics.caption.caption` plus ``METEOR`` and ``SPICE``
     (None when its models are not installed, with ``spice_missing``), on the toolkit's scale
-    (0-1, CIDEr-D 0-10). ScoreError when the toolkit cannot run here (the reason says why).
+    (0-1, CIDEr-D 0-10). MissingExtra without pycocoevalcap, ScoreError without Java.
     """
     check_items(predictions, references)
-    problem = toolkit_problem()
-    if problem:
-        raise ScoreError(problem)
+    require_toolkit()
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
