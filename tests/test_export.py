@@ -72,6 +72,14 @@ def predicted(run, image, max_new_tokens=6):
     return json.loads(out.strip().splitlines()[-1])["prediction"]
 
 
+def export_llava(run, out):
+    """``cotune export RUN --format llava --out OUT``, then the directory as transformers loads it
+    -> (processor, LlavaForConditionalGeneration in eval mode)."""
+    code, _, err = cli("export", str(run), "--format", "llava", "--out", str(out))
+    assert code == 0, err
+    return transformers.AutoProcessor.from_pretrained(out), transformers.LlavaForConditionalGeneration.from_pretrained(out).eval()
+
+
 def transformers_answer(llava, processor, image, max_new_tokens=6):
     """What an engine that never heard of cotune answers: processor, chat template, greedy generate."""
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
@@ -109,10 +117,7 @@ def test_llava_export_answers_what_cotune_predict_answers(tiny_root, tmp_path, c
     image = tmp_path / "photo.png"
     Image.new("RGB", (41, 29), (200, 40, 90)).save(image)
 
-    code, _, err = cli("export", str(run), "--format", "llava", "--out", str(tmp_path / "llava"))
-    assert code == 0, err
-    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "llava")
-    llava = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    processor, llava = export_llava(run, tmp_path / "llava")
     answer, inputs = transformers_answer(llava, processor, image)
 
     # the processor's ids are cotune's prompt ids, its pixels cotune's, and the logits cotune's
@@ -212,10 +217,7 @@ def test_a_trained_run_exported_as_llava_answers_what_cotune_predict_answers(tin
     Trainer(load_config(data=corpus.llava_lora_config(tiny_root, tmp_path / "data", max_steps=2)), run).run()
     image = tmp_path / "photo.png"
     Image.new("RGB", (30, 44), (20, 160, 60)).save(image)
-    code, _, err = cli("export", str(run), "--format", "llava", "--out", str(tmp_path / "llava"))
-    assert code == 0, err
-    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "llava")
-    llava = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    processor, llava = export_llava(run, tmp_path / "llava")
     answer, _ = transformers_answer(llava, processor, image, max_new_tokens=10)
     assert answer == predicted(run, image, max_new_tokens=10)
     card = (tmp_path / "llava" / "README.md").read_text()
@@ -234,10 +236,7 @@ def test_a_placeholder_beyond_the_vocabulary_gets_a_row_that_is_never_generated(
     assert model.placeholder_ids["image"] == tiny.TOKENIZER_SIZE  # one past the last row
     image = tmp_path / "photo.png"
     Image.new("RGB", (33, 30), (10, 10, 250)).save(image)
-    code, _, err = cli("export", str(run), "--format", "llava", "--out", str(tmp_path / "llava"))
-    assert code == 0, err
-    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "llava")
-    llava = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    processor, llava = export_llava(run, tmp_path / "llava")
     assert llava.generation_config.suppress_tokens == [tiny.TOKENIZER_SIZE]
     answer, inputs = transformers_answer(llava, processor, image)
     with torch.no_grad():
