@@ -83,6 +83,18 @@ PTB_CASES = [
      'two men playing wii in a living room'),
     ('A close up of a cake with "Happy Birthday" written on it.',
      'a close up of a cake with happy birthday written on it'),
+    ('An airplane flying over the city at 10,000 ft.',
+     'an airplane flying over the city at 10,000 ft.'),
+    ("A vintage car from the '60s parked on the street.",
+     "a vintage car from the '60s parked on the street"),
+    ('Four people posing for a photo @ the beach, smiling :)',
+     'four people posing for a photo @ the beach smiling :-rrb-'),
+    ("I can't believe it's not butter!",
+     "i ca n't believe it 's not butter"),
+    ("He's gotta be kidding, y'know?",
+     "he 's got ta be kidding y' know"),
+    ('A 3D printer printing a small toy; it costs $199.99.',
+     'a 3d printer printing a small toy it costs $ 199.99'),
 ]
 
 needs_toolkit = pytest.mark.skipif(toolkit_problem() is not None, reason=f"COCO caption toolkit unavailable: {toolkit_problem()}")
