@@ -189,8 +189,8 @@ def run_case(work: Path, case: str, workers: int, max_batches: int | None, threa
     import torch
 
     from cotune.data.loader import build_train_data
-    from cotune.data.spec import data_spec_from_model
     from cotune.model import build_model
+    from cotune.model.data_spec import data_spec_from_model
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -245,8 +245,8 @@ def reference_step(work: Path, steps: int = 6) -> list[dict]:
     import torch
 
     from cotune.data.loader import build_train_data
-    from cotune.data.spec import data_spec_from_model
     from cotune.model import build_model
+    from cotune.model.data_spec import data_spec_from_model
 
     config = cotune_config(work, "mixed", 0)
     model = build_model(config)

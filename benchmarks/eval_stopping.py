@@ -45,11 +45,12 @@ import tiny  # noqa: E402
 from throughput_report import Contention, machine  # noqa: E402
 
 from cotune.config import load_config  # noqa: E402
-from cotune.data.spec import data_spec_from_model  # noqa: E402
 from cotune.data.turn_end import stop_ids  # noqa: E402
 from cotune.eval.generation import predict_samples  # noqa: E402
-from cotune.eval.runner import load_eval_set, load_run  # noqa: E402
+from cotune.eval.runner import load_eval_set  # noqa: E402
 from cotune.model import build_model, save_model  # noqa: E402
+from cotune.model.data_spec import data_spec_from_model  # noqa: E402
+from cotune.rundir import RunDir  # noqa: E402
 
 
 def tiny_chat_run(work: Path) -> tuple[Path, str]:
@@ -99,7 +100,7 @@ def main() -> None:
         args.limit, args.rounds, args.max_new_tokens = 16, 1, 16
     with tempfile.TemporaryDirectory() as work:
         run, dataset = (Path(args.run), args.dataset) if args.run else tiny_chat_run(Path(work))
-        model, config = load_run(run)
+        model, config = RunDir(run).load()
         spec = data_spec_from_model(model, config.data)
         samples = load_eval_set(config, dataset, "test", args.limit).samples
         stops, eos = list(stop_ids(spec.tokenizer, spec.template)), [spec.tokenizer.eos_token_id]

@@ -68,8 +68,9 @@ def build(work: Path, case: str, zoo: bool = False) -> dict:
 
     import transformers
 
-    from cotune.model import build_model, load
-    from cotune.model.merge import merge_model
+    from cotune.merge.model import merge_model
+    from cotune import load
+    from cotune.model import build_model
 
     config = zoo_model.zoo_config(case) if zoo else cotune_config(work, case)
 

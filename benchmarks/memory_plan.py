@@ -1,7 +1,7 @@
 """The memory plan (``cotune inspect --memory``) against measured peaks of real training steps on the CPU.
 
 For each case the model is built with its weights, one training step runs (so AdamW's state exists,
-as in every later step) and the next step is measured with ``cotune.model.memory_measure``: the
+as in every later step) and the next step is measured with ``cotune.train.memory_measure``: the
 bytes of the parameters, buffers and optimizer state plus the profiler's peak of the CPU
 allocator's running total during the step, the quantity ``torch.cuda.max_memory_allocated`` gives on
 a GPU. The plan for the same config and batch comes from the meta-device model only
@@ -72,18 +72,19 @@ class Step:
     def __init__(self, config, batch_fn) -> None:
         from cotune.model import build_model
         from cotune.train.groups import optimizer_groups
-        from cotune.train.loop import _make_optimizer
+        from cotune.train.step import make_optimizer
+        from cotune.zoo import resolve_sources
 
         torch.manual_seed(0)
         self.config = config
-        self.model = build_model(config)
+        self.model = build_model(config, sources=resolve_sources(config.model))
         if config.train.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         self.model.train()
         groups, settings = optimizer_groups(self.model, config.train, steps_per_epoch=100)
         for group in groups:
             group["lr"] = 1e-4
-        self.optimizer = _make_optimizer(groups, config.train)
+        self.optimizer = make_optimizer(groups, config.train)
         self.batch = batch_fn(self.model)
 
     def __call__(self) -> None:
@@ -107,8 +108,9 @@ def measure(name: str, config, batch: int, seq: int, answer: int) -> dict:
 
     from cotune.config import BalanceConfig
     from cotune.model import build_model
-    from cotune.model.memory import MemoryEstimator
-    from cotune.model.memory_measure import measured_step_peak
+    from cotune.train.memory import MemoryEstimator
+    from cotune.train.memory_measure import measured_step_peak
+    from cotune.zoo import resolve_sources
 
     config = replace(config, balance=BalanceConfig(estimator="none"))
     step = Step(config, lambda m: synthetic_batch(m, batch, seq, answer))
@@ -116,7 +118,7 @@ def measure(name: str, config, batch: int, seq: int, answer: int) -> dict:
     measured = measured_step_peak(step, step.model, step.optimizer)
     kept = kept_positions(step.batch)
     del step
-    estimator = MemoryEstimator(config, build_model(config, meta=True))
+    estimator = MemoryEstimator(config, build_model(config, meta=True, sources=resolve_sources(config.model)))
     plan = estimator.plan(estimator.settings(batch, seq, None, kept / seq, device="cpu"))
     return {"case": name, "batch": batch, "seq": seq, "kept": kept, "measured": measured, "estimate": plan.peak,
             "phase": plan.peak_phase, "ratio": plan.peak / measured}

@@ -86,7 +86,7 @@ class Stepper:
                  supervised_logits: bool = False) -> None:
         from cotune.model import build_model
         from cotune.train.groups import optimizer_groups
-        from cotune.train.loop import _make_optimizer
+        from cotune.train.step import make_optimizer
 
         self.config, self.device, self.supervised_logits = config, device, supervised_logits
         torch.manual_seed(0)
@@ -95,7 +95,7 @@ class Stepper:
         groups, settings = optimizer_groups(self.model, self.config.train, steps_per_epoch=100)
         for group in groups:
             group["lr"] = settings[group["group"]].lr if lr is None else lr
-        self.optimizer = _make_optimizer(groups, self.config.train)
+        self.optimizer = make_optimizer(groups, self.config.train)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.media = self.model.num_media_tokens("image")
         self.batch = make_batch(self.model)

@@ -148,8 +148,8 @@ def cotune_config(train_set: Path, easyvqa: Path, plan: Plan):
 
 
 def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
-    from cotune.data.spec import data_spec_from_model
     from cotune.eval.runner import predict_samples
+    from cotune.model.data_spec import data_spec_from_model
     from cotune.train import Trainer
 
     class CurvePoints:

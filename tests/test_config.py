@@ -3,6 +3,7 @@
 import pytest
 
 from cotune.config import ConfigError, config_hash, dump_yaml, load_config, save_config
+from cotune.model.build import check_component_names
 
 BASE = {"model": {"llm": {"name_or_path": "some/llm"}, "encoders": {"image": {"type": "clip", "name_or_path": "some/clip"}}}}
 
@@ -13,8 +14,9 @@ def test_unknown_key_names_dotted_key_and_valid_keys():
 
 
 def test_unknown_component_lists_choices_and_close_match():
+    config = load_config(data=BASE, overrides=["model.encoders.image.type=clipp"])  # plain data: names unchecked
     with pytest.raises(ConfigError) as err:
-        load_config(data=BASE, overrides=["model.encoders.image.type=clipp"])
+        check_component_names(config)
     message = str(err.value)
     assert message.startswith("model.encoders.image.type:")
     assert "did you mean 'clip'" in message and "siglip" in message and "whisper" in message
@@ -39,8 +41,28 @@ def test_bad_values_name_their_key(override, key):
         load_config(data=BASE, overrides=[override])
         return
     with pytest.raises(ConfigError) as err:
-        load_config(data=BASE, overrides=[override])
+        check_component_names(load_config(data=BASE, overrides=[override]))  # values fail in load_config, names here
     assert str(err.value).startswith(key), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "dataset, key, fragment",
+    [
+        ({"kind": "jsonl"}, None, None),
+        ({"kind": "jsonll"}, "data.eval[1].kind", "did you mean 'jsonl'"),
+        ({"kind": "scienceqa", "prompt_format": "CQM-A"}, None, None),
+        ({"kind": "scienceqa", "prompt_format": "QCM-X"}, "data.eval[1].prompt_format", "'QCM-A'"),
+    ],
+)
+def test_reader_names_are_checked_with_the_components(dataset, key, fragment):
+    data = {"eval": [{"kind": "jsonl", "path": "a", "name": "a"}, {"path": "b", **dataset}]}
+    config = load_config(data={**BASE, "data": data})
+    if key is None:
+        check_component_names(config)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_component_names(config)
+    assert str(err.value).startswith(f"{key}:") and fragment in str(err.value), str(err.value)
 
 
 def test_full_training_requires_float32():

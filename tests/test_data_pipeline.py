@@ -13,8 +13,8 @@ from cotune.config import load_config
 from cotune.data.dataset import DataError
 from cotune.data.loader import build_train_data
 from cotune.data.report import DataReport
-from cotune.data.spec import data_spec_from_model
 from cotune.model import build_model
+from cotune.model.data_spec import data_spec_from_model
 
 
 def model_and_config(tiny_root, data):

@@ -16,7 +16,7 @@ from corpus import write_easyvqa
 from cotune.config import ConfigError
 from cotune.demo import DemoPlan, run_demo
 from cotune.encoders.mobilenet import MobileNetV2
-from cotune.model import load
+from cotune import load
 
 SHAPES, COLOURS = ("circle", "rectangle", "triangle"), ("red", "blue", "green")
 

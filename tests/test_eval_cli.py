@@ -15,12 +15,13 @@ from cotune.cli.main import main
 from cotune.config import load_config
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
-from cotune.data.spec import data_spec_from_model
 from cotune.data.templates import IGNORE_INDEX, encode_prompt, encode_sample
-from cotune.eval import METRICS, evaluate_run, extract_answer, load_run, predict_samples
+from cotune.eval import METRICS, evaluate_run, extract_answer, predict_samples
 from cotune.eval.runner import dataset_config
 from cotune.eval.tasks import TASKS
 from cotune.model import build_model, save_model
+from cotune.model.data_spec import data_spec_from_model
+from cotune.rundir import RunDir
 from cotune.train import Trainer
 from test_templates import CHATML
 
@@ -36,7 +37,7 @@ def trained_run(tiny_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
-    return load_run(trained_run)
+    return RunDir(trained_run).load()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from cotune.config.data import DatasetConfig
 from cotune.data.collate import Collator
 from cotune.data.dataset import prepare_dataset
 from cotune.data.report import DataReport
-from cotune.data.spec import data_spec_from_config
+from cotune.model.data_spec import data_spec_from_config
 from faults import judge
 
 CHATML = (

@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 import corpus
 from cotune.cli.main import main
 from cotune.config import load_config
+from cotune.rundir import RunDir
 from cotune.train import Trainer
-from cotune.train.checkpoint import list_checkpoints, verify_checkpoint
+from cotune.train.checkpoint import verify_checkpoint
 from cotune.train.resume import read_latest
 from faults import judge
 
@@ -92,7 +93,7 @@ def reference(tiny_root, tmp_path_factory):
     raw = corpus.run_config(tiny_root, root / "data", max_steps=4, checkpoint_every=1, keep_checkpoints=3, warmup_steps=0)
     raw["data"]["eval"] = [{"kind": "alpaca", "path": raw["data"]["train"][1]["path"], "name": "alpaca:val"}]
     Trainer(load_config(data=raw), root / "run").run()
-    assert [p.name for p in list_checkpoints(root / "run")] == [STEP.format(s) for s in (2, 3, 4)]
+    assert [p.name for p in RunDir(root / "run").checkpoints()] == [STEP.format(s) for s in (2, 3, 4)]
     return root / "run"
 
 
@@ -390,7 +391,7 @@ def test_decode_failures_past_max_skip_fraction_stop_the_run(tiny_root, tmp_path
         line = error_line(err)
         if status != 2 or line is None or "max_skip_fraction" not in line or "failed to decode" not in line:
             return f"20 % undecodable images against max_skip_fraction 0.1: exit {status}, {err[-3:]}"
-        if not list_checkpoints(run) or (run / "model").exists():
+        if not RunDir(run).checkpoints() or (run / "model").exists():
             return "the stopped run saved no checkpoint, or saved a model"
         status, _ = cotune(capsys, "data", "check", config)
         if status != 1:

@@ -15,10 +15,11 @@ import corpus
 from cotune.config import ConfigError
 from cotune.data.media import load_audio, load_image
 from cotune.data.schema import Message, Sample
-from cotune.eval import evaluate_run, load_run
+from cotune.eval import evaluate_run
 from cotune.eval.ablation import ablate, derangement
 from cotune.eval.runner import load_eval_set
 from cotune.eval.breakdown import breakdown, polarity, reliance
+from cotune.rundir import RunDir
 from test_eval_cli import cli, read_predictions, trained_run  # noqa: F401  (the module-scoped run fixture)
 
 
@@ -136,7 +137,7 @@ def _easyvqa(root, n=12, images=4):
 
 
 def test_ablations_equal_an_evaluation_of_the_files_permuted_by_hand(trained_run, tmp_path, capsys):  # noqa: F811
-    model, config = load_run(trained_run)
+    model, config = RunDir(trained_run).load()
     data, records = _easyvqa(tmp_path / "own")
     metrics = evaluate_run(model, config, f"easyvqa:{data}", max_new_tokens=4, batch_size=5, out=tmp_path / "eval",
                            ablations=("shuffle", "blank"), ablation_seed=7)

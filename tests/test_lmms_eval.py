@@ -13,7 +13,8 @@ from PIL import ImageFile
 
 import corpus
 import tiny
-from cotune.eval import evaluate_run, load_run
+from cotune.eval import evaluate_run
+from cotune.rundir import RunDir
 
 QUESTIONS = ["what color is the shape?", "is there a circle?", "what shape is in the image?", "is the shape red?"]
 
@@ -92,7 +93,7 @@ def test_the_plugin_entry_point_registers_the_model():
 
 
 def test_local_task_scores_equal_cotune_eval(lmms_eval, image_run, tmp_path, offline):
-    model, config = load_run(image_run)
+    model, config = RunDir(image_run).load()
     first = evaluate_run(model, config, f"easyvqa:{easyvqa(tmp_path / 'a', ['red'] * 8)}", max_new_tokens=5, batch_size=4,
                          out=tmp_path / "first")
     predictions = [json.loads(line)["prediction"] for line in (tmp_path / "first" / "predictions.jsonl").read_text().splitlines()]

@@ -14,7 +14,8 @@ import torch
 import tiny
 from cotune.backbones import LoadError
 from cotune.config import load_config
-from cotune.model import build_model, load_model, save_model
+from cotune.model import build_model, save_model
+from cotune.rundir import RunDir
 
 
 def test_save_and_load_model_directory(tiny_root, tmp_path):
@@ -29,7 +30,7 @@ def test_save_and_load_model_directory(tiny_root, tmp_path):
     assert manifest["trainable_params"] == sum(v.numel() for v in model.trainable_state_dict().values())
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.yaml", "manifest.json", "trainable.safetensors"]
 
-    loaded, loaded_config = load_model(tmp_path / "saved")
+    loaded, loaded_config = RunDir(tmp_path / "saved").load()
     assert loaded_config == config
     ids = tiny.encode(model, "what shape", {"image": 2})
     pixels = torch.randn(1, 3, 30, 30)
@@ -37,7 +38,7 @@ def test_save_and_load_model_directory(tiny_root, tmp_path):
         assert torch.equal(loaded(ids, media={"image": pixels}).logits, model(ids, media={"image": pixels}).logits)
     with pytest.raises(FileNotFoundError, match="trainable.safetensors is missing"):
         (tmp_path / "saved" / "trainable.safetensors").unlink()
-        load_model(tmp_path / "saved")
+        RunDir(tmp_path / "saved").load()
 
 
 def _fake_hub(cache: Path, repo: str, source: Path) -> None:

@@ -16,11 +16,11 @@ import corpus
 import tiny
 from cotune.config import load_config
 from cotune.model import build_model
-from cotune.model.memory import MemoryEstimator, plan_memory
-from cotune.model.memory_activations import LayerSetup, layer_bytes_per_token, llm_shape, step_dtypes
-from cotune.model.memory_measure import live_bytes, measured_step_peak, profiled_peak
-from cotune.model.memory_weights import quantized_bytes
 from cotune.train import Trainer
+from cotune.train.memory import MemoryEstimator, plan_memory
+from cotune.train.memory_activations import LayerSetup, layer_bytes_per_token, llm_shape, step_dtypes
+from cotune.train.memory_measure import live_bytes, measured_step_peak, profiled_peak
+from cotune.train.memory_weights import quantized_bytes
 
 BATCH, SEQ, ANSWER = 4, 64, 24
 VARIANTS = {

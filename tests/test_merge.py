@@ -21,9 +21,11 @@ from cotune.adapters import MMAdapter, RepAdapter, RoutingState
 from cotune.cli.main import main
 from cotune.config import CotuneConfig, load_config
 from cotune.encoders.mobilenet import MobileNetV2
-from cotune.model import build_model, generate, left_pad, load, save_model
-from cotune.model.merge import MergedCotuneModel, MergeError, merge_model, merge_run, refuse_merged
-from cotune.model.merge_fold import ModalityLinear, ModalitySelection, adapter_affine, fold_factors, folded_layer
+from cotune.merge.fold import ModalityLinear, ModalitySelection, adapter_affine, fold_factors, folded_layer
+from cotune import load
+from cotune.merge.model import MergedCotuneModel, MergeError, merge_model
+from cotune.model import build_model, generate, left_pad, save_model
+from cotune.rundir import RunDir, merge_run
 
 TOL = 1e-4
 LAVIN_IMAGE = {"kind": "clip", "layers": [1, 2, 3], "reduce": "cls", "trainable": "adapter",
@@ -298,7 +300,7 @@ def test_merged_directory_refuses_remerge_resume_and_save(tiny_root, tmp_path):
     with pytest.raises(MergeError, match="already merged"):
         merge_model(merged)
     with pytest.raises(MergeError, match="cannot be trained or resumed"):
-        refuse_merged(out)
+        RunDir(out).refuse_merged()
     with pytest.raises(ValueError, match="merged model"):
         save_model(merged, CotuneConfig(model=merged.config), tmp_path / "saved")
     model = tiny.build(tiny_root, "llama", trainable="lora")

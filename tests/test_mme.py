@@ -14,9 +14,10 @@ from cotune.cli.main import main
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
 from cotune.config.data import DatasetConfig
-from cotune.eval import evaluate_run, load_run
+from cotune.eval import evaluate_run
 from cotune.eval.metrics.mme import SUBTASKS, MMEItem, mme, parse_answer
 from cotune.eval.mme_results import read_results
+from cotune.rundir import RunDir
 
 
 @pytest.mark.parametrize("prediction, label", [
@@ -159,6 +160,6 @@ def test_eval_mme_writes_the_tools_layout_and_score_mme_agrees(image_run, tmp_pa
 
 
 def test_limit_takes_the_first_questions_in_pair_order(image_run, tmp_path):
-    model, config = load_run(image_run)
+    model, config = RunDir(image_run).load()
     metrics = evaluate_run(model, config, f"mme:{write_mme(tmp_path)}", limit=2, max_new_tokens=2)
     assert metrics["evaluated"] == 2 and metrics["subtasks"]["existence"]["images"] == 1

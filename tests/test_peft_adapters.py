@@ -12,7 +12,7 @@ import corpus
 import tiny
 from cotune.config import CotuneConfig, load_config
 from cotune.export.peft_adapters import write_peft_adapters
-from cotune.model import load
+from cotune import load
 from cotune.train import Trainer
 
 def lora_run(tiny_root, tmp_path):
@@ -59,7 +59,7 @@ def test_peft_targets_only_the_layers_cotune_adapted(tiny_root, tmp_path):
     """PEFT matches a list of names by suffix (LLaVA's CLIP got LoRA that way); the folder's pattern
     full-matches cotune's own layers, so PEFT adapts exactly those and no others."""
     model = tiny.build(tiny_root, "llama", trainable="lora", adapter={"type": "lora", "target_modules": ["q_proj", "v_proj"]})
-    folders = write_peft_adapters(model, CotuneConfig(model=model.config), tmp_path)
+    folders = write_peft_adapters(model, CotuneConfig(model=model.config), tmp_path / "peft")
     base = transformers.AutoModelForCausalLM.from_pretrained(tiny.save_llm(tiny_root))
     adapted = peft.PeftModel.from_pretrained(base, folders["llm"])
     from peft.tuners.lora import LoraLayer

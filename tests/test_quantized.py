@@ -15,9 +15,11 @@ import corpus
 import tiny
 from cotune.backbones.loading import quantized_layers
 from cotune.config import ConfigError, load_config
-from cotune.model import build_model, load
+from cotune import load
+from cotune.merge.model import MergeError, merge_model
+from cotune.model import build_model
+from cotune.rundir import merge_run
 from cotune.model.generate import generate
-from cotune.model.merge import MergeError, merge_model, merge_run
 from cotune.train import Trainer
 
 pytest.importorskip("bitsandbytes")

@@ -188,7 +188,7 @@ def test_a_run_trains_on_a_hub_format_parquet_without_conversion(tiny_root, tmp_
     datasets = pytest.importorskip("datasets")
     import corpus
     from cotune.config import load_config
-    from cotune.model import load
+    from cotune import load
     from cotune.train import Trainer
 
     monkeypatch.setenv("COTUNE_CACHE", str(tmp_path / "cache"))

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from cotune.cli import report as report_cmd
-from cotune.report import ReportError, load_run, make_report, summarize
-from cotune.report.runs import load_runs
+from cotune.report import ReportError, make_report, read_run, summarize
+from cotune.report.runs import read_runs
 from cotune.report.plots import MISSING_MATPLOTLIB, moving_average
 
 ALL_FIGURES = ["loss.png", "kappa.png", "lr.png", "grad_norm.png", "kl.png"]
@@ -113,7 +113,7 @@ def test_two_runs_give_every_figure_and_a_summary(runs, tmp_path, matplotlib):
 
 
 def test_summary_rows(runs):
-    commit, plain = [summarize(run) for run in load_runs(runs)]
+    commit, plain = [summarize(run) for run in read_runs(runs)]
     assert commit["method"] == "commit" and commit["label"] == "commit-run (commit)"
     assert commit["steps"] == 60
     assert commit["final_loss"] == pytest.approx(final_loss(commit_records()))
@@ -140,14 +140,14 @@ def test_figures_without_data_are_skipped_and_listed(runs, tmp_path, matplotlib)
 def test_truncated_last_line_is_skipped(runs):
     metrics = runs[1] / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"step": 41, "epoch": 0, "lo')
-    run = load_run(runs[1])
+    run = read_run(runs[1])
     assert len(run.records) == 40 and summarize(run)["steps"] == 40
 
 
 def test_same_directory_names_get_distinct_labels(tmp_path):
     a = write_run(tmp_path / "a" / "run", plain_records(), "constant")
     b = write_run(tmp_path / "b" / "run", plain_records(), None)
-    assert [run.label for run in load_runs([a, b])] == ["a/run (constant)", "b/run"]
+    assert [run.label for run in read_runs([a, b])] == ["a/run (constant)", "b/run"]
 
 
 def test_moving_average_is_trailing():
@@ -162,7 +162,7 @@ def test_empty_metrics_file_names_the_file(tmp_path):
         make_report([run], tmp_path / "report")
     (run / "metrics.jsonl").write_text('{"step": 1, "lo')  # only a cut line: no record either
     with pytest.raises(ReportError, match="no metrics records"):
-        load_run(run)
+        read_run(run)
 
 
 def test_missing_metrics_file_and_directory(tmp_path):
@@ -179,7 +179,7 @@ def test_corrupt_line_before_the_last_and_bad_smooth(runs, tmp_path):
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
     with pytest.raises(ReportError, match=r"metrics\.jsonl: line 2 is not valid JSON"):
-        load_run(runs[1])
+        read_run(runs[1])
     with pytest.raises(ValueError, match="smooth"):
         make_report([runs[0]], tmp_path / "report", smooth=0)
 

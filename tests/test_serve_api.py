@@ -23,9 +23,9 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from cotune.config import load_config  # noqa: E402
+from cotune.model.stream import AnswerStream  # noqa: E402
 from cotune.serve import GenerationRequest, ServeConfig, load_service, parse_chat_request, prepare  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
-from cotune.model.stream import AnswerStream  # noqa: E402
 
 MAX_TOKENS = 10
 QUESTIONS = ["what colour is the shape", "is it a circle", "what is the sound"]
@@ -259,7 +259,7 @@ def test_openai_client_talks_to_the_server(client):
 
 
 def test_merged_serving_equals_predict_on_the_merged_directory(run, tmp_path, capsys):
-    from cotune.model.merge import merge_run
+    from cotune.rundir import merge_run
 
     merge_run(run, tmp_path / "merged")
     service = load_service(run, ServeConfig(), merged=True, device="cpu")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import corpus
 from cotune.config import ConfigError, load_config
-from cotune.model import load
+from cotune import load
 from cotune.train import Trainer, TrainingError
 from cotune.train.groups import GroupCoverageError, component_parameters, resolve_settings
 from cotune.train.schedules import lr_multiplier

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import tiny
+from cotune.cli.chat import ChatSession
 from cotune.config import load_config
 from cotune.data.report import DatasetReport
 from cotune.data.schema import Message, Sample
-from cotune.data.spec import data_spec_from_model
-from cotune.data.turn_end import stop_ids
-from cotune.cli.chat import ChatSession
 from cotune.data.templates import encode_prompt
+from cotune.data.turn_end import stop_ids
 from cotune.eval.generation import decode, predict_samples
 from cotune.model import build_model
+from cotune.model.data_spec import data_spec_from_model
 from cotune.model.generate import generate
 from cotune.model.stream import AnswerStream
 from cotune.serve.engine import Engine

@@ -17,9 +17,9 @@ from cotune.config import ConfigError, load_config
 from cotune.config.model import EncoderConfig
 from cotune.data.feature_cache import encoder_cache_key
 from cotune.data.media import MediaPreprocessor
-from cotune.data.spec import data_spec_from_config
 from cotune.encoders import ENCODERS
 from cotune.encoders.hf import crop_positions
+from cotune.model.data_spec import data_spec_from_config
 
 CROP, POSITIONS, FRAMES, RATE = 0.3, 5, 10, 16000
 

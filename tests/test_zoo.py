@@ -152,7 +152,8 @@ def test_a_cached_hub_id_is_read_from_its_snapshot_when_the_hub_cannot_be_reache
     with pytest.raises(LoadError, match="at revision v2 is not a local directory"):
         resolve_path("someone/tiny-llm", "v2", probe=lambda: False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = build_model(load_config(data={"model": {"llm": {"name_or_path": "someone/tiny-llm"}}}))
+    config = load_config(data={"model": {"llm": {"name_or_path": "someone/tiny-llm"}}})
+    model = build_model(config, sources=resolve_sources(config.model))
     assert model.config.llm.name_or_path == "someone/tiny-llm"  # the run keeps the hub id
 
 
@@ -283,7 +284,8 @@ def test_models_keep_the_configs_hub_ids_when_sources_resolve_to_the_zoo(tiny_ro
     from safetensors.torch import save_file
 
     from cotune.encoders.mobilenet import MobileNetV2
-    from cotune.model import build_model, load_model, save_model
+    from cotune.model import build_model, save_model
+    from cotune.rundir import RunDir
 
     monkeypatch.setenv("COTUNE_CACHE", str(tmp_path / "cache"))
     zoo_copy = _fake_fetched(tmp_path / "cache", "torchvision/mobilenet_v2")
@@ -293,8 +295,8 @@ def test_models_keep_the_configs_hub_ids_when_sources_resolve_to_the_zoo(tiny_ro
         "type": "mobilenet-v2", "name_or_path": "torchvision/mobilenet_v2", "layers": [-1], "reduce": "mean",
         "connector": {"type": "linear"},
     }}))
-    model = build_model(config)
+    model = build_model(config, sources=resolve_sources(config.model))
     assert model.config == config.model  # the hub id, not the cache path, travels with the model
     save_model(model, config, tmp_path / "saved")
-    _, saved = load_model(tmp_path / "saved")
+    _, saved = RunDir(tmp_path / "saved").load()
     assert saved.model.encoders["image"].name_or_path == "torchvision/mobilenet_v2"

@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     """Chat with a trained model in the terminal (multi-turn; /image, /audio, /reset, /quit)."""
     from cotune.cli.eval import load_for_inference
     from cotune.config import ConfigError
-    from cotune.data.spec import data_spec_from_model
+    from cotune.model.data_spec import data_spec_from_model
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens: must be >= 1, got {args.max_new_tokens}")

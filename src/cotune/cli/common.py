@@ -14,8 +14,8 @@ from cotune.config import ConfigError, CotuneConfig, load_config
 from cotune.data.dataset import DataError
 from cotune.eval import ScoreError
 from cotune.extras import MissingExtra
-from cotune.report import ReportError
 from cotune.registry import UnknownNameError
+from cotune.report import ReportError
 from cotune.train.checkpoint import CheckpointError
 from cotune.zoo import ZooError
 
@@ -65,7 +65,16 @@ def add_set_argument(parser: argparse.ArgumentParser, what: str = "a config valu
 
 def load_cli_config(args: argparse.Namespace) -> CotuneConfig:
     """The validated config named by ``args.config`` with ``args.overrides`` applied."""
-    return load_config(args.config, args.overrides)
+    return checked_config(load_config(args.config, args.overrides))
+
+
+def checked_config(config: CotuneConfig) -> CotuneConfig:
+    """``config`` once its component and reader names are known to exist (ConfigError naming the
+    key otherwise): a command fails on a misspelt name before it reads any weight."""
+    from cotune.model.build import check_component_names
+
+    check_component_names(config)
+    return config
 
 
 def one_line(err: BaseException) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cotune.cli.common import add_set_argument
+from cotune.cli.common import add_set_argument, checked_config
 from cotune.config import ConfigError, CotuneConfig, DataConfig, DatasetConfig, load_config
 from cotune.data.collate import Collator
 from cotune.data.dataset import DataError, check_skip_fraction, prepare_dataset
@@ -80,9 +80,10 @@ def _check_raw(config: DatasetConfig, report: DataReport) -> None:
 
 
 def _check_with_model(config: CotuneConfig, datasets: tuple[DatasetConfig, ...], report: DataReport, workers: int) -> None:
-    from cotune.data.spec import data_spec_from_config
+    from cotune.model.data_spec import data_spec_from_config
+    from cotune.zoo.sources import resolve_sources
 
-    spec = data_spec_from_config(config)
+    spec = data_spec_from_config(config, resolve_sources(config.model))
     for ds_config in datasets:
         try:
             dataset = prepare_dataset(ds_config, spec, report, max_skip_fraction=1.0)
@@ -96,7 +97,7 @@ def run_check(args: argparse.Namespace) -> tuple[DataReport, float]:
     report = DataReport()
     target = Path(args.target)
     if target.suffix in (".yaml", ".yml") and not args.kind:
-        config = load_config(target, args.overrides)
+        config = checked_config(load_config(target, args.overrides))
         datasets = (*config.data.train, *config.data.eval)
         if not datasets:
             raise ConfigError(f"{target}: data.train and data.eval are empty; nothing to check")
@@ -106,7 +107,7 @@ def run_check(args: argparse.Namespace) -> tuple[DataReport, float]:
         raise ConfigError(f"{target}: a dataset path needs --kind ({', '.join(READERS.names())})")
     ds_config = DatasetConfig(kind=args.kind, path=str(target), split=args.split)
     if args.config:
-        config = load_config(args.config, args.overrides)
+        config = checked_config(load_config(args.config, args.overrides))
         _check_with_model(config, (ds_config,), report, args.workers)
         return report, config.data.max_skip_fraction
     _check_raw(ds_config, report)

@@ -60,12 +60,13 @@ def load_for_inference(args: argparse.Namespace, config=None):
     """(model, config) of ``args.run_dir`` on ``args.device``."""
     import torch
 
-    from cotune.eval.runner import check_generation, load, run_config
+    from cotune.eval.runner import check_generation
+    from cotune.rundir import RunDir
 
-    config = config or run_config(args.run_dir)
+    config = config or RunDir(args.run_dir).config()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log.info("loading %s on %s", args.run_dir, device)
-    model = load(args.run_dir, torch.device(device))
+    model = RunDir(args.run_dir).load(torch.device(device))[0]
     check_generation(model)
     return model, config
 
@@ -73,14 +74,15 @@ def load_for_inference(args: argparse.Namespace, config=None):
 def run(args: argparse.Namespace) -> int:
     """Evaluate a trained run on a dataset: predictions.jsonl, metrics.json and a printed table."""
     from cotune.config import ConfigError
-    from cotune.eval.runner import RUN_KEYS, evaluate_run, load_eval_set, run_config
+    from cotune.eval.runner import RUN_KEYS, evaluate_run, load_eval_set
+    from cotune.rundir import RunDir
 
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
     check_ablations(args.ablate, args.ablations)
     # Everything the user gave is checked (run, dataset, split, flags) before the weights load.
-    config = run_config(args.run_dir)
+    config = RunDir(args.run_dir).config()
     data = load_eval_set(config, args.dataset, args.split, args.limit, args.sample_seed)
     if (args.ablate or args.ablations) and not any(sample.media for sample in data.samples):
         raise ConfigError(f"--ablate/--ablations: {args.dataset} has no image or audio to ablate")

@@ -3,7 +3,7 @@ and how each component's weights are stored (dtype, or 4/8-bit quantization).
 
 With ``--dry-run`` only the backbones' config.json files are read and every module is created on the
 meta device, so a 13B model is inspected in seconds without its weights. ``--memory`` (implies
-``--dry-run``) adds the memory plan of a training step (:mod:`cotune.model.memory`): the peak per
+``--dry-run``) adds the memory plan of a training step (:mod:`cotune.train.memory`): the peak per
 device, its parts, and with ``--device-memory`` whether it fits and what to change if not.
 """
 
@@ -17,8 +17,9 @@ import re
 from cotune.cli.common import add_config_arguments, load_cli_config
 from cotune.config import ConfigError, CotuneConfig, config_hash
 from cotune.model import build_model
-from cotune.model.memory import GIB, MemoryPlan, plan_memory
-from cotune.model.memory_weights import weight_formats
+from cotune.train.memory import GIB, MemoryPlan, plan_memory
+from cotune.train.memory_weights import weight_formats
+from cotune.zoo.sources import resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def inspect_config(config: CotuneConfig, dry_run: bool = False) -> dict:
     linear layers' bits and type, ``rest`` the dtype of everything else).
     """
     log.info("building the model (%s)", "meta device, configs only" if dry_run else "loading weights")
-    return _report(config, build_model(config, meta=dry_run), dry_run)
+    return _report(config, build_model(config, meta=dry_run, sources=resolve_sources(config.model)), dry_run)
 
 
 def _report(config: CotuneConfig, model, dry_run: bool) -> dict:
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     device_memory = parse_size(args.device_memory) if args.device_memory is not None else None
     log.info("building the model (meta device, configs only) for the memory plan")
-    model = build_model(config, meta=True)
+    model = build_model(config, meta=True, sources=resolve_sources(config.model))
     report = _report(config, model, dry_run=True)
     plan = plan_memory(config, model, batch_size=args.batch_size, seq_len=args.seq_len,
                        gradient_checkpointing=args.gradient_checkpointing,

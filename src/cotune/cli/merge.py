@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fold a run's LoRA and linear adapters into the backbone weights (a standalone model directory)."""
-    from cotune.model.merge import merge_run
+    from cotune.rundir import merge_run
 
     summary = merge_run(args.run, args.out, device=args.device, dequantize=args.dequantize)
     for line in summary.lines():

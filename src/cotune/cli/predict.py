@@ -72,16 +72,16 @@ def run(args: argparse.Namespace) -> int:
     from cotune.config import ConfigError
     from cotune.data.dataset import DataError
     from cotune.data.report import DatasetReport
-    from cotune.data.spec import data_spec_from_model
-    from cotune.eval.progress import GenerationProgress
     from cotune.eval.generation import predict_samples
-    from cotune.eval.runner import run_config
+    from cotune.eval.progress import GenerationProgress
     from cotune.fileio import atomic_write_text
+    from cotune.model.data_spec import data_spec_from_model
+    from cotune.rundir import RunDir
 
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
-    config = run_config(args.run_dir)  # the run, the data and the flags are checked before the weights load
+    config = RunDir(args.run_dir).config()  # the run, the data and the flags are checked before the weights load
     report = DatasetReport(args.data or "input")
     samples = _samples(args, report)
     model, config = load_for_inference(args, config)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from cotune.cli.common import add_set_argument
+from cotune.cli.common import add_set_argument, checked_config
 from cotune.config import ConfigError, load_config
 from cotune.train.launch import DEVICES, use_cuda
 
@@ -55,15 +55,13 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and os.environ.get("COTUNE_LAUNCHED") != "1":
         return _relaunch(args, _without_nproc(sys.argv[1:]))
     if args.resume:
-        from cotune.model.merge import refuse_merged
-
-        from cotune.train.checkpoint import list_checkpoints
+        from cotune.rundir import RunDir
 
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
-        refuse_merged(run_dir)
-        if not list_checkpoints(run_dir):  # before its config is read: a failed start's config may be the fault
+        RunDir(run_dir).refuse_merged()
+        if not RunDir(run_dir).checkpoints():  # before its config is read: a failed start's config may be the fault
             raise FileNotFoundError(f"--resume {run_dir}: the run saved no checkpoint to resume from; start it again with "
                                     f"cotune train CONFIG --out {run_dir}")
         config_path = Path(args.config) if args.config else run_dir / "config.yaml"
@@ -74,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         config_path = Path(args.config)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         resume = False
-    config = load_config(config_path, args.overrides)
+    config = checked_config(load_config(config_path, args.overrides))
     try:
         final = train(config, run_dir, resume=resume, device=args.device)
     except Interrupted as stop:

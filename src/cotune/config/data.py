@@ -7,13 +7,6 @@ from dataclasses import dataclass
 from cotune.config.io import ConfigError, check_choice
 
 
-def _check_reader(key: str, name: str) -> None:
-    from cotune.data.readers import READERS  # lazy: readers import this module for type hints
-
-    if name not in READERS:
-        raise ConfigError(READERS.unknown_message(name, key))
-
-
 #: ``DatasetConfig.answers`` choices.
 ANSWER_FILTERS = ("all", "yes_no", "yes", "no", "open")
 #: ``DatasetConfig.polarity`` choices.
@@ -57,14 +50,9 @@ class DatasetConfig:
     targets: str = "answer"
 
     def __post_init__(self) -> None:
-        _check_reader("kind", self.kind)
         check_choice("answers", self.answers, ANSWER_FILTERS)
         check_choice("polarity", self.polarity, POLARITY_FILTERS)
         check_choice("targets", self.targets, TARGETS)
-        if self.kind == "scienceqa":
-            from cotune.data.scienceqa_prompt import PROMPT_FORMATS
-
-            check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         if self.weight <= 0:
             raise ConfigError(f"weight: must be > 0, got {self.weight}")
         if self.limit is not None and self.limit < 1:

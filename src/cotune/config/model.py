@@ -1,8 +1,10 @@
 """Typed configuration of the assembled model: LLM, encoders, connectors, adapters, routing.
 
-Every dataclass validates itself in ``__post_init__``; component names are checked against the
-registries (exact names, errors list the valid choices). Cross-component checks that need the
-backbones' own configs (widths, layer counts) run when the model is built.
+Every dataclass validates itself in ``__post_init__``. Configs are plain data and import no
+component: the names of encoders, connectors and adapters are checked against their registries where
+the model is built (:func:`cotune.model.build.check_component_names`, which the CLI runs right after
+reading a config), as are the cross-component checks that need the backbones' own configs (widths,
+layer counts).
 """
 
 from __future__ import annotations
@@ -23,27 +25,6 @@ REDUCTIONS = ("cls", "patches", "all", "mean", "windows")
 # Encoders with a fixed-length input window (Whisper: 30 s of mel frames) that crop_seconds shortens.
 CROPPABLE_ENCODERS = ("whisper",)
 TEXT_KEY = "text"
-
-
-def _registry(kind: str):
-    # Imported lazily: component modules import this one for their type hints.
-    if kind == "encoder":
-        from cotune.encoders import ENCODERS
-
-        return ENCODERS
-    if kind == "connector":
-        from cotune.connectors import CONNECTORS
-
-        return CONNECTORS
-    from cotune.adapters import ADAPTERS
-
-    return ADAPTERS
-
-
-def _check_registered(kind: str, key: str, name: str) -> None:
-    registry = _registry(kind)
-    if name not in registry:
-        raise ConfigError(registry.unknown_message(name, key))
 
 
 @dataclass(frozen=True)
@@ -71,7 +52,6 @@ class AdapterConfig:
     target_modules: tuple[str, ...] = ("all-linear",)
 
     def __post_init__(self) -> None:
-        _check_registered("adapter", "type", self.type)
         check_choice("router", self.router, ENCODER_ROUTERS + LLM_ROUTERS[1:])
         check_choice("sites", self.sites, ("attn", "attn+ffn"))
         for name in ("dim", "groups", "experts", "lora_r"):
@@ -158,7 +138,6 @@ class ConnectorConfig:
     trainable: str = "full"
 
     def __post_init__(self) -> None:
-        _check_registered("connector", "type", self.type)
         check_choice("trainable", self.trainable, ("full", "frozen"))
         if self.hidden is not None and self.hidden < 1:
             raise ConfigError(f"hidden: must be >= 1, got {self.hidden}")
@@ -214,7 +193,6 @@ class EncoderConfig:
     quantization: QuantizationConfig | None = None
 
     def __post_init__(self) -> None:
-        _check_registered("encoder", "type", self.type)
         _check_crop(self.type, self.crop_seconds)
         _check_quantization(self.quantization, self.trainable)
         if self.quantization is not None and self.type not in QUANTIZABLE_ENCODERS:

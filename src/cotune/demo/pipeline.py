@@ -212,8 +212,9 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
     """
     from cotune.model import build_model
     from cotune.report import make_report
+    from cotune.rundir import RunDir
     from cotune.train import train
-    from cotune.eval.runner import load_run
+    from cotune.zoo.sources import resolve_sources
 
     out, plan = Path(out).expanduser(), plan or DemoPlan()
     check_seed(out, plan.seed)
@@ -236,7 +237,7 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
         before = json.loads(before_file.read_text())
     else:
         with _timed(timings, "evaluate before"):
-            model = build_model(config)
+            model = build_model(config, sources=resolve_sources(config.model))
             before = evaluate_all(model, config, out / "eval-before", out / "data", easyvqa, plan.before())
             del model
         atomic_write_text(before_file, json.dumps(before, indent=2) + "\n")
@@ -249,7 +250,7 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
         with _timed(timings, "train"):
             train(config, run_dir, resume=resume)
     with _timed(timings, "evaluate after"):
-        model, run_config = load_run(run_dir)
+        model, run_config = RunDir(run_dir).load()[0], RunDir(run_dir).config()
         after = evaluate_all(model, run_config, out / "eval-after", out / "data", easyvqa, plan, ablations=("shuffle",))
     with _timed(timings, "report"):
         make_report([run_dir], out / "report")

@@ -10,10 +10,10 @@ tasks by dataset name; :func:`evaluate_run` generates with a trained model and s
 
 from cotune.eval.extract import RULES, Extraction, extract_answer
 from cotune.eval.metrics import METRICS, ScoreError
-from cotune.eval.runner import EvalSet, Prediction, evaluate_run, load_eval_set, load_run, predict_samples, run_config
+from cotune.eval.runner import EvalSet, Prediction, evaluate_run, load_eval_set, predict_samples
 from cotune.eval.tasks import TASKS, EvalTask
 
 __all__ = [
     "METRICS", "RULES", "TASKS", "EvalSet", "EvalTask", "Extraction", "Prediction", "ScoreError", "evaluate_run", "extract_answer",
-    "load_eval_set", "load_run", "predict_samples", "run_config",
+    "load_eval_set", "predict_samples",
 ]

@@ -44,10 +44,10 @@ from lmms_eval.api.model import lmms
 from cotune.data.dataset import PreparedDataset
 from cotune.data.report import DatasetReport
 from cotune.data.schema import Message, Sample, SkipSample
-from cotune.data.spec import data_spec_from_model
 from cotune.data.templates import IGNORE_INDEX, encode_prompt
 from cotune.eval.generation import check_generation, predict_samples
-from cotune.eval.runner import load_run
+from cotune.model.data_spec import data_spec_from_model
+from cotune.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class CotuneLMM(lmms):
                  num_workers: int | str = 0, max_batch_size: int | None = None) -> None:
         super().__init__()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.config = load_run(run, torch.device(device))
+        run_dir = RunDir(run)
+        self.model, self.config = run_dir.load(torch.device(device))[0], run_dir.config()
         check_generation(self.model)
         self.spec = data_spec_from_model(self.model, self.config.data)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" is not supported: the default

@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cotune.config import ConfigError, CotuneConfig, DatasetConfig, load_config
+from cotune.config import ConfigError, CotuneConfig, DatasetConfig
 from cotune.data.dataset import DataError
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
 from cotune.data.schema import Sample
-from cotune.data.spec import data_spec_from_model
 from cotune.eval.ablation import ablate as ablate_samples
 from cotune.eval.ablation import check_ablations
 from cotune.eval.breakdown import breakdown, reliance
@@ -36,7 +35,7 @@ from cotune.eval.mme_results import write_results as write_mme_results
 from cotune.eval.progress import GenerationProgress
 from cotune.eval.tasks import EvalTask, item_record, parse_dataset, score
 from cotune.fileio import atomic_write_text
-from cotune.model.io import CONFIG, MANIFEST, WEIGHTS, load
+from cotune.model.data_spec import data_spec_from_model
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +45,6 @@ RUN_KEYS = (
     "run_dir", "dataset", "path", "split", "metric", "template", "records", "selected", "evaluated", "skipped",
     "skip_examples", "limit", "sample_seed", "max_new_tokens", "batch_size", "seconds", "samples_per_second",
 )
-
-
-def run_config(run_dir: str | Path) -> CotuneConfig:
-    """The config of a run directory (its final ``model/``, else the run's own) or of a saved or
-    merged model directory, read without loading weights; FileNotFoundError naming what is missing
-    otherwise. Inference reads its ``data`` section (template, system prompt, datasets)."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"RUN_DIR {path}: no such directory")
-    for directory in (path / "model", path):  # a finished run's model/, a saved or merged model directory
-        if (directory / CONFIG).is_file() and ((directory / WEIGHTS).is_file() or (directory / MANIFEST).is_file()):
-            return load_config(directory / CONFIG)
-    if (path / CONFIG).is_file() and any((path / "checkpoints").glob(f"step-*/{WEIGHTS}")):
-        return load_config(path / CONFIG)
-    raise FileNotFoundError(f"{path} holds neither a saved model ({CONFIG} + {WEIGHTS}) nor a run with checkpoints")
-
-
-def load_run(run_dir: str | Path, device=None):
-    """(model, config) of a run directory or saved model directory (see :func:`run_config`)."""
-    config = run_config(run_dir)
-    return load(run_dir, device), config
 
 
 def select(samples: Sequence[Sample], limit: int | None, seed: int | None) -> list[Sample]:

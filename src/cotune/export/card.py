@@ -14,8 +14,8 @@ from pathlib import Path
 from cotune import __version__
 from cotune.config import CotuneConfig
 from cotune.fileio import atomic_write_text
-
-CARD = "README.md"
+from cotune.model.io import MANIFEST
+from cotune.rundir import CARD, RunDir
 TRAIN_KEYS = ("lr", "schedule", "epochs", "max_steps", "grad_accum", "precision")
 
 
@@ -41,7 +41,7 @@ def _last_metrics(run: Path) -> dict:
     """The last training record and the last record with an eval_loss, from metrics.jsonl."""
     last, evaluated = {}, {}
     try:
-        for line in (run / "metrics.jsonl").read_text().splitlines():
+        for line in RunDir(run).metrics_file.read_text().splitlines():
             record = json.loads(line)
             last = record if "loss" in record else last
             evaluated = record if "eval_loss" in record else evaluated
@@ -75,7 +75,7 @@ def _recipe(config: CotuneConfig) -> list[str]:
 
 
 def _parameters(run: Path) -> list[str]:
-    manifest = _json(run / "model" / "manifest.json") or _json(run / "manifest.json") or {}
+    manifest = _json(RunDir(run).model_dir / MANIFEST) or _json(run / MANIFEST) or {}
     counts = manifest.get("components") or {}
     if not counts:
         return []
@@ -86,7 +86,7 @@ def _parameters(run: Path) -> list[str]:
 
 
 def _data(config: CotuneConfig, run: Path) -> list[str]:
-    report = (_json(run / "data_report.json") or {}).get("datasets", {})
+    report = (_json(RunDir(run).data_report_file) or {}).get("datasets", {})
     lines = ["## Data", "", "| dataset | reader | path | records | kept | skipped |", "|---|---|---|---:|---:|---:|"]
     for ds in config.data.train:
         counts = report.get(ds.name, {})

@@ -29,7 +29,7 @@ from cotune.export.weights import fill_buffers
 
 log = logging.getLogger(__name__)
 
-#: LoRA alone is exact to float rounding; folds round once more (see cotune.model.merge.FP32_TOLERANCE).
+#: LoRA alone is exact to float rounding; folds round once more (see cotune.merge.model.FP32_TOLERANCE).
 TOLERANCE = 1e-3
 HALF_TOLERANCE = 5e-2
 BIAS_FLAGS = ("attention_bias", "mlp_bias")
@@ -37,8 +37,8 @@ BIAS_FLAGS = ("attention_bias", "mlp_bias")
 
 def _text_llm(model) -> nn.Module:
     """``model``'s LLM with its adapters merged for text-only input (the model is changed in place)."""
-    from cotune.model.merge import merge_lora, merge_model
-    from cotune.model.merge_fold import ModalityLinear
+    from cotune.merge.fold import ModalityLinear
+    from cotune.merge.model import merge_lora, merge_model
 
     if model.config.llm.adapter.type in ("none", "lora"):
         merge_lora(model.llm)
@@ -113,8 +113,8 @@ def _probe_ids(spec) -> list[int]:
 def write_causal_lm(model, config: CotuneConfig, directory, workdir=None) -> dict:
     """Writes ``model``'s text path (a loaded run, changed in place) as a causal LM directory."""
     from cotune.backbones.llm import load_tokenizer
-    from cotune.data.spec import data_spec_from_model
     from cotune.export.processor import exported_template
+    from cotune.model.data_spec import data_spec_from_model
 
     if any(e.quantization is not None for e in config.model.encoders.values()) or config.model.llm.quantization is not None:
         raise ExportError("the run's backbones are 4- or 8-bit; adapters cannot be merged into quantized weights")

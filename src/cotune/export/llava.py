@@ -200,8 +200,8 @@ def _check(llava, processor, probe: dict) -> float:
 def write_llava(model, config: CotuneConfig, directory, workdir) -> dict:
     """Writes ``model`` (a loaded run, changed in place: LoRA merged) as a LLaVA directory;
     returns what the model card reports (the probe's logit difference, tokens per image)."""
-    from cotune.data.spec import data_spec_from_model
-    from cotune.model.merge import merge_lora
+    from cotune.merge.model import merge_lora
+    from cotune.model.data_spec import data_spec_from_model
 
     reason = refusal(config)
     if reason:

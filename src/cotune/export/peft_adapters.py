@@ -29,7 +29,6 @@ from torch import nn
 from cotune.config import AdapterConfig, CotuneConfig
 
 ADAPTER_NAME = "default"  # the name cotune's injection gives every LoRA layer
-FOLDER = "peft"
 WEIGHT_FACTORS = ("lora_A", "lora_B")
 EMBEDDING_FACTORS = ("lora_embedding_A", "lora_embedding_B")
 
@@ -90,11 +89,12 @@ def write_adapter(folder: Path, tensors: dict[str, torch.Tensor], adapter: Adapt
 
 def write_peft_adapters(model, config: CotuneConfig, directory: str | Path,
                         state: Mapping[str, torch.Tensor] | None = None) -> dict[str, Path]:
-    """Writes ``<directory>/peft/<component>/`` for every LoRA component; returns component -> folder."""
+    """Writes ``<directory>/<component>/`` for every LoRA component (a run's ``RunDir.peft_dir``);
+    returns component -> folder."""
     written = {}
     for component, (module, prefix, adapter, base) in lora_components(model, config).items():
         tensors = lora_tensors(module, prefix, state)
         if tensors:
             task = "CAUSAL_LM" if component == "llm" else None
-            written[component] = write_adapter(Path(directory) / FOLDER / component, tensors, adapter, base, task)
+            written[component] = write_adapter(Path(directory) / component, tensors, adapter, base, task)
     return written

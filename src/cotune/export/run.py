@@ -67,16 +67,10 @@ model = AutoModelForCausalLM.from_pretrained("{out}")
 The text path only (no encoders). Served by vLLM (`vllm serve {out}`) or SGLang."""
 
 
-def _config(run: Path) -> CotuneConfig:
-    from cotune.eval.runner import run_config
-
-    return run_config(run)
-
-
 def export_run(run: str | Path, out: str | Path, fmt: str, device=None) -> dict:
     """Writes ``run`` (a run directory or a saved model directory) as ``fmt`` into ``out`` (which
     must not exist or be empty); returns what the card reports of the check (e.g. max_logit_diff)."""
-    from cotune.model.io import load
+    from cotune.rundir import RunDir
 
     formats = _formats()
     if fmt not in formats:
@@ -84,7 +78,7 @@ def export_run(run: str | Path, out: str | Path, fmt: str, device=None) -> dict:
     run, out = Path(run), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not empty; choose another output directory")
-    config = _config(run)  # the run and the format are checked before any weight loads
+    config = RunDir(run).config()  # the run and the format are checked before any weight loads
     chosen = formats[fmt]
     reason = chosen.refusal(config)
     if reason:
@@ -95,7 +89,7 @@ def export_run(run: str | Path, out: str | Path, fmt: str, device=None) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     try:
-        facts = chosen.write(load(run, device), config, staging, scratch)
+        facts = chosen.write(RunDir(run).load(device)[0], config, staging, scratch)
         extra = [f"Exported with `cotune export --format {fmt}`; on a probe prompt its logits differ from cotune's by at most "
                  f"{facts['max_logit_diff']:.3g}.", ""]
         card = CardFacts(f"{run.name} ({fmt})", chosen.how_to_load.format(out=out), library="transformers",

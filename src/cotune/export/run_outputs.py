@@ -10,12 +10,13 @@ import torch
 from cotune.config import CotuneConfig
 from cotune.export.card import run_card_facts, write_card
 from cotune.export.peft_adapters import write_peft_adapters
+from cotune.rundir import RunDir
 
 
 def write_run_outputs(model, config: CotuneConfig, run_dir: str | Path, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, Path]:
     """``RUN/model/peft/<component>/`` for every LoRA component and ``RUN/README.md``; returns the
     PEFT folders. ``state``: the whole trainable tensors when the model's parameters are shards."""
-    run_dir = Path(run_dir)
-    folders = write_peft_adapters(model, config, run_dir / "model", state)
-    write_card(run_dir, config, run_dir, run_card_facts(run_dir, {c: f.relative_to(run_dir) for c, f in folders.items()}))
+    run = RunDir(run_dir)
+    folders = write_peft_adapters(model, config, run.peft_dir, state)
+    write_card(run.path, config, run.path, run_card_facts(run.path, {c: f.relative_to(run.path) for c, f in folders.items()}))
     return folders

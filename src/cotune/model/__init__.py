@@ -3,11 +3,10 @@
 from cotune.model.build import apply_trainability, build_model
 from cotune.model.fused import IGNORE_INDEX, CotuneModel, CotuneOutput, next_token_loss
 from cotune.model.generate import generate, left_pad
-from cotune.model.io import load, load_model, save_model
-from cotune.model.merge import MergeError, merge_model, merge_run
+from cotune.model.io import save_model
 from cotune.model.splice import SpliceError
 
 __all__ = [
-    "IGNORE_INDEX", "CotuneModel", "CotuneOutput", "MergeError", "SpliceError", "apply_trainability", "build_model", "generate", "left_pad", "load", "load_model",
-    "merge_model", "merge_run", "next_token_loss", "save_model",
+    "IGNORE_INDEX", "CotuneModel", "CotuneOutput", "SpliceError", "apply_trainability", "build_model", "generate", "left_pad",
+    "next_token_loss", "save_model",
 ]

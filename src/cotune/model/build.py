@@ -14,9 +14,9 @@ from cotune.backbones.loading import meta_device
 from cotune.config.io import ConfigError
 from cotune.config.model import CotuneConfig, EncoderConfig, ModelConfig
 from cotune.connectors import CONNECTORS
+from cotune.data.readers import check_reader_names
 from cotune.encoders import ENCODERS, FeatureSelector
 from cotune.model.fused import CotuneModel
-from cotune.zoo.sources import resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,45 @@ def _build_encoder(name: str, cfg: EncoderConfig, d_llm: int, meta: bool):
     return encoder, selector, connector, adapters
 
 
-def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, device: str | torch.device | None = None) -> CotuneModel:
+def check_component_names(config: ModelConfig | CotuneConfig) -> None:
+    """ConfigError naming the key and the valid names when an encoder, connector or adapter type
+    (and, for a whole CotuneConfig, a dataset reader kind) is not registered.
+
+    Configs are plain data and do not import the components; :func:`build_model` runs this first,
+    and the CLI right after reading a config, so a misspelt name fails before any weight is read.
+    """
+    if isinstance(config, CotuneConfig):
+        check_reader_names(config.data)
+        config = config.model
+    adapters = [("model.llm.adapter.type", config.llm.adapter.type)]
+    for name, encoder in config.encoders.items():
+        key = f"model.encoders.{name}"
+        if encoder.type not in ENCODERS:
+            raise ConfigError(ENCODERS.unknown_message(encoder.type, f"{key}.type"))
+        if encoder.connector.type not in CONNECTORS:
+            raise ConfigError(CONNECTORS.unknown_message(encoder.connector.type, f"{key}.connector.type"))
+        adapters.append((f"{key}.adapter.type", encoder.adapter.type))
+    for key, name in adapters:
+        if name not in ADAPTERS:
+            raise ConfigError(ADAPTERS.unknown_message(name, key))
+
+
+def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, device: str | torch.device | None = None,
+                sources: ModelConfig | None = None) -> CotuneModel:
     """Loads the backbones named in ``config`` and assembles the model, on ``device`` if given.
 
     ``meta=True`` reads only config.json files and builds every module on the meta device (for
     parameter counts of models that do not fit in memory); such a model cannot run forward.
+    ``sources``: ``config`` with each ``name_or_path`` replaced by the copy to read
+    (:func:`cotune.zoo.resolve_sources`: a cached snapshot or the zoo's copy when the hub cannot be
+    reached); None reads the names as written. The model keeps the names as written.
     """
     if isinstance(config, CotuneConfig):
         config = config.model
+    check_component_names(config)
     as_written = config  # the model keeps the config's own names (hub ids), not where they resolved
-    config = resolve_sources(config)  # hub ids the hub cannot serve -> fetched zoo copies
+    if sources is not None:
+        config = sources
     llm, tokenizer = load_llm(config.llm, meta)
     text_config = llm.config.get_text_config()
     d_llm, n_layers = text_config.hidden_size, text_config.num_hidden_layers

@@ -5,6 +5,6 @@
 """
 
 from cotune.report.make import make_report
-from cotune.report.runs import ReportError, Run, load_run, summarize
+from cotune.report.runs import ReportError, Run, read_run, summarize
 
-__all__ = ["ReportError", "Run", "load_run", "make_report", "summarize"]
+__all__ = ["ReportError", "Run", "make_report", "read_run", "summarize"]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cotune.report import plots
-from cotune.report.runs import FINAL_LOSS_STEPS, ReportError, Run, load_runs, summarize
+from cotune.report.runs import FINAL_LOSS_STEPS, ReportError, Run, read_runs, summarize
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def make_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path
     if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
         raise ReportError(f"smooth: must be an integer >= 1, got {smooth!r}")
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    runs = load_runs(run_dirs)
+    runs = read_runs(run_dirs)
     plots.require_matplotlib()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

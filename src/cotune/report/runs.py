@@ -1,6 +1,6 @@
 """Reading run directories: ``metrics.jsonl`` as records, ``config.yaml`` for the balance method.
 
-A run directory is what ``cotune train`` writes (docs/training.md). Only ``metrics.jsonl`` is
+A run directory is what ``cotune train`` writes (its layout: :class:`cotune.rundir.RunDir`). Only ``metrics.jsonl`` is
 required; without ``config.yaml`` the method is unknown. Non-finite values (NaN, inf) are kept in
 the records and dropped by :meth:`Run.series` and the summary.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cotune.rundir import METRICS, RunDir
+
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"
 FINAL_LOSS_STEPS = 10
 
 
@@ -80,7 +80,7 @@ def read_metrics(path: Path) -> list[dict]:
             object with a ``step``.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (a run directory written by `cotune train` holds {METRICS_FILE})")
+        raise FileNotFoundError(f"{path}: no such file (a run directory written by `cotune train` holds {METRICS})")
     lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
     records = []
     for index, (number, line) in enumerate(lines):
@@ -101,7 +101,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def read_method(run_dir: Path) -> str | None:
     """``balance.method`` of the run's config.yaml; None when the file or the key is missing."""
-    path = run_dir / CONFIG_FILE
+    path = RunDir(run_dir).config_file
     if not path.is_file():
         return None
     try:
@@ -115,23 +115,23 @@ def read_method(run_dir: Path) -> str | None:
     return str(method)
 
 
-def load_run(run_dir: str | Path) -> Run:
+def read_run(run_dir: str | Path) -> Run:
     """Reads one run directory (see :func:`read_metrics` for the errors)."""
     path = Path(run_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such run directory")
-    records = read_metrics(path / METRICS_FILE)
+    records = read_metrics(RunDir(path).metrics_file)
     return Run(path=path, name=path.resolve().name, method=read_method(path), records=records)
 
 
-def load_runs(run_dirs: list[str | Path]) -> list[Run]:
+def read_runs(run_dirs: list[str | Path]) -> list[Run]:
     """Reads every run (a directory given twice counts once); labels are made unique for the legends
     (the parent folder added to a repeated name, then a counter)."""
     if not run_dirs:
         raise ReportError("no run directories given")
     runs: list[Run] = []
     for run_dir in run_dirs:
-        run = load_run(run_dir)
+        run = read_run(run_dir)
         if any(r.path.resolve() == run.path.resolve() for r in runs):
             log.warning("%s: given twice; reported once", run_dir)
             continue

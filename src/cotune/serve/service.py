@@ -2,7 +2,7 @@
 
 :func:`load_service` loads a run directory (its final model or latest checkpoint), a saved model
 directory or a merged directory once; with ``merged=True`` an unmerged model's LoRA and linear
-adapters are folded into its weights in memory first (:func:`cotune.model.merge.merge_model`,
+adapters are folded into its weights in memory first (:func:`cotune.merge.model.merge_model`,
 verified against the unmerged logits), which makes decoding faster and the answers equal up to
 float rounding. Nothing here has trainable parameters (the model is served in eval mode).
 """
@@ -62,14 +62,16 @@ def load_service(run_dir: str | Path, config: ServeConfig | None = None, *, merg
     FileNotFoundError naming what is wrong when it cannot be served."""
     import torch
 
-    from cotune.data.spec import data_spec_from_model
-    from cotune.eval.runner import check_generation, load_run
-    from cotune.model.merge import merge_model
+    from cotune.eval.runner import check_generation
+    from cotune.merge.model import merge_model
+    from cotune.model.data_spec import data_spec_from_model
+    from cotune.rundir import RunDir
 
     config = config or ServeConfig()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     log.info("loading %s on %s", run_dir, device)
-    model, run_config = load_run(run_dir, device)
+    run = RunDir(run_dir)
+    model, run_config = run.load(device)[0], run.config()
     check_generation(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     already = bool(getattr(model, "is_merged", False))

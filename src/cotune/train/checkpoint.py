@@ -1,6 +1,6 @@
 """Checkpoints: trainable weights, optimizer, trainer state and RNG, written atomically.
 
-Layout: ``RUN/checkpoints/step-00000120/`` with ``trainable.safetensors``, ``optimizer.pt``,
+Layout (where: :class:`cotune.rundir.RunDir`): ``RUN/checkpoints/step-00000120/`` with ``trainable.safetensors``, ``optimizer.pt``,
 ``rng-rank<r>.pt`` (one per process), ``state.json`` and ``manifest.json`` (every other file's
 size and sha256, and how many processes wrote RNG states). A checkpoint is assembled in a hidden
 temporary folder, every file fsynced, then renamed into place and the parent folder fsynced, so a
@@ -17,17 +17,16 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-CHECKPOINTS = "checkpoints"
+from cotune.rundir import RunDir, checkpoint_step
+
 MANIFEST = "manifest.json"
 REQUIRED = ("trainable.safetensors", "optimizer.pt", "state.json")
-_NAME = re.compile(r"^step-(\d{8})$")
 
 
 class CheckpointError(RuntimeError):
@@ -45,8 +44,8 @@ def _sha256(path: Path) -> str:
 def write_failure(err: BaseException, run_dir: Path, step: int) -> CheckpointError:
     """The error for a failed write of checkpoint ``step``: the cause in words (a full disk said as
     such), the space left, and the newest other checkpoint, which survives."""
-    target = checkpoint_dir(run_dir, step)
-    earlier = [p for p in list_checkpoints(run_dir) if p != target]
+    target = RunDir(run_dir).checkpoint_dir(step)
+    earlier = [p for p in RunDir(run_dir).checkpoints() if p != target]
     previous = earlier[-1] if earlier else None
     number = getattr(err, "errno", None)
     text = " ".join(str(err).split())
@@ -85,18 +84,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
-    folder = Path(run_dir) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name))
-
-
 def _torch_save(obj, path: Path) -> None:
     """``torch.save`` through a Python file, fsynced: a failed write raises the OSError itself (a
     full disk is errno ENOSPC), where torch's own writer reports only "unexpected pos"."""
@@ -119,7 +106,8 @@ def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor
     an earlier one because they were damaged) are removed once this one is in place.
     Raises CheckpointError (temporary folder removed, earlier checkpoints untouched) if a write fails.
     """
-    final = checkpoint_dir(run_dir, step)
+    run = RunDir(run_dir)
+    final = run.checkpoint_dir(step)
     tmp = final.with_name(f".{final.name}.tmp")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -147,10 +135,10 @@ def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(final.parent)
-    for stale in list_checkpoints(run_dir):
-        if _NAME.match(stale.name) and int(stale.name[5:]) > step:
+    for stale in run.checkpoints():
+        if checkpoint_step(stale) > step:
             shutil.rmtree(stale, ignore_errors=True)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in run.checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -31,18 +31,20 @@ from cotune.data.loader import TrainData, build_train_data
 from cotune.data.report import DataReport
 from cotune.data.schema import DataError
 from cotune.data.templates import IGNORE_INDEX
-from cotune.data.spec import data_spec_from_model
 from cotune.export.run_outputs import write_run_outputs
 from cotune.model import build_model, save_model
-from cotune.train.checkpoint import checkpoint_dir, list_checkpoints
+from cotune.model.build import check_component_names
+from cotune.model.data_spec import data_spec_from_model
+from cotune.rundir import RunDir
 from cotune.train.evaluate import Evaluator
 from cotune.train.groups import optimizer_groups
 from cotune.train.launch import LaunchSettings, check_launch, use_cuda
 from cotune.train.metrics import MetricsLog, Progress, truncate_metrics
 from cotune.train.resume import read_latest, restore, save_checkpoint
 from cotune.train.sharding import make_sharding
-from cotune.train.step import OptimizerStep, make_optimizer
 from cotune.train.state import TrainerState
+from cotune.train.step import OptimizerStep, make_optimizer
+from cotune.zoo.sources import resolve_sources
 
 log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,39 +58,27 @@ class RunInUse(FileExistsError):
     """Another process is training in the run directory (its lock is held)."""
 
 
-#: Files a cotune run writes before its first checkpoint: a run directory that holds only these
-#: (and no checkpoint, no model) failed before it saved anything and may be started afresh.
-UNSTARTED_FILES = frozenset({"config.yaml", "metrics.jsonl", "data_report.json", ".lock", "checkpoints", "tensorboard"})
-LOCK = ".lock"
-
-
-def _lock(run_dir: Path):
-    """An exclusive lock on ``run_dir/.lock`` (held while the file stays open; the OS drops it when
+def _lock(run: RunDir):
+    """An exclusive lock on ``RUN/.lock`` (held while the file stays open; the OS drops it when
     the process ends, SIGKILL included); RunInUse naming the holder's pid if another process has it."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         return None
-    handle = open(run_dir / LOCK, "a+")  # noqa: SIM115 - held for the run's lifetime
+    handle = open(run.lock_file, "a+")  # noqa: SIM115 - held for the run's lifetime
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise RunInUse(f"{run_dir} is in use: another cotune train (pid {holder}) is training in it; wait for it to "
+        raise RunInUse(f"{run.path} is in use: another cotune train (pid {holder}) is training in it; wait for it to "
                        f"finish or stop it before resuming") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
-
-
-def _unstarted(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds only what a run that never saved a checkpoint leaves (UNSTARTED_FILES)."""
-    entries = list(run_dir.iterdir())
-    return all(e.name in UNSTARTED_FILES for e in entries) and not list_checkpoints(run_dir)
 
 
 class Interrupted(RuntimeError):
@@ -120,7 +110,9 @@ class Trainer:
 
         # The run's config.yaml must work from any directory (--resume, data check, eval).
         config = absolute_paths(config)
+        check_component_names(config)  # a misspelt encoder or reader fails before anything loads
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.rundir = RunDir(run_dir)  # where each file of the run goes
         self.callbacks = list(callbacks)
         launch = LaunchSettings.from_environment()
         cuda = use_cuda(device)
@@ -159,7 +151,7 @@ class Trainer:
     def _setup(self) -> None:
         config, train = self.config, self.config.train
         torch.manual_seed(config.seed)  # identical adapter initialisation in every process
-        self.model = build_model(config, device=self.accelerator.device)
+        self.model = build_model(config, device=self.accelerator.device, sources=resolve_sources(config.model))
         if train.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         self.parameter_counts = self.model.parameter_counts()  # whole tensors: FSDP leaves shards
@@ -198,7 +190,7 @@ class Trainer:
         else:
             torch.manual_seed(config.seed + 1 + self.rank)  # dropout masks differ per process
         if self.resume and self.main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+            truncate_metrics(self.rundir.metrics_file, self.state.step)
         self.metrics = MetricsLog(self.run_dir, train.report_to, to_dict(config), append=self.resume, enabled=self.main)
         self._log_parameters()
 
@@ -207,14 +199,14 @@ class Trainer:
         into a new or empty directory, or one a failed start left without a checkpoint."""
         if self.main:
             if not self.resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-                if not _unstarted(self.run_dir):
+                if not self.rundir.is_unstarted():
                     raise FileExistsError(f"{self.run_dir} is not empty; use --resume {self.run_dir} or another --out")
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock(self.run_dir)
-            if not self.resume and any(e.name != LOCK for e in self.run_dir.iterdir()):
+            self._lock = _lock(self.rundir)
+            if not self.resume and any(e.name != self.rundir.lock_file.name for e in self.run_dir.iterdir()):
                 log.info("%s: a start that saved no checkpoint left files here; starting afresh", self.run_dir)
-                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
-            save_config(self.config, self.run_dir / "config.yaml")
+                shutil.rmtree(self.rundir.checkpoints_dir, ignore_errors=True)
+            save_config(self.config, self.rundir.config_file)
         self.accelerator.wait_for_everyone()
 
     def close(self) -> None:
@@ -359,10 +351,10 @@ class Trainer:
             # A warning, so that it shows at every log level but error: the command did nothing.
             log.warning("%s is finished: it trained all %d steps and saved its model in %s; nothing to resume (raise "
                         "train.max_steps or train.epochs with --set to train longer)", self.run_dir, self.total_steps,
-                        self.run_dir / "model")
+                        self.rundir.model_dir)
             self.metrics.close()
             self.close()
-            return self.run_dir / "model"
+            return self.rundir.model_dir
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         progress = Progress(self.total_steps, self.state.step, self.config.train.log_every, self.main)
         try:
@@ -378,7 +370,7 @@ class Trainer:
     @property
     def finished(self) -> bool:
         """Whether a resumed run had already reached its length and saved its model."""
-        return bool(self.resume and self.state.step >= self.total_steps and (self.run_dir / "model" / "manifest.json").is_file())
+        return bool(self.resume and self.state.step >= self.total_steps and self.rundir.is_finished())
 
     def _train(self, progress: Progress) -> None:
         accum = self.config.train.grad_accum
@@ -427,10 +419,10 @@ class Trainer:
         self._step_started = time.perf_counter()
 
     def _finish(self) -> Path:
-        latest = list_checkpoints(self.run_dir)
-        if not latest or latest[-1] != checkpoint_dir(self.run_dir, self.state.step):
+        latest = self.rundir.checkpoints()
+        if not latest or latest[-1] != self.rundir.checkpoint_dir(self.state.step):
             self.save_checkpoint()
-        final = self.run_dir / "model"
+        final = self.rundir.model_dir
         if self.config.data.eval and not self.config.train.eval_every:
             record = {"step": self.state.step, **self.evaluator()}
             if self.main:
@@ -438,7 +430,7 @@ class Trainer:
         trainable = self.sharding.trainable_state(self.model, self.ddp_model) if self.sharding.sharded else None
         if self.main:
             save_model(self.model, self.config, final, trainable=trainable, counts=self.parameter_counts)
-            self.data.report.write(self.run_dir / "data_report.json")
+            self.data.report.write(self.rundir.data_report_file)
             self.data.report.log_summary()
             write_run_outputs(self.model, self.config, self.run_dir, trainable)  # PEFT folders, README.md
         self.accelerator.wait_for_everyone()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from cotune.fileio import atomic_write_text
+from cotune.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,14 @@ class JsonlSink:
 
 
 class TensorBoardSink:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, directory: Path) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
             from cotune.extras import missing
 
             raise missing("train.report_to: tensorboard", "tensorboard", "tensorboard") from err
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(str(directory))
 
     def write(self, record: dict) -> None:
         for key, value in record.items():
@@ -84,9 +85,10 @@ class MetricsLog:
     def __init__(self, run_dir: Path, report_to: tuple[str, ...], config: dict, append: bool, enabled: bool) -> None:
         self.sinks = []
         if enabled:
-            self.sinks.append(JsonlSink(run_dir / "metrics.jsonl", append))
+            run = RunDir(run_dir)
+            self.sinks.append(JsonlSink(run.metrics_file, append))
             if "tensorboard" in report_to:
-                self.sinks.append(TensorBoardSink(run_dir))
+                self.sinks.append(TensorBoardSink(run.tensorboard_dir))
             if "wandb" in report_to:
                 self.sinks.append(WandbSink(run_dir, config))
 

@@ -20,11 +20,10 @@ import shutil
 from pathlib import Path
 
 from cotune.config import config_hash
+from cotune.rundir import RunDir
 from cotune.train.checkpoint import (
     CheckpointError,
-    checkpoint_dir,
     has_manifest,
-    list_checkpoints,
     read_checkpoint,
     save_rng,
     set_rng_state,
@@ -43,7 +42,8 @@ def save_checkpoint(trainer) -> Path:
     step = trainer.state.step
     trainable = trainer.sharding.trainable_state(trainer.model, trainer.ddp_model)
     optimizer_state = trainer.sharding.optimizer_state(trainer.ddp_model, trainer.optimizer)
-    staging = trainer.run_dir / "checkpoints" / f".rng-{step:08d}"
+    run = RunDir(trainer.run_dir)
+    staging = run.rng_staging_dir(step)
     if trainer.main:
         staging.mkdir(parents=True, exist_ok=True)
     trainer.accelerator.wait_for_everyone()
@@ -53,7 +53,7 @@ def save_checkpoint(trainer) -> Path:
         shutil.rmtree(staging, ignore_errors=True)  # what a retry of this step would write into
         raise write_failure(err, trainer.run_dir, step) from err
     trainer.accelerator.wait_for_everyone()
-    path = checkpoint_dir(trainer.run_dir, step)
+    path = run.checkpoint_dir(step)
     if trainer.main:
         state = trainer.state
         state.dropped = {n: sorted(map(list, r.dropped_at_load.items())) for n, r in trainer.data.report.datasets.items() if r.dropped_at_load}
@@ -74,7 +74,7 @@ def save_checkpoint(trainer) -> Path:
 def read_latest(run_dir: Path, rank: int) -> tuple:
     """(trainable weights, optimizer state, trainer state, process ``rank``'s RNG state or None,
     folder) of the run's newest intact checkpoint (module docstring)."""
-    checkpoints = list_checkpoints(run_dir)
+    checkpoints = RunDir(run_dir).checkpoints()
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
     passed: list[str] = []

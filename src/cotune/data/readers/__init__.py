@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from cotune.config.io import ConfigError, check_choice
 from cotune.registry import Registry
 
 READERS: Registry = Registry("dataset reader")
@@ -21,6 +22,20 @@ READERS: Registry = Registry("dataset reader")
 # Reader modules register themselves on import; the import list is explicit (no auto-discovery).
 from cotune.data.readers import alpaca, audio, easyvqa, hf, jsonl, llava, mme, scienceqa  # noqa: E402,F401
 
+
+def check_reader_names(data) -> None:
+    """ConfigError naming the key (``data.train[0].kind``) for a dataset of ``data`` (a DataConfig)
+    whose ``kind`` is no registered reader, or a ScienceQA dataset whose ``prompt_format`` does not
+    exist. The config itself imports no reader; this runs before anything is loaded."""
+    from cotune.data.scienceqa_prompt import PROMPT_FORMATS
+
+    for part in ("train", "eval"):
+        for i, dataset in enumerate(getattr(data, part)):
+            key = f"data.{part}[{i}]"
+            if dataset.kind not in READERS:
+                raise ConfigError(READERS.unknown_message(dataset.kind, f"{key}.kind"))
+            if dataset.kind == "scienceqa":
+                check_choice(f"{key}.prompt_format", dataset.prompt_format, PROMPT_FORMATS)
 
 
 def read_dataset(config, report, key: str = "data.kind") -> Iterator:
@@ -43,4 +58,4 @@ def read_dataset(config, report, key: str = "data.kind") -> Iterator:
         raise DataError(f"dataset {config.name}: {message}") from None
 
 
-__all__ = ["READERS", "read_dataset"]
+__all__ = ["READERS", "check_reader_names", "read_dataset"]

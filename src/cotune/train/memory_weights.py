@@ -15,7 +15,7 @@ import math
 from torch import nn
 
 from cotune.config.model import CotuneConfig, QuantizationConfig
-from cotune.model.memory_activations import DTYPE_BYTES, frozen_linears, linear_shape
+from cotune.train.memory_activations import DTYPE_BYTES, frozen_linears, linear_shape
 
 
 def component_storage(config: CotuneConfig, name: str) -> tuple[str, QuantizationConfig | None]:

@@ -19,8 +19,8 @@ from torch import nn
 
 from cotune.adapters.bottleneck import MMAdapter, RepAdapter
 from cotune.adapters.sites import AdaptedInput
+from cotune.merge.fold import FOLDABLE_ROUTERS, unsupported_reason
 from cotune.model.fused import CotuneModel
-from cotune.model.merge_fold import FOLDABLE_ROUTERS, unsupported_reason
 
 PROBE_TEXT_TOKENS = 6
 

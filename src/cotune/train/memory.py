@@ -11,7 +11,7 @@ only), so a 13B recipe is planned in seconds on any machine. The peak of one opt
   (1 byte + a float32 scale per output row); embeddings, norms and the LM head keep the dtype.
   Trainable parameters are float32 (cotune keeps them so), as are their gradients and both AdamW
   moments (the trainer's optimizer).
-* start of backward: every kept activation (:mod:`cotune.model.memory_activations`: LLM layers,
+* start of backward: every kept activation (:mod:`cotune.train.memory_activations`: LLM layers,
   the routing pass, autocast's weight copies, encoders) + the logits and the float32 loss tensors;
 * top layer's backward: the kept activations + logits + one layer's gradients (+ with gradient
   checkpointing, the recomputed layer);
@@ -32,11 +32,11 @@ import torch
 from torch import nn
 
 from cotune.config.model import CotuneConfig, QuantizationConfig
-from cotune.model.memory_activations import (
+from cotune.train.memory_activations import (
     AUTOCAST_DTYPES, LayerSetup, backward_working_bytes, layer_bytes_per_token, llm_shape, logits_bytes,
     step_dtypes, trace_encoder,
 )
-from cotune.model.memory_weights import component_storage, component_weights
+from cotune.train.memory_weights import component_storage, component_weights
 
 GIB = 2**30
 #: what a device keeps beside tensors: a fraction of its memory (allocator slack) plus the CUDA context.
@@ -306,8 +306,9 @@ def plan_memory(config: CotuneConfig, model=None, *, batch_size: int | None = No
     """The :class:`MemoryPlan` of ``config`` (its meta-device ``model`` is built unless given)."""
     if model is None:
         from cotune.model.build import build_model
+        from cotune.zoo.sources import resolve_sources
 
-        model = build_model(config, meta=True)
+        model = build_model(config, meta=True, sources=resolve_sources(config.model))
     estimator = MemoryEstimator(config, model)
     settings = estimator.settings(batch_size, seq_len, gradient_checkpointing, supervised_fraction)
     return estimator.plan(settings, device_memory=device_memory)

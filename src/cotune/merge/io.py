@@ -36,15 +36,24 @@ from cotune.adapters.routing import RoutingState
 from cotune.adapters.sites import AdaptedInput
 from cotune.config import CotuneConfig, config_hash, load_config, save_config
 from cotune.fileio import atomic_write_text
+from cotune.merge.fold import FoldFactors, ModalitySelection
+from cotune.merge.model import MergedCotuneModel, MergeSummary, fold_layers
 from cotune.model.build import build_model
 from cotune.model.fused import CotuneModel
-from cotune.model.io import CONFIG, FORMAT_VERSION, MANIFEST, merged_manifest
-from cotune.model.merge import MergedCotuneModel, MergeSummary, fold_layers
-from cotune.model.merge_fold import FoldFactors, ModalitySelection
+from cotune.model.io import CONFIG, FORMAT_VERSION, MANIFEST
+from cotune.zoo.sources import resolve_sources
 
 LLM_DIR = "llm"
 FOLDS = "folds.safetensors"
 WEIGHTS = "weights.safetensors"
+
+
+def merged_record(directory: str | Path) -> dict | None:
+    """The ``merged`` record of a directory's manifest, or None when it holds no merged model."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("merged")
 
 
 def backbone_extras(model: CotuneModel, summary: MergeSummary) -> dict[str, torch.Tensor]:
@@ -116,7 +125,7 @@ def _load_exact(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source
 def load_merged(directory: str | Path, device=None) -> tuple[MergedCotuneModel, CotuneConfig]:
     """Rebuilds the merged model of ``directory`` -> (model in eval mode, config with resolved paths)."""
     directory = Path(directory)
-    info = merged_manifest(directory)
+    info = merged_record(directory)
     if info is None:
         raise FileNotFoundError(f"{directory} is not a merged cotune model (no 'merged' record in {MANIFEST})")
     version = json.loads((directory / MANIFEST).read_text()).get("format_version")
@@ -126,7 +135,7 @@ def load_merged(directory: str | Path, device=None) -> tuple[MergedCotuneModel, 
     llm_path = Path(saved.model.llm.name_or_path)
     llm_path = llm_path if llm_path.is_absolute() else directory / llm_path
     config = replace(saved, model=replace(saved.model, llm=replace(saved.model.llm, name_or_path=str(llm_path))))
-    model = build_model(config, device=device)
+    model = build_model(config, device=device, sources=resolve_sources(config.model))
     for path in info["folded_sites"]:  # encoders with kept sites were re-injected everywhere
         module = model.get_submodule(path)
         if isinstance(module, AdaptedInput):

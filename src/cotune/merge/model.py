@@ -3,8 +3,8 @@
 * LoRA (LLM and encoders): PEFT's merge, then each LoRA layer is replaced by its base layer.
 * RepAdapter, and MM-Adapters whose expert weights do not depend on the input (``modality`` router
   in the LLM, ``constant`` in encoders): folded into the linear layers that read the wrapped
-  module's input (see :mod:`cotune.model.merge_fold` for the maths and
-  :mod:`cotune.model.merge_probe` for how those layers are found and checked). A modality-routed
+  module's input (see :mod:`cotune.merge.fold` for the maths and
+  :mod:`cotune.merge.probe` for how those layers are found and checked). A modality-routed
   adapter gives one weight set per distinct routing; the merged model selects a sample's set from
   its modality row through the routing state, without running the modality rows through the LLM.
 * Kept unmerged: encoder adapters with input-dependent routers (``per_token``, ``cls``, ``mean``)
@@ -12,7 +12,7 @@
   An LLM site that cannot fold is refused (:class:`MergeError`).
 
 Every merge is verified on a probe batch (one row per modality key): the merged logits must equal
-the unmerged ones. The directory layout is in :mod:`cotune.model.merge_io`.
+the unmerged ones. The directory layout is in :mod:`cotune.merge.io`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from cotune.adapters.routing import RoutingState
 from cotune.adapters.sites import AdaptedInput
 from cotune.config import AdapterConfig, ConfigError, CotuneConfig, ModelConfig
-from cotune.config.model import dequantized, is_quantized
+from cotune.config.model import is_quantized
+from cotune.merge.fold import ModalitySelection, adapter_affine, fold_factors, folded_layer
+from cotune.merge.probe import analyse_sites, find_sites, llm_routing_mixes, probe_batch
 from cotune.model.fused import CotuneModel, run_inline
-from cotune.model.merge_fold import ModalitySelection, adapter_affine, fold_factors, folded_layer
-from cotune.model.merge_probe import analyse_sites, find_sites, llm_routing_mixes, probe_batch
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class MergedCotuneModel(CotuneModel):
 
     With per-modality folded layers the model keeps a routing state: :meth:`compute_routing`
     returns one-hot modality rows [L, B, K] (no LLM pass) and every
-    :class:`~cotune.model.merge_fold.ModalityLinear` picks its weight set from them. Nothing is
+    :class:`~cotune.merge.fold.ModalityLinear` picks its weight set from them. Nothing is
     trainable; ``merge_summary`` says what was folded and what was kept.
     """
 
@@ -165,7 +165,7 @@ def merge_model(model: CotuneModel, directory: str | Path | None = None, config:
     ``config`` (default: ``model.config`` with default data/train sections) goes into it.
     Raises :class:`MergeError` when an LLM adapter site cannot be folded.
     """
-    from cotune.model.merge_io import MergeWriter
+    from cotune.merge.io import MergeWriter
 
     if getattr(model, "is_merged", False):
         raise MergeError("the model is already merged")
@@ -190,7 +190,7 @@ def merge_model(model: CotuneModel, directory: str | Path | None = None, config:
 
 
 def _merge(model: CotuneModel, config: CotuneConfig, writer) -> MergedCotuneModel:
-    from cotune.model.merge_io import LLM_DIR
+    from cotune.merge.io import LLM_DIR
 
     model.eval()
     with torch.no_grad():
@@ -242,44 +242,3 @@ def _verify(merged: MergedCotuneModel, batch: dict, reference: torch.Tensor) -> 
     if diff > (HALF_TOLERANCE if half else FP32_TOLERANCE) * scale:
         raise MergeError(f"merge check failed: merged logits differ from the unmerged model's by {diff:.3g} on the probe batch")
     return diff
-
-
-def merge_run(source: str | Path, out: str | Path, device=None, *, dequantize: bool = False) -> MergeSummary:
-    """Merges the model of a run directory (or saved model directory) ``source`` into ``out``.
-
-    A run with 4- or 8-bit backbones is refused unless ``dequantize``: its trained weights are then
-    merged into the backbones loaded in their own dtype (QLoRA's convention), and the merge check
-    compares against that dequantized model, not the quantized one it was trained with."""
-    from cotune.config import load_config
-    from cotune.model.io import CONFIG, load, merged_manifest
-
-    source = Path(source)
-    for candidate in (source, source / "model"):
-        if merged_manifest(candidate) is not None:
-            raise MergeError(f"{candidate} is already a merged model")
-    configs = [p for p in (source / "model" / CONFIG, source / CONFIG) if p.is_file()]
-    if not configs:
-        raise FileNotFoundError(f"{source} holds no {CONFIG}: not a cotune run or saved model directory")
-    config = load_config(configs[0])
-    if is_quantized(config.model):
-        if not dequantize:
-            raise MergeError(
-                f"{source}: its backbones are configured in 4 or 8 bits, and adapters cannot be folded into "
-                "quantized weights; pass --dequantize to merge into full-precision backbones"
-            )
-        config = replace(config, model=dequantized(config.model))
-    model = load(source, device, dequantize=dequantize)
-    return merge_model(model, out, config).merge_summary
-
-
-def refuse_merged(directory: str | Path, action: str = "be trained or resumed") -> None:
-    """Raises :class:`MergeError` when ``directory`` holds a merged model (for commands that need
-    the unmerged adapters, e.g. ``cotune train --resume``)."""
-    from cotune.model.io import merged_manifest
-
-    info = merged_manifest(directory)
-    if info is not None:
-        raise MergeError(
-            f"{directory} holds a merged model (LoRA/adapters folded into the weights by cotune merge, "
-            f"source config {info.get('source_config_hash', '?')}); it cannot {action}: use the original run directory"
-        )
