@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if not RunDir(run_dir).checkpoints():  # before its config is read: a failed start's config may be the fault
             raise FileNotFoundError(f"--resume {run_dir}: the run saved no checkpoint to resume from; start it again with "
                                     f"cotune train CONFIG --out {run_dir}")
-        config_path = Path(args.config) if args.config else run_dir / "config.yaml"
+        config_path = Path(args.config) if args.config else RunDir(run_dir).config_file
         resume = True
     else:
         if not args.config:

@@ -229,7 +229,8 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
     config = demo_config(out, easyvqa, plan, {key: 1 for key in SHARES}, overrides)
     config = demo_config(out, easyvqa, plan, _mixture_sizes(config), overrides)
     run_dir = out / "run"
-    trained = (run_dir / "model").is_dir()
+    run = RunDir(run_dir)
+    trained = run.model_dir.is_dir()
     before_file = out / "eval-before" / "summary.json"
     # Only a run that did every phase itself is timed against the target (a rerun reuses work).
     first_run = not run_dir.is_dir() and not before_file.is_file()
@@ -242,7 +243,7 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
             del model
         atomic_write_text(before_file, json.dumps(before, indent=2) + "\n")
     if not trained:
-        resume = run_dir.is_dir() and any((run_dir / "checkpoints").glob("step-*"))
+        resume = run_dir.is_dir() and bool(run.checkpoints())
         if run_dir.is_dir() and not resume:
             # An earlier demo stopped before its first checkpoint: nothing finished to keep.
             log.warning("demo: %s holds no checkpoint; starting the run again", run_dir)
@@ -250,7 +251,8 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
         with _timed(timings, "train"):
             train(config, run_dir, resume=resume)
     with _timed(timings, "evaluate after"):
-        model, run_config = RunDir(run_dir).load()[0], RunDir(run_dir).config()
+        run_config = run.config()
+        model = run.load()[0]
         after = evaluate_all(model, run_config, out / "eval-after", out / "data", easyvqa, plan, ablations=("shuffle",))
     with _timed(timings, "report"):
         make_report([run_dir], out / "report")

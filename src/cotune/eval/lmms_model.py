@@ -65,7 +65,8 @@ class CotuneLMM(lmms):
         super().__init__()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         run_dir = RunDir(run)
-        self.model, self.config = run_dir.load(torch.device(device))[0], run_dir.config()
+        self.config = run_dir.config()
+        self.model = run_dir.load(torch.device(device))[0]
         check_generation(self.model)
         self.spec = data_spec_from_model(self.model, self.config.data)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" is not supported: the default

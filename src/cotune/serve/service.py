@@ -71,7 +71,8 @@ def load_service(run_dir: str | Path, config: ServeConfig | None = None, *, merg
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     log.info("loading %s on %s", run_dir, device)
     run = RunDir(run_dir)
-    model, run_config = run.load(device)[0], run.config()
+    run_config = run.config()  # what is missing is said before any weight loads
+    model = run.load(device)[0]
     check_generation(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     already = bool(getattr(model, "is_merged", False))

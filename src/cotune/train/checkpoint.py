@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from cotune.model.io import WEIGHTS
 from cotune.rundir import RunDir, checkpoint_step
 
 MANIFEST = "manifest.json"
-REQUIRED = ("trainable.safetensors", "optimizer.pt", "state.json")
+REQUIRED = (WEIGHTS, "optimizer.pt", "state.json")
 
 
 class CheckpointError(RuntimeError):
@@ -112,7 +113,7 @@ def write_checkpoint(run_dir: Path, step: int, trainable: dict[str, torch.Tensor
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / WEIGHTS)
         _torch_save(optimizer_state, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         if rng_files is not None:
@@ -180,10 +181,10 @@ def has_manifest(directory: Path) -> bool:
 def read_checkpoint(directory: Path, rank: int = 0) -> tuple[dict[str, torch.Tensor], dict, dict, dict | None]:
     """(trainable weights, optimizer state, trainer state, this process's RNG state or None)."""
     directory = Path(directory)
-    for name in ("trainable.safetensors", "optimizer.pt", "state.json"):
+    for name in REQUIRED:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a complete checkpoint: {name} is missing")
-    trainable = load_file(directory / "trainable.safetensors")
+    trainable = load_file(directory / WEIGHTS)
     optimizer_state = torch.load(directory / "optimizer.pt", weights_only=True, map_location="cpu")
     state = json.loads((directory / "state.json").read_text())
     rng_path = directory / f"rng-rank{rank}.pt"
