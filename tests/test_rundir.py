@@ -72,3 +72,12 @@ def test_a_merged_directory_is_recognised_and_refused_for_training(tmp_path):
     assert run.merged_record() == {"source_config_hash": "abc"} and run.saved_model_dir() == tmp_path
     with pytest.raises(MergeError, match="source config abc.*cannot be trained or resumed"):
         run.refuse_merged()
+
+
+def test_evaluations_saved_inside_the_run_are_found(tmp_path):
+    run = RunDir(tmp_path)
+    for folder in ("eval-b", "eval-a/easyvqa"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "metrics.json").write_text("{}")
+    (tmp_path / "eval-b" / "predictions.jsonl").write_text("")
+    assert [p.relative_to(tmp_path).as_posix() for p in run.evaluations()] == ["eval-a/easyvqa/metrics.json", "eval-b/metrics.json"]

@@ -10,6 +10,7 @@ A run directory ``RUN/`` (``cotune train --out RUN``)::
     RUN/model/                 the final model: a saved model directory (cotune.model.io)
     RUN/model/peft/<component>/      LoRA components as PEFT adapter folders
     RUN/README.md              the model card
+    RUN/<any folder>/metrics.json    evaluations saved inside the run (cotune eval --out RUN/eval-x)
     RUN/.lock                  held by the process training into RUN
 
 A *saved model directory* (``RUN/model/``, or any directory :func:`cotune.model.save_model` wrote)
@@ -43,6 +44,7 @@ MODEL = "model"
 PEFT = "peft"
 CARD = "README.md"
 LOCK = ".lock"
+EVAL_METRICS = "metrics.json"
 #: What a run that never saved a checkpoint leaves behind (a new run may start over it).
 UNSTARTED = frozenset({CONFIG, METRICS, DATA_REPORT, LOCK, CHECKPOINTS, TENSORBOARD})
 _CHECKPOINT = re.compile(r"^step-(\d{8})$")
@@ -108,6 +110,10 @@ class RunDir:
         if not self.checkpoints_dir.is_dir():
             return []
         return sorted(p for p in self.checkpoints_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name))
+
+    def evaluations(self) -> list[Path]:
+        """The ``metrics.json`` files of evaluations saved inside the run, in path order."""
+        return sorted(self.path.glob(f"**/{EVAL_METRICS}"))
 
     def is_unstarted(self) -> bool:
         """Whether the directory holds only what a run that never saved a checkpoint leaves."""

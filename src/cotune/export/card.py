@@ -102,7 +102,7 @@ def _metrics(run: Path) -> list[str]:
         lines.append(f"- training loss at step {last['step']}: {last['loss']:.4g}")
     if last["eval_loss"] is not None:
         lines.append(f"- validation loss: {last['eval_loss']:.4g}")
-    for path in sorted(run.glob("**/metrics.json"))[:10]:
+    for path in RunDir(run).evaluations()[:10]:
         scores = {k: v for k, v in (_json(path) or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if scores:
             lines.append(f"- `{path.parent.relative_to(run)}`: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())[:8]))
