@@ -211,6 +211,7 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
     config overrides (e.g. local backbone paths), applied after the demo's own settings.
     """
     from cotune.model import build_model
+    from cotune.model.build import check_component_names
     from cotune.report import make_report
     from cotune.rundir import RunDir
     from cotune.train import train
@@ -222,6 +223,7 @@ def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyv
     timings: dict[str, float] = {}
     start = time.perf_counter()
     probe = load_config(data=packaged_recipe(), overrides=list(overrides))  # the backbones after overrides
+    check_component_names(probe)  # a misspelt name in an override fails before the zoo and the data
     with _timed(timings, "zoo"):
         easyvqa = prepare_zoo(probe, cache, easyvqa)
     with _timed(timings, "data"):
