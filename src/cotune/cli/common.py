@@ -65,15 +65,19 @@ def add_set_argument(parser: argparse.ArgumentParser, what: str = "a config valu
 
 def load_cli_config(args: argparse.Namespace) -> CotuneConfig:
     """The validated config named by ``args.config`` with ``args.overrides`` applied."""
-    return checked_config(load_config(args.config, args.overrides))
+    return load_checked_config(args.config, args.overrides)
 
 
-def checked_config(config: CotuneConfig) -> CotuneConfig:
-    """``config`` once its component and reader names are known to exist (ConfigError naming the
-    key otherwise): a command fails on a misspelt name before it reads any weight."""
+def load_checked_config(path, overrides=()) -> CotuneConfig:
+    """:func:`load_config`, then its component and reader names (ConfigError naming the file and the
+    key, as load_config's own errors do): a command fails on a misspelt name before it reads any weight."""
     from cotune.model.build import check_component_names
 
-    check_component_names(config)
+    config = load_config(path, overrides)
+    try:
+        check_component_names(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     return config
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from cotune.cli.common import add_set_argument, checked_config
-from cotune.config import ConfigError, CotuneConfig, DataConfig, DatasetConfig, load_config
+from cotune.cli.common import add_set_argument, load_checked_config
+from cotune.config import ConfigError, CotuneConfig, DataConfig, DatasetConfig
 from cotune.data.collate import Collator
 from cotune.data.dataset import DataError, check_skip_fraction, prepare_dataset
 from cotune.data.media import load_audio, load_image
@@ -97,7 +97,7 @@ def run_check(args: argparse.Namespace) -> tuple[DataReport, float]:
     report = DataReport()
     target = Path(args.target)
     if target.suffix in (".yaml", ".yml") and not args.kind:
-        config = checked_config(load_config(target, args.overrides))
+        config = load_checked_config(target, args.overrides)
         datasets = (*config.data.train, *config.data.eval)
         if not datasets:
             raise ConfigError(f"{target}: data.train and data.eval are empty; nothing to check")
@@ -107,7 +107,7 @@ def run_check(args: argparse.Namespace) -> tuple[DataReport, float]:
         raise ConfigError(f"{target}: a dataset path needs --kind ({', '.join(READERS.names())})")
     ds_config = DatasetConfig(kind=args.kind, path=str(target), split=args.split)
     if args.config:
-        config = checked_config(load_config(args.config, args.overrides))
+        config = load_checked_config(args.config, args.overrides)
         _check_with_model(config, (ds_config,), report, args.workers)
         return report, config.data.max_skip_fraction
     _check_raw(ds_config, report)

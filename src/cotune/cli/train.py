@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from cotune.cli.common import add_set_argument, checked_config
-from cotune.config import ConfigError, load_config
+from cotune.cli.common import add_set_argument, load_checked_config
+from cotune.config import ConfigError
 from cotune.train.launch import DEVICES, use_cuda
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         config_path = Path(args.config)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         resume = False
-    config = checked_config(load_config(config_path, args.overrides))
+    config = load_checked_config(config_path, args.overrides)
     try:
         final = train(config, run_dir, resume=resume, device=args.device)
     except Interrupted as stop:
