@@ -58,17 +58,14 @@ def check_component_names(config: ModelConfig | CotuneConfig) -> None:
     if isinstance(config, CotuneConfig):
         check_reader_names(config.data)
         config = config.model
-    adapters = [("model.llm.adapter.type", config.llm.adapter.type)]
+    checks = [(ADAPTERS, "model.llm.adapter.type", config.llm.adapter.type)]
     for name, encoder in config.encoders.items():
         key = f"model.encoders.{name}"
-        if encoder.type not in ENCODERS:
-            raise ConfigError(ENCODERS.unknown_message(encoder.type, f"{key}.type"))
-        if encoder.connector.type not in CONNECTORS:
-            raise ConfigError(CONNECTORS.unknown_message(encoder.connector.type, f"{key}.connector.type"))
-        adapters.append((f"{key}.adapter.type", encoder.adapter.type))
-    for key, name in adapters:
-        if name not in ADAPTERS:
-            raise ConfigError(ADAPTERS.unknown_message(name, key))
+        checks += [(ENCODERS, f"{key}.type", encoder.type), (CONNECTORS, f"{key}.connector.type", encoder.connector.type),
+                   (ADAPTERS, f"{key}.adapter.type", encoder.adapter.type)]
+    for registry, key, name in checks:
+        if name not in registry:
+            raise ConfigError(registry.unknown_message(name, key))
 
 
 def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, device: str | torch.device | None = None,
