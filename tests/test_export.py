@@ -244,3 +244,11 @@ def test_a_placeholder_beyond_the_vocabulary_gets_a_row_that_is_never_generated(
         theirs = llava(**inputs).logits
     assert theirs.shape[-1] == tiny.TOKENIZER_SIZE + 1 and (ours - theirs[..., :-1]).abs().max() <= 1e-4
     assert answer == predicted(run, image)
+
+
+def test_card_reports_the_last_validation_loss(tmp_path):
+    from cotune.export.card import _last_metrics
+
+    records = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval/loss": 1.75}, {"step": 3, "loss": 1.25}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert _last_metrics(tmp_path) == {"step": 3, "loss": 1.25, "eval_loss": 1.75}

@@ -38,16 +38,16 @@ def _json(path: Path) -> dict | None:
 
 
 def _last_metrics(run: Path) -> dict:
-    """The last training record and the last record with an eval_loss, from metrics.jsonl."""
+    """The last training record and the last validation loss (``eval/loss``), from metrics.jsonl."""
     last, evaluated = {}, {}
     try:
         for line in RunDir(run).metrics_file.read_text().splitlines():
             record = json.loads(line)
             last = record if "loss" in record else last
-            evaluated = record if "eval_loss" in record else evaluated
+            evaluated = record if "eval/loss" in record else evaluated
     except (OSError, ValueError):
         pass
-    return {"step": last.get("step"), "loss": last.get("loss"), "eval_loss": evaluated.get("eval_loss")}
+    return {"step": last.get("step"), "loss": last.get("loss"), "eval_loss": evaluated.get("eval/loss")}
 
 
 def _front_matter(config: CotuneConfig, facts: CardFacts) -> list[str]:
