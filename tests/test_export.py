@@ -252,3 +252,25 @@ def test_card_reports_the_last_validation_loss(tmp_path):
     records = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval/loss": 1.75}, {"step": 3, "loss": 1.25}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     assert _last_metrics(tmp_path) == {"step": 3, "loss": 1.25, "eval_loss": 1.75}
+
+
+def test_causal_lm_export_of_a_run_whose_llm_comes_from_the_zoo(tiny_root, tmp_path, monkeypatch):
+    """The demo's runs name the hub id (HuggingFaceTB/SmolLM2-135M-Instruct) and read the zoo's copy
+    offline; the export's tokenizer must come from the same copy, not from the hub."""
+    from cotune.zoo.sources import resolve_sources
+
+    name = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    monkeypatch.setenv("COTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached from the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    zoo_copy = tmp_path / "cache" / "zoo" / name.replace("/", "--")
+    shutil.copytree(tiny.save_llm(tiny_root), zoo_copy)
+    (zoo_copy / "zoo.json").write_text("{}")
+    raw = tiny.model_config(name, {}, trainable="lora", adapter=LORA)
+    config = load_config(data=raw)
+    model = build_model(config, sources=resolve_sources(config.model))
+    tiny.randomise_trainables(model)
+    save_model(model, config, tmp_path / "run")
+    code, _, err = cli("export", str(tmp_path / "run"), "--format", "causal-lm", "--out", str(tmp_path / "lm"))
+    assert code == 0, err
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "lm").vocab_size == model.tokenizer.vocab_size

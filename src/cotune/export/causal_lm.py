@@ -114,6 +114,7 @@ def write_causal_lm(model, config: CotuneConfig, directory, workdir=None) -> dic
     """Writes ``model``'s text path (a loaded run, changed in place) as a causal LM directory."""
     from cotune.backbones.llm import load_tokenizer
     from cotune.export.processor import exported_template
+    from cotune.zoo.sources import resolve_sources
     from cotune.model.data_spec import data_spec_from_model
 
     if any(e.quantization is not None for e in config.model.encoders.values()) or config.model.llm.quantization is not None:
@@ -124,7 +125,9 @@ def write_causal_lm(model, config: CotuneConfig, directory, workdir=None) -> dic
     with torch.no_grad():
         reference = model(torch.tensor([ids], device=device)).logits.float().cpu()
     llm = plain_causal_lm(_text_llm(model))
-    tokenizer = load_tokenizer(config.model.llm)
+    # The LLM's own tokenizer (no placeholders), from where the model's weights came: a hub id the
+    # run names may be read from the zoo's copy or a cached snapshot offline.
+    tokenizer = load_tokenizer(resolve_sources(config.model).llm)
     placeholder = next(iter(config.model.encoders.values())).placeholder if config.model.encoders else "<image>"
     tokenizer.chat_template = exported_template(tokenizer, replace(spec, tokenizer=tokenizer), placeholder)
     rendered = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "What is the answer?"}], tokenize=False,
