@@ -33,6 +33,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "__main__"),  # the face
 )
 
+#: Imports the layer order would allow but the design rules out (docs/architecture.md).
+NEVER = {"balance": {"data"}}  # balance strategies see the model and its inputs, not the data pipeline
+
 
 def _module_name(path: Path) -> tuple[str, bool]:
     parts = path.relative_to(SRC.parent).with_suffix("").parts
@@ -122,6 +125,11 @@ def test_every_package_imports_only_its_own_or_lower_layers():
     assert sorted(set(graph) - set(level)) == [], "a package missing from LAYERS"
     upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if level[b] > level[a])
     assert upward == []
+
+
+def test_balance_does_not_reach_into_the_data_pipeline():
+    graph = import_graph()
+    assert {a: sorted(graph[a] & banned) for a, banned in NEVER.items() if graph[a] & banned} == {}
 
 
 def test_the_circle_finder_finds_a_circle():

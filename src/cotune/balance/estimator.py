@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cotune.data.collate import model_inputs
 from cotune.model.fused import IGNORE_INDEX, next_token_targets
+from cotune.model.inputs import model_inputs
 
 
 @dataclass

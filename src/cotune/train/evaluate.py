@@ -9,10 +9,11 @@ from collections.abc import Callable
 import torch
 
 from cotune.config.data import DataConfig
-from cotune.data.collate import Collator, model_inputs
+from cotune.data.collate import Collator
 from cotune.data.dataset import prepare_dataset
 from cotune.data.report import DataReport
 from cotune.data.spec import DataSpec
+from cotune.model.inputs import model_inputs
 
 
 class Evaluator:

@@ -25,7 +25,6 @@ import torch
 from cotune.balance import make_balance
 from cotune.config import CotuneConfig, config_hash, save_config, to_dict
 from cotune.config.paths import absolute_paths
-from cotune.data.collate import model_inputs
 from cotune.data.dataset import check_skip_fraction
 from cotune.data.loader import TrainData, build_train_data
 from cotune.data.report import DataReport
@@ -35,6 +34,7 @@ from cotune.export.run_outputs import write_run_outputs
 from cotune.model import build_model, save_model
 from cotune.model.build import check_component_names
 from cotune.model.data_spec import data_spec_from_model
+from cotune.model.inputs import model_inputs
 from cotune.rundir import RunDir
 from cotune.train.evaluate import Evaluator
 from cotune.train.groups import optimizer_groups
