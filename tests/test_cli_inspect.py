@@ -392,3 +392,17 @@ def test_memory_flag_errors_are_one_line(tiny_root, tmp_path, capsys, args, frag
     code, out, err = run_main(capsys, "inspect", str(path), *args)
     assert code == 2 and out == ""
     assert fragment in error_line(err)
+
+
+@pytest.mark.parametrize("command", [["train", "{config}", "--out", "{run}"], ["data", "check", "{config}"], ["inspect", "{config}"]])
+def test_a_misspelt_reader_fails_before_any_backbone_is_read(capsys, tmp_path, command):
+    """Configs do not import the readers; the commands check the names before building anything
+    (the LLM path does not exist: reading it would be the error)."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"model": {"llm": {"name_or_path": str(tmp_path / "no-llm")}},
+                                      "data": {"train": [{"kind": "jsonll", "path": str(tmp_path)}]}}))
+    args = [a.format(config=config, run=tmp_path / "run") for a in command]
+    code, _, err = run_main(capsys, *args)
+    assert code == 2
+    assert f"{config}: data.train[0].kind: unknown dataset reader 'jsonll' (did you mean 'jsonl'?)" in error_line(err)
+    assert not (tmp_path / "run").exists()
