@@ -98,9 +98,10 @@ class Plan:
 
 def prepare_data(work: Path, plan: Plan) -> dict[str, dict]:
     """The zoo (easy-VQA, the backbones) and one synthetic sound QA set; the reader entries per recipe."""
-    from cotune.demo.pipeline import DemoPlan, packaged_recipe, prepare_zoo, synthesise
+    from cotune.demo.pipeline import DemoPlan, prepare_zoo, synthesise
+    from recipes import mm_adapter_recipe
 
-    easyvqa = prepare_zoo(load_config(data=packaged_recipe()), None, None)
+    easyvqa = prepare_zoo(load_config(data=mm_adapter_recipe()), None, None)
     out = work / f"sounds-{plan.audio_clips}-seed{plan.seed}"
     synthesise(out, DemoPlan(audio_clips=plan.audio_clips, seed=plan.seed))
     return {"image": {"kind": "easyvqa", "path": str(easyvqa), "limit": plan.image_questions},
@@ -119,9 +120,9 @@ def read(entry: dict) -> list:
 
 def recipe_config(recipe: str, method: str, source: dict, plan: Plan, sizes: dict[str, int]):
     """The demo recipe with only ``recipe``'s encoder, this benchmark's data, length and ``method``."""
-    from cotune.demo.pipeline import packaged_recipe
+    from recipes import mm_adapter_recipe
 
-    raw = packaged_recipe()
+    raw = mm_adapter_recipe()
     raw["seed"] = plan.seed
     raw["model"]["encoders"] = {recipe: raw["model"]["encoders"][recipe]}
     raw["model"]["encoders"][recipe]["adapter"]["dropout"] = 0.0

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
 
     from cotune.config import load_config
-    from cotune.demo.pipeline import packaged_recipe
+    from recipes import mm_adapter_recipe
     from cotune.eval.runner import evaluate_run
     from cotune.eval.tasks import TASKS
     from cotune.train import Trainer
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("train", "test"):
         questions = json.loads((data / split / "questions.json").read_text())
         (work / f"{split}.json").write_text(json.dumps(balanced_text_set(questions, args.seed)))
-    raw = packaged_recipe()
+    raw = mm_adapter_recipe()
     raw["seed"] = args.seed
     raw["model"]["encoders"] = {}
     raw["model"].pop("routing", None)

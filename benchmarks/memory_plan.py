@@ -157,9 +157,9 @@ def zoo_cases() -> list[tuple[str, object, int, int, int]]:
     import zoo_model
 
     from cotune.config import load_config
-    from cotune.demo.pipeline import packaged_recipe
+    from recipes import mm_adapter_recipe
 
-    demo = load_config(data={"model": packaged_recipe()["model"], "train": packaged_recipe()["train"]})
+    demo = load_config(data={"model": mm_adapter_recipe()["model"], "train": mm_adapter_recipe()["train"]})
     lora = zoo_model.zoo_config("lora")
     mma = zoo_model.zoo_config("mma")
     from dataclasses import replace

@@ -130,9 +130,9 @@ class Plan:
 def cotune_config(train_set: Path, easyvqa: Path, plan: Plan):
     """The demo recipe restricted to images, on the drawn training set."""
     from cotune.config import load_config
-    from cotune.demo.pipeline import packaged_recipe
+    from recipes import mm_adapter_recipe
 
-    recipe = packaged_recipe()
+    recipe = mm_adapter_recipe()
     del recipe["model"]["encoders"]["audio"]
     del recipe["train"]["groups"]["encoder"]["audio"]
     recipe["seed"] = plan.seed
