@@ -20,9 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.throughput_report import machine
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-from throughput_report import machine  # noqa: E402
 
 #: (label, where in metrics.json: set and group of ``grounding``, or a top-level key), target text.
 ROWS = (
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", type=Path, default=Path("demo-seeds"), help="one folder per seed (default: ./demo-seeds)")
     parser.add_argument("--reuse", action="store_true", help="read the metrics.json already in WORK/seedN instead of running")
+    parser.add_argument("--note", default="", help="how the runs were made (threads, other load), printed under the machine")
     args = parser.parse_args(argv)
     runs = {}
     for seed in args.seeds:
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.demo_seeds " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join([
         "# `cotune demo` over seeds (cpu)", "", f"Command: `{command.strip()}`", "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "", *([args.note, ""] if args.note else []),
         "Accuracy in percent. Own: each question with its own image or clip; shuffled: another question's "
         "(`eval-after/<set>/ablate-shuffle`); 'against the wording': easy-VQA yes/no questions whose answer the question's "
         "polarity does not predict.", "", *table(runs), "",
