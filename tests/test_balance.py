@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import corpus
 from cotune.balance.estimator import exact_estimate, jvp_estimate, snapshot
+from cotune.balance.estimator import Estimate
 from cotune.balance.regularizer import lag_weights
 from cotune.balance.scheduler import BalanceScheduler, kappa_of
-from cotune.balance.estimator import Estimate
 from cotune.balance.strategies import STRATEGIES, make_balance
 from cotune.config import BalanceConfig, load_config
+from cotune.testing import corpus
 from cotune.train import Interrupted, Trainer
 
 

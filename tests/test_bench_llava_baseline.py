@@ -5,8 +5,6 @@ Trainer step leaves every frozen weight (and batch-norm statistic) unchanged."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-import tiny
+from benchmarks import llava_baseline as lb
 from cotune.encoders.mobilenet import MobileNetV2
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import llava_baseline as lb  # noqa: E402
+from cotune.testing import tiny
 
 # A ChatML template (SmolLM2's layout) for the tiny tokenizer, which has none.
 CHATML = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
@@ -114,8 +110,8 @@ def test_batched_greedy_answers_equal_one_by_one(parts):
 def test_cotune_steps_extend_the_baseline_draw_without_changing_it(tmp_path):
     """--cotune-steps: the baseline's training set is the draw of a same-steps run, and cotune's is
     that set plus new questions, with no question twice and the demo's open/yes-no rate kept."""
-    import versus_llava as vl
-    import versus_llava_measure as data
+    from benchmarks import versus_llava as vl
+    from benchmarks import versus_llava_measure as data
 
     rng = np.random.default_rng(0)
     questions = [[f"q{i}", ["yes", "no", "red", "circle"][int(rng.integers(4))], i] for i in range(400)]

@@ -13,10 +13,9 @@ import sys
 import torch
 from PIL import Image
 
-import tiny
 from cotune.cli.chat import TokenStreamer
 from cotune.cli.main import main
-from test_eval_cli import trained_run  # noqa: F401  (module-scoped fixture: a real trained run)
+from cotune.testing import tiny
 
 
 class Recording(io.StringIO):
@@ -78,7 +77,7 @@ def test_streamer_writes_each_token_and_waits_for_whole_characters():
     assert len(out.writes) >= len(text.split()) + 1 and not any("\ufffd" in w for w in out.writes)
 
 
-def test_history_reset_and_streamed_answers(monkeypatch, trained_run):  # noqa: F811
+def test_history_reset_and_streamed_answers(monkeypatch, trained_run):
     code, out, err = chat(monkeypatch, trained_run, "what colour\nand the shape\n/reset\nwhat colour\n/quit\nnever asked\n")
     assert code == 0
     (first, turns1, _), (second, turns2, _), (third, turns3, media) = prompts(err)
@@ -91,7 +90,7 @@ def test_history_reset_and_streamed_answers(monkeypatch, trained_run):  # noqa: 
     assert len(pieces) >= 2 and "".join(pieces) == lines[0]  # written as it was generated
 
 
-def test_media_commands_and_errors_stay_in_the_chat(monkeypatch, trained_run, tmp_path):  # noqa: F811
+def test_media_commands_and_errors_stay_in_the_chat(monkeypatch, trained_run, tmp_path):
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     script = (
@@ -112,7 +111,7 @@ def test_media_commands_and_errors_stay_in_the_chat(monkeypatch, trained_run, tm
     assert len(lines) == 3 and lines[0] == lines[1]
 
 
-def test_end_of_input_ends_a_chat_process(trained_run):  # noqa: F811
+def test_end_of_input_ends_a_chat_process(trained_run):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, ["src", os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "cotune", "--log-level", "warning", "chat", str(trained_run), "--max-new-tokens", "3"],
                           input="what colour\n", capture_output=True, text=True, timeout=300, env=env)
@@ -120,7 +119,7 @@ def test_end_of_input_ends_a_chat_process(trained_run):  # noqa: F811
     assert done.stdout.count("\n") == 1 and "you>" not in done.stdout and "Traceback" not in done.stderr
 
 
-def test_a_long_conversation_drops_its_oldest_exchanges_to_fit(monkeypatch, trained_run):  # noqa: F811
+def test_a_long_conversation_drops_its_oldest_exchanges_to_fit(monkeypatch, trained_run):
     script = "what colour\n" * 3
     code, _, err = chat(monkeypatch, trained_run, script, "--max-length", "250")
     (p1, t1, _), (p2, t2, _), (p3, t3, _) = prompts(err)
@@ -141,7 +140,7 @@ def test_a_long_conversation_drops_its_oldest_exchanges_to_fit(monkeypatch, trai
     assert lines[1] == "[conversation cleared]"
 
 
-def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(monkeypatch, trained_run):  # noqa: F811
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(monkeypatch, trained_run):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # SIGINT raises KeyboardInterrupt
     code, out, err = chat(monkeypatch, trained_run, "what colour\nwhat colour\n", "--max-new-tokens", "12", out=CtrlCOnce())
     lines = out.getvalue().splitlines()

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import tiny
 from cotune.cli.inspect import inspect_config
 from cotune.cli.main import COMMANDS, build_parser, main
 from cotune.config import config_hash, load_config
 from cotune.model import build_model
+from cotune.testing import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"

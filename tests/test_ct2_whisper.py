@@ -20,7 +20,7 @@ import pytest
 import torch
 import transformers
 
-import tiny
+from cotune.testing import tiny
 from cotune.zoo.ct2_whisper import CT2FormatError, CT2Variables, convert_ct2_whisper
 from cotune.zoo.whisper_check import TINY_EN, synthetic_voice, verify_whisper, whisper_fingerprint
 

@@ -6,8 +6,6 @@ import pytest
 import torch
 import yaml
 
-import tiny
-from corpus import write_alpaca, write_audioqa, write_scienceqa
 from cotune.cli.main import main
 from cotune.config import load_config
 from cotune.data.dataset import DataError
@@ -15,6 +13,8 @@ from cotune.data.loader import build_train_data
 from cotune.data.report import DataReport
 from cotune.model import build_model
 from cotune.model.data_spec import data_spec_from_model
+from cotune.testing import tiny
+from cotune.testing.corpus import write_alpaca, write_audioqa, write_scienceqa
 
 
 def model_and_config(tiny_root, data):

@@ -11,12 +11,12 @@ import yaml
 import torch
 from safetensors.torch import save_file
 
-import tiny
-from corpus import write_easyvqa
+from cotune import load
 from cotune.config import ConfigError
 from cotune.demo import DemoPlan, run_demo
 from cotune.encoders.mobilenet import MobileNetV2
-from cotune import load
+from cotune.testing import tiny
+from cotune.testing.corpus import write_easyvqa
 
 SHAPES, COLOURS = ("circle", "rectangle", "triangle"), ("red", "blue", "green")
 

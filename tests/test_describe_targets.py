@@ -7,7 +7,6 @@ from collections import Counter
 
 import pytest
 
-from corpus import write_easyvqa
 from cotune.config import ConfigError
 from cotune.config.data import DatasetConfig
 from cotune.data.readers import READERS
@@ -15,6 +14,7 @@ from cotune.data.report import DatasetReport
 from cotune.data.schema import Message, Sample
 from cotune.data.synth import SYNTHESIZERS
 from cotune.eval.tasks import TASKS, item_record, score
+from cotune.testing.corpus import write_easyvqa
 
 RECORDS = [
     ["what color is the shape?", "red", 0], ["what shape is in the image?", "circle", 0],

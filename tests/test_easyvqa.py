@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from corpus import write_easyvqa
 from cotune.config.data import DatasetConfig
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
 from cotune.data.schema import Message
+from cotune.testing.corpus import write_easyvqa
 
 WHEEL = Path("/tmp/pkgs/easy_vqa-1.0-py3-none-any.whl")
 

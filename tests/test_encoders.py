@@ -5,11 +5,11 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-import tiny
 from cotune.backbones import LoadError
 from cotune.config import load_config
 from cotune.encoders import ENCODERS, MobileNetV2, reduce_tokens
 from cotune.model import build_model
+from cotune.testing import tiny
 
 HF_KINDS = ["clip", "siglip", "vit", "dinov2", "whisper", "wav2vec2", "hubert"]
 

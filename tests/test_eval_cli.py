@@ -9,9 +9,7 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
-import corpus
-import tiny
-from cotune.cli.main import main
+
 from cotune.config import load_config
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
@@ -22,17 +20,9 @@ from cotune.eval.tasks import TASKS
 from cotune.model import build_model, save_model
 from cotune.model.data_spec import data_spec_from_model
 from cotune.rundir import RunDir
-from cotune.train import Trainer
-from test_templates import CHATML
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_root, tmp_path_factory):
-    """A real ``cotune train`` run directory: tiny LLaMA + CLIP with MM-Adapters, 2 steps on ScienceQA + Alpaca."""
-    root = tmp_path_factory.mktemp("eval-run")
-    raw = corpus.run_config(tiny_root, root / "data", max_steps=2, checkpoint_every=100)
-    Trainer(load_config(data=raw), root / "run").run()
-    return root / "run"
+from cotune.testing import corpus, tiny
+from cotune.testing.commands import cli, read_predictions
+from cotune.testing.tiny import CHATML
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +47,6 @@ def easyvqa(root, answers=None, n=10):
     """easy-VQA test split of ``n`` questions over 3 images; answers ``red`` unless given."""
     answers = answers or ["red"] * n
     return corpus.write_easyvqa(root, "test", [[QUESTIONS[i % 5], answers[i], i % 3] for i in range(n)])
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["--log-level", "warning", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def read_predictions(out):
-    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
 
 
 def test_scienceqa_eval_writes_one_line_per_sample_and_recomputable_metrics(trained_run, sqa, tmp_path, capsys):

@@ -14,14 +14,14 @@ import transformers
 from PIL import Image
 from tokenizers.processors import TemplateProcessing
 
-import corpus
-import tiny
 from cotune.cli.main import main
 from cotune.config import load_config
 from cotune.data.schema import Message, Sample
 from cotune.data.templates import encode_prompt
 from cotune.model import build_model, save_model
 from cotune.model.data_spec import data_spec_from_model
+from cotune.testing import corpus
+from cotune.testing import tiny
 from cotune.train import Trainer
 
 QUESTION = "what colour is the circle"

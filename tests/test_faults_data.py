@@ -13,7 +13,6 @@ import soundfile
 import torch
 from PIL import Image
 
-import tiny
 from cotune.cli.main import main
 from cotune.config import load_config
 from cotune.config.data import DatasetConfig
@@ -21,7 +20,8 @@ from cotune.data.collate import Collator
 from cotune.data.dataset import prepare_dataset
 from cotune.data.report import DataReport
 from cotune.model.data_spec import data_spec_from_config
-from faults import judge
+from cotune.testing import tiny
+from cotune.testing.faults import judge
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -20,14 +20,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import corpus
 from cotune.cli.main import main
 from cotune.config import load_config
 from cotune.rundir import RunDir
+from cotune.testing import corpus
+from cotune.testing.faults import judge
 from cotune.train import Trainer
 from cotune.train.checkpoint import verify_checkpoint
 from cotune.train.resume import read_latest
-from faults import judge
 
 STEP = "step-{:08d}"
 

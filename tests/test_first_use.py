@@ -10,11 +10,11 @@ import sys
 
 import yaml
 
-import corpus
-import tiny
 from cotune.cli.main import main
 from cotune.config import load_config
 from cotune.config.paths import absolute_paths
+from cotune.testing import corpus
+from cotune.testing import tiny
 
 #: Runs ``cotune`` commands in a fresh interpreter where the named packages cannot be imported (a
 #: ``None`` entry in ``sys.modules`` makes ``import`` raise ModuleNotFoundError, as for a package

@@ -3,8 +3,8 @@ padding changes nothing, and routing is computed once per sample."""
 
 import torch
 
-import tiny
 from cotune.model.generate import generate, left_pad
+from cotune.testing import tiny
 
 IMAGE = {"kind": "clip", "layers": [1, 2, 3], "reduce": "cls", "trainable": "adapter",
          "adapter": {"type": "mm_adapter"}, "connector": {"type": "lavin-neck", "hidden": 16}}

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import corpus
 from cotune.config import ConfigError
 from cotune.data.media import load_audio, load_image
 from cotune.data.schema import Message, Sample
 from cotune.eval import evaluate_run
 from cotune.eval.ablation import ablate, derangement
-from cotune.eval.runner import load_eval_set
 from cotune.eval.breakdown import breakdown, polarity, reliance
+from cotune.eval.runner import load_eval_set
 from cotune.rundir import RunDir
-from test_eval_cli import cli, read_predictions, trained_run  # noqa: F401  (the module-scoped run fixture)
+from cotune.testing import corpus
+from cotune.testing.commands import cli, read_predictions
 
 
 def _sample(i: int, image: str | None = None, audio: str | None = None, question: str = "q?") -> Sample:
@@ -136,7 +136,7 @@ def _easyvqa(root, n=12, images=4):
     return data, records
 
 
-def test_ablations_equal_an_evaluation_of_the_files_permuted_by_hand(trained_run, tmp_path, capsys):  # noqa: F811
+def test_ablations_equal_an_evaluation_of_the_files_permuted_by_hand(trained_run, tmp_path, capsys):
     model, config = RunDir(trained_run).load()
     data, records = _easyvqa(tmp_path / "own")
     metrics = evaluate_run(model, config, f"easyvqa:{data}", max_new_tokens=4, batch_size=5, out=tmp_path / "eval",
@@ -174,7 +174,7 @@ def test_ablations_equal_an_evaluation_of_the_files_permuted_by_hand(trained_run
     assert json.loads((tmp_path / "cli2" / "metrics.json").read_text())["ablations"]["shuffle"]["reliance"] == gaps
 
 
-def test_ablation_flags_are_checked_before_loading(trained_run, tmp_path, capsys):  # noqa: F811
+def test_ablation_flags_are_checked_before_loading(trained_run, tmp_path, capsys):
     data, _ = _easyvqa(tmp_path / "d")
     code, _, err = cli(capsys, "eval", str(trained_run), "--dataset", f"easyvqa:{data}", "--ablate", "shuffle",
                        "--ablations", "blank", "--out", str(tmp_path / "x"))
@@ -199,7 +199,7 @@ def test_sound_qa_and_easy_vqa_samples_carry_their_question_type(tmp_path):
     assert [s.metadata["question_type"] for s in samples[:4]] == ["color", "yes_no", "shape", "yes_no"]
 
 
-def test_ablating_a_text_only_dataset_is_a_user_error_before_loading(trained_run, tmp_path, capsys):  # noqa: F811
+def test_ablating_a_text_only_dataset_is_a_user_error_before_loading(trained_run, tmp_path, capsys):
     (tmp_path / "qa.json").write_text(json.dumps([{"instruction": "what colour is the sky", "output": "blue", "answers": ["blue"]}]))
     code, _, err = cli(capsys, "eval", str(trained_run), "--dataset", f"textqa:{tmp_path / 'qa.json'}", "--ablations", "shuffle",
                        "--out", str(tmp_path / "x"))

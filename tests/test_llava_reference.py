@@ -4,9 +4,9 @@ import pytest
 import torch
 import transformers
 
-import tiny
 from cotune.config import load_config
 from cotune.model import build_model
+from cotune.testing import tiny
 
 
 @pytest.mark.parametrize("layers, merge", [([-2], "tokens"), ([-2, -3], "features")])

@@ -11,10 +11,10 @@ import textwrap
 import pytest
 from PIL import ImageFile
 
-import corpus
-import tiny
 from cotune.eval import evaluate_run
 from cotune.rundir import RunDir
+from cotune.testing import corpus
+from cotune.testing import tiny
 
 QUESTIONS = ["what color is the shape?", "is there a circle?", "what shape is in the image?", "is the shape red?"]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import tiny
 from cotune.backbones import LoadError
 from cotune.config import load_config
 from cotune.model import build_model, save_model
 from cotune.rundir import RunDir
+from cotune.testing import tiny
 
 
 def test_save_and_load_model_directory(tiny_root, tmp_path):

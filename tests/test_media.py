@@ -11,9 +11,9 @@ import torch
 import transformers
 from PIL import Image
 
-import tiny
 from cotune.data.media import MediaPreprocessor, load_audio, load_image, square_resize_tensor
 from cotune.data.schema import SkipSample
+from cotune.testing import tiny
 
 RATE = 16000
 

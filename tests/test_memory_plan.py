@@ -12,10 +12,10 @@ import pytest
 import torch
 import transformers
 
-import corpus
-import tiny
 from cotune.config import load_config
 from cotune.model import build_model
+from cotune.testing import corpus
+from cotune.testing import tiny
 from cotune.train import Trainer
 from cotune.train.memory import MemoryEstimator, plan_memory
 from cotune.train.memory_activations import LayerSetup, layer_bytes_per_token, llm_shape, step_dtypes

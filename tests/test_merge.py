@@ -16,16 +16,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-import tiny
+from cotune import load
 from cotune.adapters import MMAdapter, RepAdapter, RoutingState
 from cotune.cli.main import main
 from cotune.config import CotuneConfig, load_config
 from cotune.encoders.mobilenet import MobileNetV2
 from cotune.merge.fold import ModalityLinear, ModalitySelection, adapter_affine, fold_factors, folded_layer
-from cotune import load
 from cotune.merge.model import MergedCotuneModel, MergeError, merge_model
 from cotune.model import build_model, generate, left_pad, save_model
 from cotune.rundir import RunDir, merge_run
+from cotune.testing import tiny
 
 TOL = 1e-4
 LAVIN_IMAGE = {"kind": "clip", "layers": [1, 2, 3], "reduce": "cls", "trainable": "adapter",

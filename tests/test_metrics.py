@@ -15,6 +15,7 @@ from cotune.eval.metrics.scienceqa import COLUMNS, multiple_choice, problem_colu
 from cotune.eval.metrics.textqa import text_match
 from cotune.eval.metrics.vqa import normalize_answer, vqa
 from cotune.registry import UnknownNameError
+from cotune.testing.corpus import SCIENCEQA_PREDICTIONS, SCIENCEQA_PROBLEMS, SCIENCEQA_TEST
 
 
 class _Records(logging.Handler):
@@ -39,31 +40,9 @@ def caplog_cotune():
     logger.removeHandler(handler)
 
 
-def problem(subject: str, grade: int, hint: str, image: str | None, answer: int, n_choices: int = 3) -> dict:
-    return {
-        "question": "q", "choices": [f"c{i}" for i in range(n_choices)], "answer": answer, "hint": hint,
-        "image": image, "subject": subject, "grade": f"grade{grade}", "lecture": "", "solution": "", "split": "test",
-    }
-
-
-#: Six test problems covering TXT only, IMG only, TXT+IMG, NO, both grade bands, and one train problem.
-PROBLEMS = {
-    "p1": problem("natural science", 3, "ctx", "image.png", 0),   # TXT IMG G1-6
-    "p2": problem("natural science", 8, "", "image.png", 1),      # IMG G7-12
-    "p3": problem("social science", 5, "ctx", None, 0),           # TXT G1-6
-    "p4": problem("language science", 10, "", None, 2),           # NO G7-12
-    "p5": problem("language science", 1, "", None, 0),            # NO G1-6
-    "p6": problem("social science", 12, "more", "x.png", 1),      # TXT IMG G7-12
-    "p7": problem("natural science", 2, "", None, 0),             # train split, not scored
-}
-TEST = ["p1", "p2", "p3", "p4", "p5", "p6"]
-# p1, p3, p6 right; p2 wrong; p4 unparsed (-1); p5 without a prediction.
-PREDICTIONS = {"p1": 0, "p2": 0, "p3": 0, "p4": -1, "p6": 1}
-
-
 # ----------------------------------------------------------------------------------- ScienceQA
 def test_scienceqa_breakdown_hand_computed():
-    result = scienceqa(PROBLEMS, PREDICTIONS, TEST)
+    result = scienceqa(SCIENCEQA_PROBLEMS, SCIENCEQA_PREDICTIONS, SCIENCEQA_TEST)
     expected = {
         "NAT": 50.0,     # p1 right, p2 wrong
         "SOC": 100.0,    # p3, p6
@@ -84,15 +63,15 @@ def test_scienceqa_breakdown_hand_computed():
 
 
 def test_scienceqa_overlap_and_partitions():
-    counts = scienceqa(PROBLEMS, {}, TEST)["counts"]
-    both = sum(1 for pid in TEST if {"TXT", "IMG"} <= set(problem_columns(PROBLEMS[pid])))
+    counts = scienceqa(SCIENCEQA_PROBLEMS, {}, SCIENCEQA_TEST)["counts"]
+    both = sum(1 for pid in SCIENCEQA_TEST if {"TXT", "IMG"} <= set(problem_columns(SCIENCEQA_PROBLEMS[pid])))
     assert both == 2  # TXT and IMG overlap ...
     assert counts["TXT"] + counts["IMG"] - both + counts["NO"] == counts["Avg"]  # ... NO is the rest
     assert counts["NAT"] + counts["SOC"] + counts["LAN"] == counts["G1-6"] + counts["G7-12"] == counts["Avg"]
 
 
 def test_scienceqa_default_pids_rules_and_empty_subsets():
-    only_nat = {"p1": PROBLEMS["p1"]}
+    only_nat = {"p1": SCIENCEQA_PROBLEMS["p1"]}
     result = scienceqa(only_nat, {"p1": 0}, rules={"p1": "paren-mark"})
     assert result["NAT"] == result["Avg"] == 100.0
     assert result["SOC"] is None and result["counts"]["SOC"] == 0  # empty subset: no percentage
@@ -100,25 +79,25 @@ def test_scienceqa_default_pids_rules_and_empty_subsets():
 
 
 def test_scienceqa_out_of_range_counts_wrong_with_warning(caplog_cotune):
-    result = scienceqa(PROBLEMS, {"p1": 5, "p3": 0}, TEST)
+    result = scienceqa(SCIENCEQA_PROBLEMS, {"p1": 5, "p3": 0}, SCIENCEQA_TEST)
     assert result["out_of_range"] == 1 and result["Avg"] == round(100 / 6, 2)
     assert "outside their problem's choices count as wrong" in caplog_cotune.text and "p1" in caplog_cotune.text
 
 
 def test_scienceqa_unknown_pid_and_bad_values_are_errors():
     with pytest.raises(ScoreError, match=r"2 of 3 predictions .* not scored.*'p7'.*'zz'"):
-        scienceqa(PROBLEMS, {"p1": 0, "p7": 0, "zz": 1}, TEST)
+        scienceqa(SCIENCEQA_PROBLEMS, {"p1": 0, "p7": 0, "zz": 1}, SCIENCEQA_TEST)
     for bad in ("A", 1.0, True, None):
         with pytest.raises(ValueError, match="must be a choice index"):
-            scienceqa(PROBLEMS, {"p1": bad}, TEST)
+            scienceqa(SCIENCEQA_PROBLEMS, {"p1": bad}, SCIENCEQA_TEST)
     with pytest.raises(ScoreError, match="subject 'biology'"):
-        scienceqa({"x": {**PROBLEMS["p1"], "subject": "biology"}}, {})
+        scienceqa({"x": {**SCIENCEQA_PROBLEMS["p1"], "subject": "biology"}}, {})
     with pytest.raises(ScoreError, match="grade 'grade13'"):
-        scienceqa({"x": {**PROBLEMS["p1"], "grade": "grade13"}}, {})
+        scienceqa({"x": {**SCIENCEQA_PROBLEMS["p1"], "grade": "grade13"}}, {})
     with pytest.raises(ScoreError, match="not in the problems"):
-        scienceqa(PROBLEMS, {}, ["p1", "nope"])
+        scienceqa(SCIENCEQA_PROBLEMS, {}, ["p1", "nope"])
     with pytest.raises(ScoreError, match="unknown extraction rule"):
-        scienceqa(PROBLEMS, {"p1": 0}, TEST, rules={"p1": "guess"})
+        scienceqa(SCIENCEQA_PROBLEMS, {"p1": 0}, SCIENCEQA_TEST, rules={"p1": "guess"})
 
 
 def test_multiple_choice_and_registry():

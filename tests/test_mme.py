@@ -9,15 +9,15 @@ import json
 import pytest
 from PIL import Image
 
-import tiny
 from cotune.cli.main import main
+from cotune.config.data import DatasetConfig
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
-from cotune.config.data import DatasetConfig
 from cotune.eval import evaluate_run
 from cotune.eval.metrics.mme import SUBTASKS, MMEItem, mme, parse_answer
 from cotune.eval.mme_results import read_results
 from cotune.rundir import RunDir
+from cotune.testing import tiny
 
 
 @pytest.mark.parametrize("prediction, label", [

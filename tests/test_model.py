@@ -5,8 +5,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-import tiny
 from cotune.model import SpliceError
+from cotune.testing import tiny
 
 LAVIN_IMAGE = {
     "kind": "clip", "layers": [1, 2, 3], "reduce": "cls", "trainable": "adapter",

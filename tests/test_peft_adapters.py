@@ -8,11 +8,11 @@ import torch
 import transformers
 import yaml
 
-import corpus
-import tiny
+from cotune import load
 from cotune.config import CotuneConfig, load_config
 from cotune.export.peft_adapters import write_peft_adapters
-from cotune import load
+from cotune.testing import corpus
+from cotune.testing import tiny
 from cotune.train import Trainer
 
 def lora_run(tiny_root, tmp_path):

@@ -10,10 +10,10 @@ import logging
 
 import pytest
 
-import corpus
-import tiny
 from cotune.cli.main import main
 from cotune.eval.progress import GenerationProgress, clock_text
+from cotune.testing import corpus
+from cotune.testing import tiny
 
 
 class Clock:

@@ -11,15 +11,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import corpus
-import tiny
+from cotune import load
 from cotune.backbones.loading import quantized_layers
 from cotune.config import ConfigError, load_config
-from cotune import load
 from cotune.merge.model import MergeError, merge_model
 from cotune.model import build_model
-from cotune.rundir import merge_run
 from cotune.model.generate import generate
+from cotune.rundir import merge_run
+from cotune.testing import corpus
+from cotune.testing import tiny
 from cotune.train import Trainer
 
 pytest.importorskip("bitsandbytes")

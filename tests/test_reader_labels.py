@@ -8,11 +8,11 @@ import pytest
 import soundfile
 from PIL import Image
 
-import tiny
 from cotune.config import DatasetConfig
 from cotune.data.readers import READERS
 from cotune.data.report import DatasetReport
 from cotune.data.templates import IGNORE_INDEX, MediaSlot, encode_sample
+from cotune.testing import tiny
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

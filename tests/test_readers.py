@@ -2,24 +2,14 @@
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from PIL import Image
 
-from cotune.config.data import DatasetConfig
-from cotune.data.readers import READERS
-from cotune.data.report import DatasetReport
 from cotune.data.schema import Message
-
-
-def png(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4), (255, 0, 0)).save(path)
-    return path
+from cotune.testing.readers import assert_counts, chat, gpt, human, png, read
 
 
 def wav(path: Path) -> Path:
@@ -40,30 +30,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def read(kind: str, path: Path, **options):
-    report = DatasetReport(kind)
-    samples = list(READERS.get(kind)(DatasetConfig(kind=kind, path=str(path), **options), report))
-    return samples, report
-
-
-def chat(*pairs):
-    return [Message(role, content) for role, content in pairs]
-
-
-def assert_counts(report, kept, skipped):
-    assert report.skipped == Counter(skipped)
-    assert report.total == kept + sum(skipped.values())
-
-
 # --- llava -------------------------------------------------------------------------------------
-
-
-def human(value):
-    return {"from": "human", "value": value}
-
-
-def gpt(value):
-    return {"from": "gpt", "value": value}
 
 
 def test_llava_good_records(tmp_path):

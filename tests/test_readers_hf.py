@@ -13,7 +13,7 @@ import soundfile
 from PIL import Image
 
 from cotune.data.media import load_audio, load_image
-from test_readers import assert_counts, chat, gpt, human, png, read
+from cotune.testing.readers import assert_counts, chat, gpt, human, png, read
 
 
 def test_hf_without_datasets_says_how_to_install(tmp_path, monkeypatch):
@@ -186,7 +186,7 @@ def test_hf_hub_id_is_read_from_the_datasets_cache_only(tmp_path, monkeypatch):
 
 def test_a_run_trains_on_a_hub_format_parquet_without_conversion(tiny_root, tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
-    import corpus
+    from cotune.testing import corpus
     from cotune.config import load_config
     from cotune import load
     from cotune.train import Trainer

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-import tiny
 from cotune.data.dataset import PreparedDataset
 from cotune.data.sampler import MixtureDataset, MixtureSampler
 from cotune.data.schema import Message, Sample
 from cotune.data.spec import DataSpec
+from cotune.testing import tiny
 
 
 def dataset(name, n, length_of=lambda i: 3 + i % 7):

@@ -9,7 +9,7 @@ import pytest
 
 from cotune.cli import score
 from cotune.eval import ScoreError
-from test_metrics import PREDICTIONS, PROBLEMS, TEST
+from cotune.testing.corpus import SCIENCEQA_PREDICTIONS, SCIENCEQA_PROBLEMS, SCIENCEQA_TEST
 
 COLUMNS = ["NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg"]
 
@@ -23,9 +23,9 @@ def cli(*argv: str) -> int:
 @pytest.fixture
 def sqa(tmp_path):
     """A ScienceQA folder (problems.json, pid_splits.json) and a predictions file."""
-    (tmp_path / "problems.json").write_text(json.dumps(PROBLEMS))
-    (tmp_path / "pid_splits.json").write_text(json.dumps({"train": ["p7"], "test": TEST}))
-    (tmp_path / "preds.json").write_text(json.dumps(PREDICTIONS))
+    (tmp_path / "problems.json").write_text(json.dumps(SCIENCEQA_PROBLEMS))
+    (tmp_path / "pid_splits.json").write_text(json.dumps({"train": ["p7"], "test": SCIENCEQA_TEST}))
+    (tmp_path / "preds.json").write_text(json.dumps(SCIENCEQA_PREDICTIONS))
     return tmp_path
 
 

@@ -28,7 +28,9 @@ from cotune.config import ConfigError  # noqa: E402
 from cotune.serve import RequestError, ServeConfig, load_service, parse_chat_request  # noqa: E402
 from cotune.serve.security import exposure_warning, read_api_keys, resolve_allowed_hosts  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
-from test_serve_api import audio_part, image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
+from cotune.testing.serve import audio_part, image_part, serve_run, user, write_media  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 KEYS = ("first-key-0123", "second-key-4567")
 LONG = 4000  # tokens: the tiny model never ends these prompts early (no EOS in its first 4,000 tokens)

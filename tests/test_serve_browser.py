@@ -17,7 +17,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 from cotune.serve import ServeConfig, load_service  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
-from test_serve_api import image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
+from cotune.testing.serve import image_part, serve_run, user, write_media  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 CHROMIUM = os.environ.get("COTUNE_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -20,7 +20,9 @@ httpx = pytest.importorskip("httpx")
 
 from cotune.serve import GenerationRequest, RequestError, ServeConfig, load_service, parse_chat_request  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
-from test_serve_api import audio_part, image_part, one_torch_thread, serve_run, user, write_media  # noqa: E402, F401 (autouse fixture)
+from cotune.testing.serve import audio_part, image_part, serve_run, user, write_media  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 LIMITS = dict(max_request_mb=0.25, max_media_mb=0.05, max_image_pixels=200 * 200, max_image_aspect=100, max_images=2, max_audio=1,
               max_audio_seconds=2.0, max_tokens=6, max_tokens_limit=64, queue_timeout=20.0)
@@ -272,7 +274,7 @@ def test_inputs_without_a_routing_row_get_400(tiny_root, media):
 
 def gpt2_run(root):
     """A text-only run on a tiny GPT-2 (a learned table of 256 absolute positions)."""
-    import tiny
+    from cotune.testing import tiny
     from cotune.config import load_config
     from cotune.model import build_model, save_model
 
@@ -284,7 +286,7 @@ def gpt2_run(root):
 
 
 def test_only_rotary_free_position_tables_limit_prompt_plus_max_tokens():
-    import tiny
+    from cotune.testing import tiny
     import transformers
 
     from cotune.serve.engine import position_limit

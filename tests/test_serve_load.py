@@ -22,9 +22,11 @@ httpx = pytest.importorskip("httpx")
 
 from cotune.serve import ServeConfig, load_service  # noqa: E402
 from cotune.serve.server import BackgroundServer  # noqa: E402
-from test_serve_api import (  # noqa: E402, F401 (autouse fixture)
-    QUESTIONS, audio_part, image_part, one_torch_thread, predict, serve_run, stream_text, user, write_media,
+from cotune.testing.serve import (  # noqa: E402
+    QUESTIONS, audio_part, image_part, predict, serve_run, stream_text, user, write_media,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 CLIENTS, REQUESTS = 8, 20
 #: Largest growth of the process's resident memory over the load (after a warm-up of the same mix).

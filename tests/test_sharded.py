@@ -17,9 +17,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import corpus
 from cotune.cli.main import main
 from cotune.config import load_config
+from cotune.testing import corpus
 from cotune.train.launch import LaunchError, LaunchSettings, check_launch, check_precision
 from cotune.train.sharding import fsdp_plugin
 

@@ -2,14 +2,11 @@
 
 import pytest
 
-import tiny
 from cotune.data.schema import Message, Sample, SkipSample
 from cotune.data.templates import IGNORE_INDEX, MediaSlot, encode_sample, resolve_template
+from cotune.testing import tiny
+from cotune.testing.tiny import CHATML
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 IMAGE_ID, AUDIO_ID = 301, 302
 
 

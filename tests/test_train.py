@@ -14,9 +14,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import corpus
-from cotune.config import ConfigError, load_config
 from cotune import load
+from cotune.config import ConfigError, load_config
+from cotune.testing import corpus
 from cotune.train import Trainer, TrainingError
 from cotune.train.groups import GroupCoverageError, component_parameters, resolve_settings
 from cotune.train.schedules import lr_multiplier

@@ -9,7 +9,6 @@ import shutil
 import pytest
 import torch
 
-import tiny
 from cotune.cli.chat import ChatSession
 from cotune.config import load_config
 from cotune.data.report import DatasetReport
@@ -23,7 +22,8 @@ from cotune.model.generate import generate
 from cotune.model.stream import AnswerStream
 from cotune.serve.engine import Engine
 from cotune.serve.prepare import GenerationRequest
-from test_templates import CHATML
+from cotune.testing import tiny
+from cotune.testing.tiny import CHATML
 
 
 def chat_tokenizer():

@@ -1,6 +1,6 @@
 """Whisper crop (EncoderConfig.crop_seconds): a shorter window, the same maths on what is kept.
 
-The tiny Whisper (tests/tiny.py) has a 1 s window: 16 positions, 32 mel frames, 32 frames/s
+The tiny Whisper (cotune.testing.tiny) has a 1 s window: 16 positions, 32 mel frames, 32 frames/s
 (16 kHz, hop 500). Cropping to 0.3 s keeps ceil(0.3 x 32 / 2) = 5 positions, 10 frames.
 """
 
@@ -12,7 +12,6 @@ import soundfile
 import torch
 from torch.nn import functional as F
 
-import tiny
 from cotune.config import ConfigError, load_config
 from cotune.config.model import EncoderConfig
 from cotune.data.feature_cache import encoder_cache_key
@@ -20,6 +19,7 @@ from cotune.data.media import MediaPreprocessor
 from cotune.encoders import ENCODERS
 from cotune.encoders.hf import crop_positions
 from cotune.model.data_spec import data_spec_from_config
+from cotune.testing import tiny
 
 CROP, POSITIONS, FRAMES, RATE = 0.3, 5, 10, 16000
 

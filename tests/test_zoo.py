@@ -141,7 +141,7 @@ def _hub_cached(hub: Path, repo_id: str, source: Path, commit: str = "0" * 40) -
 
 
 def test_a_cached_hub_id_is_read_from_its_snapshot_when_the_hub_cannot_be_reached(tiny_root, tmp_path, monkeypatch):
-    import tiny
+    from cotune.testing import tiny
     from cotune.model import build_model
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -280,7 +280,7 @@ def test_real_easyvqa_counts():
 
 
 def test_models_keep_the_configs_hub_ids_when_sources_resolve_to_the_zoo(tiny_root, tmp_path, monkeypatch):
-    import tiny
+    from cotune.testing import tiny
     from safetensors.torch import save_file
 
     from cotune.encoders.mobilenet import MobileNetV2

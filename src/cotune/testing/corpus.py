@@ -1,13 +1,20 @@
-"""Small real-format datasets written on the fly (ScienceQA layout, Alpaca JSON, audio-QA CSV + WAV)."""
+"""Small real-format datasets written on the fly (ScienceQA layout, Alpaca JSON, audio-QA CSV + WAV, easy-VQA),
+full run configs over them and the tiny backbones of :mod:`cotune.testing.tiny`, and ScienceQA problems and
+predictions whose scores are computed by hand."""
+
+from __future__ import annotations
 
 import json
 
 import numpy as np
-import soundfile
 from PIL import Image
+
+from cotune.testing import tiny
 
 
 def write_scienceqa(root, n_image=3, n_text=2, corrupt=()):
+    """ScienceQA's native layout under ``root`` (problems.json, pid_splits.json, images/train/<pid>/image.png):
+    ``n_image`` problems with an image, then ``n_text`` without; pids in ``corrupt`` get a broken PNG."""
     problems, split = {}, []
     for i in range(n_image + n_text):
         pid = str(100 + i)
@@ -31,11 +38,15 @@ def write_scienceqa(root, n_image=3, n_text=2, corrupt=()):
 
 
 def write_alpaca(path, n=4):
+    """An Alpaca JSON file of ``n`` records at ``path``."""
     path.write_text(json.dumps([{"instruction": "the answer is", "input": "", "output": f"yes {i}"} for i in range(n)]))
     return path
 
 
 def write_audioqa(root, n=3):
+    """An audio-QA folder under ``root``: ``n`` sine-tone WAVs and train.csv (file_name, QuestionText, answer)."""
+    import soundfile  # the audio extra
+
     rows = ["file_name,QuestionText,answer"]
     for i in range(n):
         t = np.arange(8000 + 1000 * i) / 16000
@@ -47,8 +58,6 @@ def write_audioqa(root, n=3):
 
 def run_config(tiny_root, data_root, **train):
     """A full raw config: tiny LLaMA + CLIP (MM-Adapters, LaVIN neck) on ScienceQA + Alpaca."""
-    import tiny
-
     (data_root / "sqa").mkdir(parents=True, exist_ok=True)
     sqa = write_scienceqa(data_root / "sqa", n_image=4, n_text=4) if not (data_root / "sqa" / "problems.json").exists() else data_root / "sqa"
     alpaca = write_alpaca(data_root / "alpaca.json", n=8)
@@ -89,3 +98,29 @@ def write_easyvqa(root, split="train", records=None):
     (data / split / "questions.json").write_text(json.dumps(records))
     (data / "answers.txt").write_text("circle\nred\nyes\nno\n")
     return data
+
+
+# --- ScienceQA scoring: problems and predictions whose breakdown is computed by hand ------------------------------
+
+
+def scienceqa_problem(subject: str, grade: int, hint: str, image: str | None, answer: int, n_choices: int = 3) -> dict:
+    """One problems.json entry of the test split (choices c0, c1, ...)."""
+    return {
+        "question": "q", "choices": [f"c{i}" for i in range(n_choices)], "answer": answer, "hint": hint,
+        "image": image, "subject": subject, "grade": f"grade{grade}", "lecture": "", "solution": "", "split": "test",
+    }
+
+
+#: Six test problems covering TXT only, IMG only, TXT+IMG, NO, both grade bands, and one train problem.
+SCIENCEQA_PROBLEMS = {
+    "p1": scienceqa_problem("natural science", 3, "ctx", "image.png", 0),   # TXT IMG G1-6
+    "p2": scienceqa_problem("natural science", 8, "", "image.png", 1),      # IMG G7-12
+    "p3": scienceqa_problem("social science", 5, "ctx", None, 0),           # TXT G1-6
+    "p4": scienceqa_problem("language science", 10, "", None, 2),           # NO G7-12
+    "p5": scienceqa_problem("language science", 1, "", None, 0),            # NO G1-6
+    "p6": scienceqa_problem("social science", 12, "more", "x.png", 1),      # TXT IMG G7-12
+    "p7": scienceqa_problem("natural science", 2, "", None, 0),             # train split, not scored
+}
+SCIENCEQA_TEST = ["p1", "p2", "p3", "p4", "p5", "p6"]
+# p1, p3, p6 right; p2 wrong; p4 unparsed (-1); p5 without a prediction.
+SCIENCEQA_PREDICTIONS = {"p1": 0, "p2": 0, "p3": 0, "p4": -1, "p6": 1}

@@ -1,5 +1,6 @@
-"""The planted-fault family's verdict: each fault is handled, crashed or passed silently, and the
-``fault_tally`` fixture (conftest.py) collects the verdicts for the terminal summary."""
+"""The planted-fault family's verdict: each fault is handled, crashed or passed silently. ``fault_tally`` is a
+mapping that collects the verdicts (in cotune's suite the ``fault_tally`` fixture of tests/conftest.py, which
+reports them in the terminal summary)."""
 
 
 def judge(fault_tally, name, check):

@@ -1,6 +1,8 @@
 """Tiny random backbones saved with ``save_pretrained`` so tests load them through the real code.
 
-Nothing here downloads anything: configs are built in code, tokenizers from a word-level vocabulary.
+Nothing here downloads anything: configs are built in code, tokenizers from a word-level vocabulary. Every
+``save_*`` writes under the given root once and returns the existing directory afterwards, so one root can be
+shared by a whole test session.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ WORDS = "the a an is of and to in what colour shape image sound answer yes no re
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
 TOKENIZER_SIZE = 300  # byte-level BPE: 256 bytes + specials + merges
 VOCAB_SIZE = 320  # LLM rows: room for placeholder tokens added after the tokenizer's vocabulary
+#: A ChatML chat template for the tiny tokenizer (after adding ``<|im_start|>`` and ``<|im_end|>`` as special tokens).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 LLM_CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(
