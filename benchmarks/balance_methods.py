@@ -3,13 +3,13 @@ same comparison on real small models and data is ``balance_zoo.py``).
 
 Task: 30 x 30 images of one of four colours with noise; "what colour is the image" -> the colour
 word; a quarter of the samples are text-only ("is the answer yes" -> yes). Model: the tiny random
-LLaMA + CLIP of tests/tiny.py with LaVIN-style MM-Adapters in both and the LaVIN neck. Each method
+LLaMA + CLIP of cotune.testing.tiny with LaVIN-style MM-Adapters in both and the LaVIN neck. Each method
 trains the same number of steps from the same seed; every 10 steps the validation loss and the
 teacher-forced answer-token accuracy on held-out images are measured. Writes
 ``benchmarks/results/balance_methods-cpu.json`` and ``.md`` and the ``cotune report`` figures under
 ``benchmarks/results/balance_methods/``.
 
-Run: python benchmarks/balance_methods.py [--steps N] [--work DIR]
+Run: python -m benchmarks.balance_methods [--steps N] [--work DIR]
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tiny  # noqa: E402
-
-from cotune.config import load_config  # noqa: E402
-from cotune.data.collate import Collator  # noqa: E402
-from cotune.report import make_report  # noqa: E402
-from cotune.train import Trainer  # noqa: E402
+from cotune.config import load_config
+from cotune.data.collate import Collator
+from cotune.report import make_report
+from cotune.testing import tiny
+from cotune.train import Trainer
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40), "quiet": (240, 240, 240)}
 METHODS = ("constant", "feature_cd", "language_cd", "commit_clr", "commit")
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     make_report(runs, out / "balance_methods")
     (out / "balance_methods-cpu.json").write_text(json.dumps(results, indent=2))
     lines = ["# Balance methods on the toy colour-VQA task (cpu)", "",
-             f"Command: `python benchmarks/balance_methods.py --steps {args.steps}{' --quick' if args.quick else ''}`; tiny random backbones, 160 train / 40 validation samples, "
+             f"Command: `python -m benchmarks.balance_methods --steps {args.steps}{' --quick' if args.quick else ''}`; tiny random backbones, 160 train / 40 validation samples, "
              "batch 8, lr 5e-2 cosine, kappa every 2 steps, windows of 10 steps from step 5. Figures: `balance_methods/`.", "",
              f"| method | final val loss | steps to val loss <= {target:.3f} | answer-token accuracy | mean kappa |", "|---|---:|---:|---:|---:|"]
     for method, r in results.items():

@@ -19,10 +19,10 @@ time at every_k = k is 1 + (due step / plain step - 1) / k, from the median over
 due-to-plain ratio within a round (target <= 1.10 at the default k). On the jvp step, ``exact`` is
 also run (untimed) on the same before/after parameters for the jvp kappa's error.
 
-    python benchmarks/balance_overhead.py [--steps N] [--work DIR]   # mini; results/balance_overhead-cpu.md
-    python benchmarks/balance_overhead.py --zoo                      # ~3 min on 2 idle cores; results/balance_overhead-zoo-cpu.md
-    python benchmarks/balance_overhead.py --zoo --quick              # one round; results not saved
-    python benchmarks/balance_overhead.py --zoo --threads 1          # on a shared machine
+    python -m benchmarks.balance_overhead [--steps N] [--work DIR]   # mini; results/balance_overhead-cpu.md
+    python -m benchmarks.balance_overhead --zoo                      # ~3 min on 2 idle cores; results/balance_overhead-zoo-cpu.md
+    python -m benchmarks.balance_overhead --zoo --quick              # one round; results not saved
+    python -m benchmarks.balance_overhead --zoo --threads 1          # on a shared machine
 """
 
 from __future__ import annotations
@@ -38,15 +38,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from throughput_report import Contention, machine  # noqa: E402
-from train_throughput import Stepper  # noqa: E402
+from benchmarks.throughput_report import Contention, machine
+from benchmarks.train_throughput import Stepper
 
-from cotune.balance.strategies import BalanceStrategy, make_balance  # noqa: E402
-from cotune.balance.estimator import exact_estimate, jvp_estimate, snapshot  # noqa: E402
-from cotune.balance.scheduler import kappa_of  # noqa: E402
-from cotune.balance.sides import resolve_sides  # noqa: E402
-from cotune.config import BalanceConfig  # noqa: E402
+from cotune.balance.strategies import BalanceStrategy, make_balance
+from cotune.balance.estimator import exact_estimate, jvp_estimate, snapshot
+from cotune.balance.scheduler import kappa_of
+from cotune.balance.sides import resolve_sides
+from cotune.config import BalanceConfig
 
 
 def kappa(estimate) -> float:
@@ -133,7 +132,7 @@ def zoo_tables(result: dict) -> list[str]:
 
 
 def run_zoo(rounds: int, quick: bool, command: str) -> int:
-    import zoo_model
+    from benchmarks import zoo_model
 
     started, contention = time.perf_counter(), Contention()
     step = Stepper.zoo("mma", "demo", "cpu", "fp32")
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python benchmarks/balance_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.balance_overhead " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.zoo:
         return run_zoo(args.rounds or (1 if args.quick else 3), args.quick, command.strip())
     args.steps = args.steps or (1 if args.quick else 6)

@@ -54,15 +54,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-from balance_methods import METHODS  # noqa: E402
-from balance_zoo_report import markdown, over_seeds, plot_convergence, seeds_lines, summarise  # noqa: E402
-from throughput_report import Contention, machine  # noqa: E402
+from benchmarks.balance_methods import METHODS
+from benchmarks.balance_zoo_report import markdown, over_seeds, plot_convergence, seeds_lines, summarise
+from benchmarks.throughput_report import Contention, machine
 
-from cotune.config import load_config  # noqa: E402
-from cotune.report import make_report  # noqa: E402
-from cotune.train import Trainer  # noqa: E402
+from cotune.config import load_config
+from cotune.report import make_report
+from cotune.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("balance_zoo")
 RECIPES = ("image", "audio")
@@ -99,7 +99,7 @@ class Plan:
 def prepare_data(work: Path, plan: Plan) -> dict[str, dict]:
     """The zoo (easy-VQA, the backbones) and one synthetic sound QA set; the reader entries per recipe."""
     from cotune.demo.pipeline import DemoPlan, prepare_zoo, synthesise
-    from recipes import mm_adapter_recipe
+    from benchmarks.recipes import mm_adapter_recipe
 
     easyvqa = prepare_zoo(load_config(data=mm_adapter_recipe()), None, None)
     out = work / f"sounds-{plan.audio_clips}-seed{plan.seed}"
@@ -120,7 +120,7 @@ def read(entry: dict) -> list:
 
 def recipe_config(recipe: str, method: str, source: dict, plan: Plan, sizes: dict[str, int]):
     """The demo recipe with only ``recipe``'s encoder, this benchmark's data, length and ``method``."""
-    from recipes import mm_adapter_recipe
+    from benchmarks.recipes import mm_adapter_recipe
 
     raw = mm_adapter_recipe()
     raw["seed"] = plan.seed

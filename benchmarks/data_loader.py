@@ -10,11 +10,11 @@ Each case (image / audio / mixed x num_workers 0 / 2, batch size 8; plus audio a
 num_workers 0 and one torch thread) runs in its own subprocess so its peak RSS is its own; after a
 warm-up (each worker's first batch) the rest of one epoch is timed.
 
-    python benchmarks/data_loader.py                     # default sizes, a few minutes on 2 cores
-    python benchmarks/data_loader.py --quick             # under a minute, smoke test
-    python benchmarks/data_loader.py --work /tmp/bench   # keep (and reuse) the generated data
-    python benchmarks/data_loader.py --repeat 3          # fastest of 3 runs per row (busy machines)
-    python -m cProfile -s cumtime benchmarks/data_loader.py --work /tmp/bench --case audio --workers 0
+    python -m benchmarks.data_loader                     # default sizes, a few minutes on 2 cores
+    python -m benchmarks.data_loader --quick             # under a minute, smoke test
+    python -m benchmarks.data_loader --work /tmp/bench   # keep (and reuse) the generated data
+    python -m benchmarks.data_loader --repeat 3          # fastest of 3 runs per row (busy machines)
+    python -m cProfile -s cumtime -m benchmarks.data_loader --work /tmp/bench --case audio --workers 0
 
 Results go to ``benchmarks/results/data_loader-cpu.md`` (``--quick`` runs do not overwrite it).
 """
@@ -38,9 +38,9 @@ import numpy as np
 import soundfile
 from PIL import Image
 
+from cotune.testing import tiny
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-import tiny  # noqa: E402  (tests/tiny.py: tokenizer and LLM configs)
 
 log = logging.getLogger("benchmarks.data_loader")
 
@@ -228,12 +228,12 @@ def run_case(work: Path, case: str, workers: int, max_batches: int | None, threa
 
 
 def run_case_subprocess(work: Path, case: str, workers: int, max_batches: int | None, threads: int | None = None) -> dict:
-    command = [sys.executable, __file__, "--work", str(work), "--case", case, "--workers", str(workers)]
+    command = [sys.executable, "-m", "benchmarks.data_loader", "--work", str(work), "--case", case, "--workers", str(workers)]
     if max_batches is not None:
         command += ["--max-batches", str(max_batches)]
     if threads is not None:
         command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -376,7 +376,7 @@ def _run_all(work: Path, sizes: dict[str, int], args: argparse.Namespace) -> int
         rows.append(max(tries, key=lambda r: r["samples_per_s"]))
         log.info("%s, %d workers, %d threads: %.1f samples/s", case, workers, rows[-1]["threads"], rows[-1]["samples_per_s"])
     steps = reference_step(work)
-    command = "python benchmarks/data_loader.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.data_loader " + " ".join(sys.argv[1:])
     text = report(rows, steps, sizes, command.strip(), time.perf_counter() - start)
     text += f"\nLoad average (1 min) before / after the run: {load_before} / {_load_average()}; other processes on the machine slow the rows down.\n"
     if args.quick:

@@ -20,8 +20,8 @@ NAME:PATH`` it measures a real run (e.g. ``--run demo/run --dataset easyvqa --li
 demo's SmolLM2-Instruct has EOS = ``<|im_end|>``, so there only the waste is of interest). Time on
 an idle machine: on a shared one the two timings are not comparable.
 
-    python benchmarks/eval_stopping.py --quick                    # tiny model, 16 samples, prints only
-    python benchmarks/eval_stopping.py --run RUN --dataset NAME:PATH [--limit 64] [--batch-size 8] [--max-new-tokens 64] [--rounds 3]
+    python -m benchmarks.eval_stopping --quick                    # tiny model, 16 samples, prints only
+    python -m benchmarks.eval_stopping --run RUN --dataset NAME:PATH [--limit 64] [--batch-size 8] [--max-new-tokens 64] [--rounds 3]
 
 Results: ``benchmarks/results/eval_stopping-<device>.md`` (not with ``--quick``).
 """
@@ -31,31 +31,28 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(ROOT / "tests"))
-import tiny  # noqa: E402
-from throughput_report import Contention, machine  # noqa: E402
+from benchmarks.throughput_report import Contention, machine
+from cotune.config import load_config
+from cotune.data.turn_end import stop_ids
+from cotune.eval.generation import predict_samples
+from cotune.eval.runner import load_eval_set
+from cotune.model import build_model, save_model
+from cotune.model.data_spec import data_spec_from_model
+from cotune.rundir import RunDir
+from cotune.testing import tiny
 
-from cotune.config import load_config  # noqa: E402
-from cotune.data.turn_end import stop_ids  # noqa: E402
-from cotune.eval.generation import predict_samples  # noqa: E402
-from cotune.eval.runner import load_eval_set  # noqa: E402
-from cotune.model import build_model, save_model  # noqa: E402
-from cotune.model.data_spec import data_spec_from_model  # noqa: E402
-from cotune.rundir import RunDir  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_chat_run(work: Path) -> tuple[Path, str]:
     """A saved tiny text LLaMA with a ChatML tokenizer whose EOS is not <|im_end|>, and 64 text questions (``textqa``)."""
-    from test_templates import CHATML
+    from cotune.testing.tiny import CHATML
 
     llm = work / "llm"
     shutil.copytree(tiny.save_llm(work / "tiny"), llm, dirs_exist_ok=True)

@@ -21,10 +21,10 @@ the majority weight set plus a rank-h correction), for the cotune models only. O
 default (``--threads``): on a busy 2-core machine two OpenMP threads wait on each other at every
 small decode op and run several times slower.
 
-    python benchmarks/generation.py                 # ~3 min on 2 cores; writes benchmarks/results/generation.md
-    python benchmarks/generation.py --rounds 8 --profile   # the recorded run (~6 min)
-    python benchmarks/generation.py --quick         # one round, fewer tokens; prints only
-    python benchmarks/generation.py --profile       # also: top ops of one unmerged vs merged decode
+    python -m benchmarks.generation                 # ~3 min on 2 cores; writes benchmarks/results/generation.md
+    python -m benchmarks.generation --rounds 8 --profile   # the recorded run (~6 min)
+    python -m benchmarks.generation --quick         # one round, fewer tokens; prints only
+    python -m benchmarks.generation --profile       # also: top ops of one unmerged vs merged decode
 
 ``--zoo`` runs the same comparison on the zoo's real models (``zoo_model.py``): the bare
 SmolLM2-135M-Instruct (transformers, float32) vs cotune with the demo's MM-Adapters + MobileNetV2
@@ -32,8 +32,8 @@ and LaVIN neck (7 image tokens), and with LoRA r=16 + mlp2x-gelu on the 49-token
 and merged; default 3 rounds of 24 new tokens (the demo's answers are a few tokens; its text
 evaluation generates up to 24):
 
-    python benchmarks/generation.py --zoo           # ~4 min on 2 cores; writes benchmarks/results/generation-zoo-cpu.md
-    python benchmarks/generation.py --zoo --quick   # one round, 16 tokens; prints only
+    python -m benchmarks.generation --zoo           # ~4 min on 2 cores; writes benchmarks/results/generation-zoo-cpu.md
+    python -m benchmarks.generation --zoo --quick   # one round, 16 tokens; prints only
 
 Results go to ``benchmarks/results/generation.md`` (``--zoo``: ``generation-zoo-cpu.md``; without ``--quick``).
 """
@@ -49,13 +49,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import zoo_model
+from benchmarks.mini_model import CASES, CLIP, TOKENIZER_SIZE, cotune_config, save_backbones
+from benchmarks.throughput_report import Contention, machine
+from cotune.testing import tiny
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(ROOT / "tests"))
-import tiny  # noqa: E402
-import zoo_model  # noqa: E402
-from mini_model import CASES, CLIP, TOKENIZER_SIZE, cotune_config, save_backbones  # noqa: E402
-from throughput_report import Contention, machine  # noqa: E402
 
 ROWS = ("base", "unmerged", "merged")
 
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 profiles[case] = profile_decode(models, args)
             print("\n".join(table({case: results[case]})), flush=True)
     others = contention.others()
-    command = "python benchmarks/generation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.generation " + " ".join(argv if argv is not None else sys.argv[1:])
     report = "\n".join([
         f"# Generation throughput (cpu, fp32{', zoo models' if args.zoo else ''})", "",
         f"Command: `{command.strip()}` (total runtime {time.monotonic() - started:.0f} s)", "",

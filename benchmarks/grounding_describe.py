@@ -42,10 +42,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.grounding_probe import attributes
+from benchmarks.throughput_report import machine
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-from grounding_probe import attributes  # noqa: E402
-from throughput_report import machine  # noqa: E402
 
 COLOURS = frozenset({"red", "green", "blue", "yellow", "black", "gray", "teal", "brown"})
 CELLS = ("yes-affirmative", "no-affirmative", "yes-negated", "no-negated")  # the order of the recorded runs

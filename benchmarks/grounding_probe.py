@@ -33,8 +33,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from throughput_report import machine  # noqa: E402
+from benchmarks.throughput_report import machine
 
 log = logging.getLogger("grounding_probe")
 SHAPES = frozenset({"circle", "rectangle", "triangle"})
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
 
     from cotune.config import load_config
-    from recipes import mm_adapter_recipe
+    from benchmarks.recipes import mm_adapter_recipe
     from cotune.eval.runner import evaluate_run
     from cotune.eval.tasks import TASKS
     from cotune.train import Trainer

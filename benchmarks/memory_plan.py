@@ -14,13 +14,13 @@ off (``balance.estimator: none``) on both sides of the comparison. Batches are s
 encoder's placeholder tokens and random text, the last ``answer`` tokens are supervised, and the
 first row ends in padding (so the padding mask exists, as in real batches of unequal rows).
 
-Cases: the tiny backbones of ``tests/tiny.py`` (LLaMA 2 x 32 wide + CLIP 3 x 24 wide, MM-Adapters in
+Cases: the tiny backbones of ``cotune.testing.tiny`` (LLaMA 2 x 32 wide + CLIP 3 x 24 wide, MM-Adapters in
 both, as tests/test_memory_plan.py; fp32, bf16 autocast, gradient checkpointing, LoRA) and, when
 the zoo cache has them, SmolLM2-135M-Instruct with MobileNetV2 and Whisper tiny.en (the demo recipe)
 and the ``zoo_model.py`` cases.
 
-    python benchmarks/memory_plan.py                 # tiny + zoo; writes results/memory_plan-cpu.md
-    python benchmarks/memory_plan.py --quick         # tiny only; nothing saved
+    python -m benchmarks.memory_plan                 # tiny + zoo; writes results/memory_plan-cpu.md
+    python -m benchmarks.memory_plan --quick         # tiny only; nothing saved
 """
 
 from __future__ import annotations
@@ -30,15 +30,12 @@ import contextlib
 import importlib.util
 import platform
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def synthetic_batch(model, batch: int, seq: int, answer: int, pad: int = 8, seed: int = 0) -> dict:
@@ -125,7 +122,7 @@ def measure(name: str, config, batch: int, seq: int, answer: int) -> dict:
 
 
 def tiny_cases(work: Path) -> list[tuple[str, object, int, int, int]]:
-    import corpus
+    from cotune.testing import corpus
 
     from cotune.config import load_config
 
@@ -141,7 +138,7 @@ def tiny_cases(work: Path) -> list[tuple[str, object, int, int, int]]:
     cases = [(name, load_config(data=raw, overrides=o), 4, 64, 24) for name, o in variants.items()]
     if importlib.util.find_spec("bitsandbytes") is not None:
         # bitsandbytes' CPU 4-bit kernel needs multiples of 64 input features: the 64-wide tiny twins.
-        import tiny
+        from cotune.testing import tiny
 
         wide = corpus.run_config(work / "tiny", work / "data")
         wide["model"]["llm"]["name_or_path"] = str(tiny.save_llm(work / "tiny", "llama-64"))
@@ -154,10 +151,10 @@ def tiny_cases(work: Path) -> list[tuple[str, object, int, int, int]]:
 
 
 def zoo_cases() -> list[tuple[str, object, int, int, int]]:
-    import zoo_model
+    from benchmarks import zoo_model
 
     from cotune.config import load_config
-    from recipes import mm_adapter_recipe
+    from benchmarks.recipes import mm_adapter_recipe
 
     demo = load_config(data={"model": mm_adapter_recipe()["model"], "train": mm_adapter_recipe()["train"]})
     lora = zoo_model.zoo_config("lora")
@@ -224,7 +221,7 @@ def main() -> None:
     report = [
         "# Memory plan against measured peaks (CPU)", "",
         f"CPU: {cpu_name()} (lscpu), {versions}, {args.threads} thread(s).",
-        "Command: `python benchmarks/memory_plan.py`. Measured: live tensor bytes (parameters, buffers, AdamW state) plus "
+        "Command: `python -m benchmarks.memory_plan`. Measured: live tensor bytes (parameters, buffers, AdamW state) plus "
         "the profiler's peak of the CPU allocator during the second training step.", "", *table(results), "",
     ]
     print("\n".join(report))

@@ -5,7 +5,7 @@ side by side in the same run).
 A run directory is written first: the mini backbones of ``mini_model.py`` in its ``mma``
 configuration (LLaMA-style LLM hidden 512, 8 layers, vocab 8000 with MM-Adapters; CLIP hidden 384,
 6 layers, 224 px) with random trainable weights, saved with ``save_model`` as training would.
-``--quick`` uses the tiny backbones of ``tests/tiny.py`` instead. The run is served twice on a
+``--quick`` uses the tiny backbones of ``cotune.testing.tiny`` instead. The run is served twice on a
 free loopback port, as ``cotune serve RUN`` and ``cotune serve RUN --merged`` do (the app, the
 model worker and uvicorn in a background thread of this process). Each client is a thread with its
 own keep-alive connection sending requests one after another (closed loop): an image (a 224x224
@@ -41,17 +41,16 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.throughput_report import Contention, machine
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(ROOT / "tests"))
-from throughput_report import Contention, machine  # noqa: E402
 
 LEVELS = (1, 4, 8, 16)
 
 
 def write_run(work: Path, quick: bool) -> Path:
     """A saved model directory with random trainable weights (mini ``mma`` backbones, or tiny ones)."""
-    import tiny
+    from cotune.testing import tiny
 
     from cotune.config import load_config
     from cotune.model import build_model, save_model
@@ -62,7 +61,7 @@ def write_run(work: Path, quick: bool) -> Path:
                               "connector": {"type": "lavin-neck", "hidden": 16}}}
         config = load_config(data=tiny.model_config(tiny.save_llm(work), encoders, trainable="adapter", adapter={"type": "mm_adapter"}))
     else:
-        from mini_model import cotune_config
+        from benchmarks.mini_model import cotune_config
 
         config = cotune_config(work, "mma")
     torch.manual_seed(0)
@@ -170,7 +169,7 @@ def table(rows: list[dict]) -> list[str]:
 
 def describe(args: argparse.Namespace, command: str, runtime: float, info: dict, others: tuple) -> list[str]:
     """The report's header: command, machine, contention, what was measured."""
-    model = ("tiny backbones of tests/tiny.py" if args.quick else
+    model = ("tiny backbones of cotune.testing.tiny" if args.quick else
              "mini LLaMA hidden 512, 8 layers, vocab 8000 + CLIP 384/6 layers/224 px, MM-Adapters (mini_model.py, mma)")
     if args.run:
         model = f"the run `{args.run}` (trained weights)"

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from mini_model import CLIP, LLM, LORA_R, MODEL_SHAPES, SQUARE  # noqa: E402
+from benchmarks.mini_model import CLIP, LLM, LORA_R, MODEL_SHAPES, SQUARE
 
 
 # ---------------------------------------------------------------------------------- FLOPs

@@ -6,15 +6,13 @@ import argparse
 import os
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from mini_model import BATCH, SEQ, SQUARE  # noqa: E402
-from throughput_flops import analytic_flops  # noqa: E402
+from benchmarks.mini_model import BATCH, SEQ, SQUARE
+from benchmarks.throughput_flops import analytic_flops
 
 
 # ---------------------------------------------------------------------------------- report
@@ -182,7 +180,7 @@ MINI_MODEL_TEXT = (
 def report(results: list[dict], gemm: dict, args: argparse.Namespace, command: str, runtime_s: float, others: tuple,
            zoo: bool = False) -> str:
     """The Markdown report; ``zoo``: the real zoo backbones of zoo_model.py instead of the mini ones."""
-    import zoo_model
+    from benchmarks import zoo_model
 
     info = machine(args.device)
     r0 = results[0]

@@ -19,11 +19,11 @@ Model FLOPs per step are measured with ``torch.utils.flop_counter.FlopCounterMod
 first warm-up step (forward + backward; matmuls, convolutions and SDPA, where attention counts the
 full S x S square even when causal) and also counted analytically (see ``analytic_flops``).
 
-    python benchmarks/train_throughput.py                    # ~2 min on 2 idle cores; writes the results
-    python benchmarks/train_throughput.py --quick            # ~35 s smoke test; results not saved
-    python benchmarks/train_throughput.py --precision bf16   # CPU autocast to bf16 (what-if; not saved)
-    python benchmarks/train_throughput.py --steps 20 --device cuda   # (the CUDA path is untested)
-    python benchmarks/train_throughput.py --case mma --work /tmp/tt  # one config, JSON on stdout
+    python -m benchmarks.train_throughput                    # ~2 min on 2 idle cores; writes the results
+    python -m benchmarks.train_throughput --quick            # ~35 s smoke test; results not saved
+    python -m benchmarks.train_throughput --precision bf16   # CPU autocast to bf16 (what-if; not saved)
+    python -m benchmarks.train_throughput --steps 20 --device cuda   # (the CUDA path is untested)
+    python -m benchmarks.train_throughput --case mma --work /tmp/tt  # one config, JSON on stdout
 
 ``--zoo`` runs the same two configurations on the zoo's real small models instead (SmolLM2-135M-Instruct
 + MobileNetV2 with the demo's MM-Adapters and LaVIN neck, or LoRA + mlp2x-gelu on the 49-token grid;
@@ -31,9 +31,9 @@ full S x S square even when causal) and also counted analytically (see ``analyti
 longer one (batch 4 x 256 tokens, the GEMM-friendlier row for the FLOP/s fraction); every row is
 compared to the GEMM rate at its own shapes (576 / 192 / 1536 / 49152 dims):
 
-    python benchmarks/train_throughput.py --zoo           # ~3 min on 2 idle cores; results/train_throughput-zoo-cpu.md
-    python benchmarks/train_throughput.py --zoo --quick   # one step per row, one process; results not saved
-    python benchmarks/train_throughput.py --zoo --threads 1   # on a shared machine (see --threads)
+    python -m benchmarks.train_throughput --zoo           # ~3 min on 2 idle cores; results/train_throughput-zoo-cpu.md
+    python -m benchmarks.train_throughput --zoo --quick   # one step per row, one process; results not saved
+    python -m benchmarks.train_throughput --zoo --threads 1   # on a shared machine (see --threads)
 
 The zoo copies come from ``cotune zoo fetch HuggingFaceTB/SmolLM2-135M-Instruct torchvision/mobilenet_v2``
 (``$COTUNE_CACHE`` or ``~/.cache/cotune``).
@@ -60,13 +60,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 
-sys.path.insert(0, str(Path(__file__).parent))
-import zoo_model  # noqa: E402
-from mini_model import BATCH, CASES, SEQ, SQUARE, cotune_config, save_backbones, synthetic_batch  # noqa: E402
-from throughput_flops import _now, analytic_flops, flop_counter, forward_flops_by_component, gemm_rate, gemm_table  # noqa: E402
-from throughput_report import Contention, report, summarise  # noqa: E402
+from benchmarks import zoo_model
+from benchmarks.mini_model import BATCH, CASES, SEQ, SQUARE, cotune_config, save_backbones, synthetic_batch
+from benchmarks.throughput_flops import _now, analytic_flops, flop_counter, forward_flops_by_component, gemm_rate, gemm_table
+from benchmarks.throughput_report import Contention, report, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks.train_throughput")
 
 
@@ -217,11 +217,11 @@ def profile_step(step: Stepper, device: str, rows: int) -> dict:
 
 def run_case_subprocess(work: Path, case: str, args: argparse.Namespace, shape: str | None = None, profile_rows: int = 0) -> dict:
     """``run_case`` in a fresh process, so its peak RSS is its own."""
-    command = [sys.executable, __file__, "--work", str(work), "--case", case, "--device", args.device, "--precision", args.precision,
+    command = [sys.executable, "-m", "benchmarks.train_throughput", "--work", str(work), "--case", case, "--device", args.device, "--precision", args.precision,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--profile-rows", str(profile_rows),
                "--threads", str(torch.get_num_threads())]
     command += ["--zoo", "--shape", shape] if shape else []
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -294,7 +294,7 @@ def _run_all(work: Path, args: argparse.Namespace) -> int:
         s = summarise(r, gemm)
         log.info("%s: %.2f s/step (min %.2f), %.0f tokens/s, %.1f GFLOP/s (%.0f%% of square GEMM, %.0f%% of model-shape GEMM)",
                  r["label"], s["mean_s"], s["min_s"], s["tokens_per_s"], s["achieved"] / 1e9, 100 * s["vs_square"], 100 * s["vs_model"])
-    command = ("python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])).strip()
+    command = ("python -m benchmarks.train_throughput " + " ".join(sys.argv[1:])).strip()
     others = contention.others()
     if others[1] > 0.05:
         log.warning("other processes used %.0f%% of the machine during the run: timings are pessimistic", 100 * others[1])

@@ -80,14 +80,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-import llava_baseline  # noqa: E402
-from throughput_report import Contention, machine  # noqa: E402
-from versus_llava_report import report_files  # noqa: E402
-from versus_llava_measure import (  # noqa: E402
+from benchmarks import llava_baseline
+from benchmarks.throughput_report import Contention, machine
+from benchmarks.versus_llava_report import report_files
+from benchmarks.versus_llava_measure import (
     Curve, draw_training_set, due, eval_samples, open_share, peak_memory, score_answers, shuffled_samples, train_set_dir,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("benchmarks.versus_llava")
 
@@ -130,7 +130,7 @@ class Plan:
 def cotune_config(train_set: Path, easyvqa: Path, plan: Plan):
     """The demo recipe restricted to images, on the drawn training set."""
     from cotune.config import load_config
-    from recipes import mm_adapter_recipe
+    from benchmarks.recipes import mm_adapter_recipe
 
     recipe = mm_adapter_recipe()
     del recipe["model"]["encoders"]["audio"]

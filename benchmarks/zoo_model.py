@@ -63,7 +63,7 @@ def zoo_config(case: str):
     """The config of one case (module docstring), with the demo's optimisation settings (per-group
     peak learning rates: LLM 1e-3, encoder 3e-4, the rest 3e-3)."""
     from cotune.config import load_config
-    from recipes import mm_adapter_recipe
+    from benchmarks.recipes import mm_adapter_recipe
 
     recipe = mm_adapter_recipe()
     model, train = recipe["model"], recipe["train"]
