@@ -15,7 +15,7 @@ encoder's placeholder tokens and random text, the last ``answer`` tokens are sup
 first row ends in padding (so the padding mask exists, as in real batches of unequal rows).
 
 Cases: the tiny backbones of ``cotune.testing.tiny`` (LLaMA 2 x 32 wide + CLIP 3 x 24 wide, MM-Adapters in
-both, as tests/test_memory_plan.py; fp32, bf16 autocast, gradient checkpointing, LoRA) and, when
+both, as tests/train/test_memory_plan.py; fp32, bf16 autocast, gradient checkpointing, LoRA) and, when
 the zoo cache has them, SmolLM2-135M-Instruct with MobileNetV2 and Whisper tiny.en (the demo recipe)
 and the ``zoo_model.py`` cases.
 
@@ -100,7 +100,7 @@ class Step:
 
 def measure(name: str, config, batch: int, seq: int, answer: int) -> dict:
     """Measured peak and the plan's estimate for one case (without the balance controller's kappa
-    estimates, which this step does not take; tests/test_memory_plan.py measures Trainer steps with them)."""
+    estimates, which this step does not take; tests/train/test_memory_plan.py measures Trainer steps with them)."""
     from dataclasses import replace
 
     from cotune.config import BalanceConfig

@@ -1,7 +1,7 @@
 """Captioning metrics as coco-caption computes them: BLEU-1..4, ROUGE-L and CIDEr-D.
 
 Written here from the published definitions and checked against pycocoevalcap's scorers
-(tests/test_metrics.py, tests/test_caption_coco.py); pycocoevalcap itself is the optional extra
+(tests/eval/test_metrics.py, tests/eval/test_caption_coco.py); pycocoevalcap itself is the optional extra
 ``coco`` (a 100 MB wheel whose tokenizer and METEOR need Java).
 
 * Tokens: coco-caption's (Stanford's PTBTokenizer, lower-cased, its punctuation tokens dropped),

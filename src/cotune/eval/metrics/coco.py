@@ -7,7 +7,7 @@ models SPICE needs are already installed beside pycocoevalcap (``spice/lib/stanf
 ``Spice`` (Java). cotune never downloads them: without them ``SPICE`` is None and ``spice_missing``
 says what to install. Results name the tokenizer (``ptb-java``) as :func:`caption
 <cotune.eval.metrics.caption.caption>` names its Python one; on the same captions the BLEU,
-ROUGE-L and CIDEr-D of both are equal (tests/test_caption_coco.py).
+ROUGE-L and CIDEr-D of both are equal (tests/eval/test_caption_coco.py).
 """
 
 from __future__ import annotations

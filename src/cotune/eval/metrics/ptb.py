@@ -2,7 +2,7 @@
 by coco-caption as ``PTBTokenizer -preserveLines -lowerCase``) followed by coco-caption's removal of
 punctuation tokens.
 
-Written from that tokenizer's observed output (tests/test_caption_coco.py compares both on a fixed
+Written from that tokenizer's observed output (tests/eval/test_caption_coco.py compares both on a fixed
 set of captions whenever Java and pycocoevalcap are installed, and keeps the Java tokens as golden
 values otherwise). What it reproduces:
 

@@ -23,7 +23,7 @@ from cotune.testing import corpus
 from cotune.train.launch import LaunchError, LaunchSettings, check_launch, check_precision
 from cotune.train.sharding import fsdp_plugin
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 # Each process one thread (the machine is shared); a free port per launch (tests may run side by side).

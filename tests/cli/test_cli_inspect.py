@@ -24,9 +24,9 @@ from cotune.config import config_hash, load_config
 from cotune.model import build_model
 from cotune.testing import tiny
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
-HUB_CONFIGS = Path(__file__).parent / "fixtures" / "hub_configs"
+HUB_CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "hub_configs"
 
 
 # ----------------------------------------------------------------- closed forms, from config.json alone

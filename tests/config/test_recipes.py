@@ -10,7 +10,7 @@ import yaml
 
 from cotune.config import CotuneConfig, config_hash, load_config, save_config
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 # Root sections a recipe may set: the config's own.
 ROOT_KEYS = {f.name for f in fields(CotuneConfig)}
