@@ -1,7 +1,6 @@
 """Dataset readers: good records come through exactly, bad ones are counted by reason, limits hold."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

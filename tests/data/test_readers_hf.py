@@ -5,7 +5,6 @@ import io
 import json
 import os
 import sys
-from collections import Counter
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ the invariants a plan must keep (more batch, more memory; checkpointing and 4 bi
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from dataclasses import replace
 
 import pytest
