@@ -20,9 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.throughput_report import machine
+from benchmarks.throughput_report import machine, save_results
 
-ROOT = Path(__file__).resolve().parents[1]
 
 #: (label, where in metrics.json: set and group of ``grounding``, or a top-level key), target text.
 ROWS = (
@@ -91,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "polarity does not predict.", "", *table(runs), "",
     ])
     print(text)
-    out = ROOT / "benchmarks" / "results" / "demo_seeds-cpu"
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "machine": info, "runs": runs}, indent=2) + "\n")
+    save_results("demo_seeds-cpu", text, {"command": command.strip(), "machine": info, "runs": runs})
     return 0
 
 

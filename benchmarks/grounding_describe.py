@@ -43,9 +43,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.grounding_probe import attributes
-from benchmarks.throughput_report import machine
+from benchmarks.throughput_report import machine, save_results
 
-ROOT = Path(__file__).resolve().parents[1]
 
 COLOURS = frozenset({"red", "green", "blue", "yellow", "black", "gray", "teal", "brown"})
 CELLS = ("yes-affirmative", "no-affirmative", "yes-negated", "no-negated")  # the order of the recorded runs
@@ -195,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(text)
     if args.steps >= 200:
-        out = ROOT / "benchmarks" / "results" / "grounding_describe-cpu"
-        out.with_suffix(".md").write_text(text)
-        out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "machine": info, "rows": rows}, indent=2) + "\n")
+        save_results("grounding_describe-cpu", text, {"command": command.strip(), "machine": info, "rows": rows})
     return 0
 
 

@@ -32,6 +32,17 @@ def machine(device: str) -> dict[str, str]:
     return info
 
 
+def save_results(name: str, text: str, payload: dict) -> Path:
+    """Writes ``results/<name>.md`` (``text``) and ``results/<name>.json`` (``payload``); returns the .md path."""
+    import json
+
+    out = Path(__file__).parent / "results" / name
+    out.parent.mkdir(exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    return out.with_suffix(".md")
+
+
 def _g(flops: float) -> str:
     return f"{flops / 1e9:.1f}" if flops == 0 or flops >= 5e7 else f"{flops / 1e9:.3f}"
 
