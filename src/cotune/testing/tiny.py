@@ -60,18 +60,23 @@ LLM_CONFIGS["llama-64"] = lambda: transformers.LlamaConfig(
 )
 
 
-def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on WORDS; every family's tokenizer class loads it alike."""
+def _byte_level_bpe(special: list[str]) -> Tokenizer:
+    """A byte-level BPE backend with ``special`` tokens, trained on WORDS (deterministic)."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_SIZE, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=TOKENIZER_SIZE, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator([" ".join(WORDS)] * 10, trainer)
+    return backend
+
+
+def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on WORDS; every family's tokenizer class loads it alike."""
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+        tokenizer_object=_byte_level_bpe(SPECIAL), pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
 
 
@@ -150,15 +155,7 @@ def save_whisper_generator(root: Path, seed: int = 0) -> Path:
     path = Path(root) / "whisper-generator"
     if (path / "config.json").exists():
         return path
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_SIZE, special_tokens=WHISPER_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator([" ".join(WORDS)] * 10, trainer)
-    tokenizer = transformers.WhisperTokenizer(tokenizer_object=backend, pad_token="<|endoftext|>")
+    tokenizer = transformers.WhisperTokenizer(tokenizer_object=_byte_level_bpe(WHISPER_SPECIAL), pad_token="<|endoftext|>")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIAL}
     config = transformers.WhisperConfig(
         vocab_size=len(tokenizer) + WHISPER_TIMESTAMPS, d_model=24, encoder_layers=2, decoder_layers=2,
