@@ -85,8 +85,8 @@ class BalanceStrategy:
         if window_ended:
             self.on_window(self.monitor.scheduler.last_shares)
         applied = self.lr_multipliers()
-        record.update({f"balance/multiplier/{side}": applied.get(groups[0], 1.0) if groups else 1.0
-                       for side, groups in self.sides.items()})
+        # Every group of a side has the side's multiplier (resolve_sides keeps no side without a group).
+        record.update({f"balance/multiplier/{side}": applied.get(groups[0], 1.0) for side, groups in self.sides.items()})
         record.update(self.monitor.side_norms(group_norms))
         return record
 

@@ -163,13 +163,13 @@ def described(sample: Sample) -> Sample | None:
     other samples are returned as they are. None (left out, counted as filtered: the data is not at
     fault) for a yes/no sample whose reader gave no ``metadata["description"]``."""
     last = max((i for i, m in enumerate(sample.messages) if m.role == "assistant"), default=None)
-    if last is None or answer_word(sample.messages[last].content) not in YES_NO:
+    answer = answer_word(sample.messages[last].content) if last is not None else ""
+    if answer not in YES_NO:
         return sample
     description = (sample.metadata or {}).get("description")
     if not isinstance(description, str) or not description.strip():
         return None
     messages = list(sample.messages)
-    answer = answer_word(messages[last].content)
     messages[last] = Message("assistant", f"{description.strip()}: {answer}")
     return replace(sample, messages=messages)
 
