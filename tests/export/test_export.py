@@ -143,6 +143,7 @@ def test_llava_export_answers_what_cotune_predict_answers(tiny_root, tmp_path, c
     ({"kind": "clip", "layers": [-2], "trainable": "adapter", "adapter": {"type": "rep_adapter"}}, {}, "train the encoder with LoRA"),
     ({"kind": "whisper", "layers": [-1], "connector": {"type": "audio-pool"}}, {}, "audio has no LLaVA form"),
     ({"kind": "clip", "layers": [-2], "reduce": "cls"}, {}, "LLaVA keeps every patch token"),
+    ({"kind": "clip", "layers": [-2]}, dict(trainable="lora", adapter={**LORA, "gate": "media"}), "prompts with media only"),
 ])
 def test_llava_export_refuses_what_llava_cannot_hold_in_one_line(tiny_root, tmp_path, encoder, llm_fields, fragment):
     spec = dict(encoder)
@@ -155,13 +156,14 @@ def test_llava_export_refuses_what_llava_cannot_hold_in_one_line(tiny_root, tmp_
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["lora", "mm_adapter"])
+@pytest.mark.parametrize("case", ["lora", "lora_gated", "mm_adapter"])
 def test_causal_lm_export_equals_the_run_on_text(tiny_root, tmp_path, case):
     encoders = {"image": {"type": "clip", "name_or_path": str(tiny.save_encoder(tiny_root, "clip")), "layers": [-2],
                           "connector": {"type": "mlp2x-gelu"}}}
-    if case == "lora":
+    if case.startswith("lora"):
+        adapter = {**LORA, "gate": "media"} if case == "lora_gated" else LORA
         run, model = saved_run(tmp_path, chat_llm(tiny_root, tmp_path), encoders, {"system_prompt": "Be brief."},
-                               trainable="lora", adapter=LORA)
+                               trainable="lora", adapter=adapter)
     else:  # LaVIN: modality-routed MM-Adapters in the LLM, folded with the text row's weights
         run, model = saved_run(tmp_path, tiny.save_llm(tiny_root), encoders, {"template": "lavin"},
                                trainable="adapter", adapter={"type": "mm_adapter", "dropout": 0.0})
@@ -178,7 +180,10 @@ def test_causal_lm_export_equals_the_run_on_text(tiny_root, tmp_path, case):
         ours, theirs = model(ids).logits, lm(ids).logits
         bare = transformers.AutoModelForCausalLM.from_pretrained(tiny.save_llm(tiny_root))(ids).logits
     assert (ours - theirs).abs().max() <= 1e-4
-    assert (ours - bare).abs().max() > 1e-2
+    if case == "lora_gated":  # text prompts never run a media-gated LoRA: the text path is the untuned LLM
+        assert (ours - bare).abs().max() <= 1e-5
+    else:
+        assert (ours - bare).abs().max() > 1e-2
     assert "text-generation" in (tmp_path / "lm" / "README.md").read_text()
 
 

@@ -33,6 +33,8 @@ class AdapterConfig:
 
     ``type`` is a registered adapter name: ``mm_adapter`` (LaVIN's mixture-of-modality adapter),
     ``rep_adapter`` (plain bottleneck with residual), ``lora`` (PEFT) or ``none``.
+    ``gate`` (the LLM's LoRA only): ``media`` applies the LoRA update to samples with media and
+    leaves text-only samples on the untuned LLM; ``none`` applies it to every sample.
     """
 
     type: str = "none"
@@ -50,9 +52,11 @@ class AdapterConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("all-linear",)
+    gate: str = "none"
 
     def __post_init__(self) -> None:
         check_choice("router", self.router, ENCODER_ROUTERS + LLM_ROUTERS[1:])
+        check_choice("gate", self.gate, ("none", "media"))
         check_choice("sites", self.sites, ("attn", "attn+ffn"))
         for name in ("dim", "groups", "experts", "lora_r"):
             if getattr(self, name) < 1:
@@ -219,6 +223,8 @@ class EncoderConfig:
         if self.placeholder is not None and not self.placeholder.strip():
             raise ConfigError("placeholder: must be a non-empty token string")
         object.__setattr__(self, "adapter", _check_trainability(self.trainable, self.adapter))
+        if self.adapter.gate != "none":
+            raise ConfigError("adapter.gate: gating by media is for the LLM's LoRA; an encoder only ever sees media")
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,9 @@ class LLMConfig:
         if self.quantization is not None and self.gguf_file is not None:
             raise ConfigError("quantization: a GGUF checkpoint is dequantized on load; quantize it again or drop gguf_file")
         object.__setattr__(self, "adapter", _check_trainability(self.trainable, self.adapter))
+        if self.adapter.gate != "none" and self.adapter.type != "lora":
+            raise ConfigError(f"adapter.gate: {self.adapter.gate!r} gates LoRA updates; adapter.type is {self.adapter.type!r}"
+                              + (" (MM-Adapters already route by modality)" if self.adapter.type == "mm_adapter" else ""))
 
 
 @dataclass(frozen=True)
@@ -298,6 +307,8 @@ class ModelConfig:
             placeholders[enc.placeholder] = name
             resolved[name] = enc
         object.__setattr__(self, "encoders", resolved)
+        if self.llm.adapter.gate == "media" and not resolved:
+            raise ConfigError("llm.adapter.gate: 'media' needs at least one encoder (without one every sample is text-only)")
         keys = self.resolved_modality_keys()
         if self.llm.adapter.type == "mm_adapter" and len(keys) < 1:
             raise ConfigError("routing.modality_keys: needs at least one key")

@@ -39,14 +39,15 @@ TARGETS = {
 GROUPS = ("all", "open", "yes_no", "yes_no_balanced", "follows_prior", "counter_prior")
 #: The issue's time target for a first run (zoo, data, both evaluations and training), in minutes.
 TIME_TARGET_MINUTES = 15.0
-#: Mixture shares of the training samples (text-only keeps the language path exercised). Open and
-#: yes/no questions get equal shares, and yes/no questions are drawn balanced per answer (and, for
-#: easy-VQA, per polarity), so the wording predicts no answer: trained on easy-VQA's own mix (74 %
-#: yes/no, their answer mostly predicted by a negation word) the model learned the wording and read
-#: no image (docs/demo.md). Image and audio yes/no answers are trained as "describe, then answer".
+#: Mixture shares of the training samples. Open and yes/no questions get equal shares, and yes/no
+#: questions are drawn balanced per answer (and, for easy-VQA, per polarity), so the wording
+#: predicts no answer: trained on easy-VQA's own mix (74 % yes/no, their answer mostly predicted by
+#: a negation word) the model learned the wording and read no image (docs/demo.md). Image and
+#: audio yes/no answers are trained as "describe, then answer". No text-only samples: the recipe's
+#: LoRA is gated by media, so a text-only sample would train nothing (text prompts run the untuned LLM).
 SHARES = {
-    "image:open": 0.25, "image:yes:affirmative": 0.0625, "image:no:affirmative": 0.0625, "image:yes:negated": 0.0625,
-    "image:no:negated": 0.0625, "audio:open": 0.175, "audio:yes": 0.0875, "audio:no": 0.0875, "text:all": 0.15,
+    "image:open": 0.28, "image:yes:affirmative": 0.07, "image:no:affirmative": 0.07, "image:yes:negated": 0.07,
+    "image:no:negated": 0.07, "audio:open": 0.22, "audio:yes": 0.11, "audio:no": 0.11,
 }
 
 

@@ -62,7 +62,9 @@ def _recipe(config: CotuneConfig) -> list[str]:
     model = config.model
     llm = model.llm
     lines = ["## Model", "", "| component | base | training |", "|---|---|---|",
-             f"| LLM | `{llm.name_or_path}` | {llm.trainable}, adapter {llm.adapter.type} |"]
+             f"| LLM | `{llm.name_or_path}` | {llm.trainable}, adapter {llm.adapter.type}"
+             + (" gated by media (text-only prompts run the untuned LLM; a PEFT folder applies it to every prompt)"
+                if llm.adapter.gate == "media" else "") + " |"]
     for name, enc in model.encoders.items():
         lines.append(f"| encoder `{name}` ({enc.type}) | `{enc.name_or_path}` | {enc.trainable}, adapter {enc.adapter.type}; "
                      f"layers {list(enc.layers)}, reduce {enc.reduce} |")

@@ -1,6 +1,7 @@
 """``--format causal-lm``: the text path of any run as a plain ``AutoModelForCausalLM`` directory.
 
-The LLM with what the run trained in it: LoRA merged (PEFT's merge), a fully trained LLM as it is,
+The LLM with what the run trained in it: LoRA merged (PEFT's merge; LoRA gated by media left out,
+since text-only prompts never run it), a fully trained LLM as it is,
 and linear adapters (RepAdapter, MM-Adapters routed by modality) folded with the weights the
 ``text`` modality row selects, so the directory computes what cotune computes for text-only input.
 Encoders and connectors are left out. A fold adds a bias to layers that had none; the family's
@@ -41,7 +42,8 @@ def _text_llm(model) -> nn.Module:
     from cotune.merge.model import merge_lora, merge_model
 
     if model.config.llm.adapter.type in ("none", "lora"):
-        merge_lora(model.llm)
+        # LoRA gated by media never touches a text-only prompt: the text path is the untuned LLM.
+        merge_lora(model.llm, discard=model.config.llm.adapter.gate == "media")
         return model.llm
     if "text" not in model.modality_keys:
         raise ExportError(f"model.routing.modality_keys {model.modality_keys} has no 'text' row: the run has no text-only "

@@ -62,6 +62,9 @@ def refusal(config: CotuneConfig) -> str | None:
         return (f"model.llm.adapter is {model.llm.adapter.type!r}: MM-Adapters route by modality inside the LLM, which a "
                 "LlavaForConditionalGeneration cannot do; serve the run with `cotune serve`, or export the text path "
                 "(--format causal-lm)")
+    if model.llm.adapter.gate == "media":
+        return ("model.llm.adapter.gate is 'media': cotune applies the LLM's LoRA to prompts with media only, and a "
+                "LlavaForConditionalGeneration has one LLM for every prompt; serve the run with `cotune serve`")
     if enc.quantization is not None or model.llm.quantization is not None:
         return "the run's backbones are 4- or 8-bit; LoRA cannot be merged into quantized weights (train in full precision)"
     return None

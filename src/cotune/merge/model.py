@@ -123,17 +123,19 @@ def merged_config(config: CotuneConfig, kept_components: set[str], llm_path: str
     return replace(config, model=replace(model, llm=llm, encoders=encoders))
 
 
-def merge_lora(model: torch.nn.Module) -> list[str]:
+def merge_lora(model: torch.nn.Module, discard: bool = False) -> list[str]:
     """Merges every PEFT LoRA layer into its base layer and puts the base layer in its place.
 
     The merge adds in place (no copy: peak memory stays that of the model, and the weights keep
-    the storage they were loaded into); each merged weight is checked to be finite."""
+    the storage they were loaded into); each merged weight is checked to be finite. ``discard``:
+    put the base layers back without the LoRA update (the text path of a media-gated LoRA)."""
     from peft.tuners.lora import LoraLayer
 
     merged = []
     for path, module in list(model.named_modules()):
         if isinstance(module, LoraLayer):
-            module.merge(safe_merge=False)
+            if not discard:
+                module.merge(safe_merge=False)
             base = module.get_base_layer()
             if not all(torch.isfinite(p).all() for p in base.parameters()):
                 raise MergeError(f"{path}: merging its LoRA weights gave non-finite values (a diverged adapter?)")
@@ -174,6 +176,11 @@ def merge_model(model: CotuneModel, directory: str | Path | None = None, config:
             "the backbones are stored in 4 or 8 bits and adapters cannot be folded into quantized weights; "
             "dequantize first (cotune merge --dequantize, or cotune.load(..., dequantize=True)): the merged "
             "model then holds full-precision backbones"
+        )
+    if model.config.llm.adapter.gate == "media":
+        raise MergeError(
+            "model.llm.adapter.gate is 'media': the LLM's LoRA applies to prompts with media only, and merged into "
+            "the LLM's weights it would apply to text-only prompts too; use the run unmerged"
         )
     config = config or CotuneConfig(model=model.config)
     if config.model != model.config:

@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import nn
 
-from cotune.adapters import ADAPTERS, AdapterHost, RoutingState, find_blocks
+from cotune.adapters import ADAPTERS, AdapterHost, LoraGate, RoutingState, find_blocks
 from cotune.backbones.llm import add_placeholders, load_llm
 from cotune.backbones.loading import meta_device
 from cotune.config.io import ConfigError
@@ -89,7 +89,7 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, devic
     d_llm, n_layers = text_config.hidden_size, text_config.num_hidden_layers
 
     adapter_modules: dict[str, list[nn.Module]] = {}
-    routing_state = None
+    routing_state = lora_gate = None
     llm_adapter = config.llm.adapter
     if llm_adapter.type != "none":
         try:
@@ -100,6 +100,9 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, devic
             routing_state = RoutingState(n_layers)
         host = AdapterHost(llm, [(blocks, str(i)) for i in range(len(blocks))], [d_llm] * len(blocks), router="modality")
         adapter_modules["llm"] = _inject("model.llm", host, llm_adapter, routing_state)
+        if llm_adapter.gate == "media":
+            lora_gate = LoraGate()
+            lora_gate.attach(llm)
 
     encoders, selectors, connectors = {}, {}, {}
     for name, enc_cfg in config.encoders.items():
@@ -123,7 +126,7 @@ def build_model(config: ModelConfig | CotuneConfig, *, meta: bool = False, devic
         placeholder_ids = add_placeholders(tokenizer, {n: c.placeholder for n, c in config.encoders.items()})
     model = CotuneModel(
         as_written, llm, tokenizer, encoders, selectors, connectors, modality_embedding, routing_state,
-        adapter_modules, placeholder_ids,
+        adapter_modules, placeholder_ids, lora_gate,
     )
     apply_trainability(model)
     model.train(False)

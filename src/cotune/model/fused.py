@@ -8,6 +8,7 @@ backbones trained ``full``. Everything else is frozen and stays in eval mode.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cotune.adapters.bottleneck import MMAdapter, RepAdapter
+from cotune.adapters.gate import LoraGate, media_rows
 from cotune.adapters.routing import RoutingState
 from cotune.config.model import ModelConfig
 from cotune.data.templates import IGNORE_INDEX
@@ -60,6 +62,7 @@ class CotuneModel(nn.Module):
         routing_state: RoutingState | None,
         adapter_modules: Mapping[str, Sequence[nn.Module]],
         placeholder_ids: Mapping[str, int] | None,
+        lora_gate: LoraGate | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -72,6 +75,7 @@ class CotuneModel(nn.Module):
         self.routing_state = routing_state
         self.adapter_modules = {k: list(v) for k, v in adapter_modules.items()}
         self.placeholder_ids = dict(placeholder_ids or {})
+        self.lora_gate = lora_gate
         self.modality_keys = config.resolved_modality_keys()
         self._code_to_row = self._modality_lookup()
 
@@ -129,6 +133,8 @@ class CotuneModel(nn.Module):
         llm_kwargs = {"use_reentrant": False}
         if self.routing_state is not None:
             llm_kwargs["context_fn"] = self.routing_state.checkpoint_contexts
+        elif self.lora_gate is not None:
+            llm_kwargs["context_fn"] = self.lora_gate.checkpoint_contexts
         self.llm.activation_checkpointing_enable(llm_kwargs)
         for encoder in self.encoders.values():
             trainable = any(p.requires_grad for p in encoder.parameters())
@@ -252,6 +258,15 @@ class CotuneModel(nn.Module):
             embeds = splice_features(embeds, input_ids, token_id, features.get(name), name, sample_ids)
         return embeds
 
+    def gated(self, input_ids: torch.Tensor, repeats: int = 1) -> contextlib.AbstractContextManager:
+        """The LLM's media gate for prompts ``input_ids`` [B, S] (each row repeated ``repeats`` times,
+        as generation repeats rows per beam): LoRA updates on rows with media only. A no-op
+        without a gated LoRA."""
+        if self.lora_gate is None:
+            return contextlib.nullcontext()
+        gate = media_rows(input_ids, list(self.placeholder_ids.values()))
+        return self.lora_gate.applying(gate.repeat_interleave(repeats) if repeats > 1 else gate)
+
     def compute_routing(self, modality_index: torch.Tensor) -> torch.Tensor:
         """Routing weights [L, B, E] from the modality rows run alone through the LLM (separate mode)."""
         per_sample = self.config.routing.rows == "per_sample"
@@ -303,7 +318,8 @@ class CotuneModel(nn.Module):
         if positions is not None:
             llm_kwargs["logits_to_keep"] = positions
         if self.routing_state is None:
-            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
+            with self.gated(input_ids):
+                out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
             logits = out.logits
         else:
             modality_index = self.modality_index(input_ids)

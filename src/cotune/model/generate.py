@@ -56,12 +56,13 @@ def generate(
         model.eval()
     try:
         embeds = model.embed(input_ids, media, features=features)
-        context = contextlib.nullcontext()
+        # generate repeats every row per beam / returned sequence
+        beams = int(generate_kwargs.get("num_beams", 1)) * int(generate_kwargs.get("num_return_sequences", 1))
+        context = model.gated(input_ids, beams)
         if model.routing_state is not None:
             if routing is None:
                 routing = model.compute_routing(model.modality_index(input_ids))  # [L, B, E]
-            beams = int(generate_kwargs.get("num_beams", 1)) * int(generate_kwargs.get("num_return_sequences", 1))
-            if beams > 1:  # generate repeats every row per beam / returned sequence
+            if beams > 1:
                 routing = routing.repeat_interleave(beams, dim=1)
             context = model.routing_state.applying(routing)
         tokenizer = model.tokenizer
