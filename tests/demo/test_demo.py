@@ -92,6 +92,10 @@ def test_demo_writes_metrics_run_and_report(demo_run):
         assert metrics[f"{key}_shuffle_drop"] == round(group["own"] - group["shuffled"], 2)
         yes_no = [r for r in own if r["references"][0] in ("yes", "no")]
         assert metrics["grounding"][key]["yes_no"]["count"] == len(yes_no)
+    # The LoRA is gated by media: text questions are answered by the untuned LLM, word for word.
+    before, after = ([json.loads(line)["prediction"] for line in (out / phase / "text" / "predictions.jsonl").read_text().splitlines()]
+                     for phase in ("eval-before", "eval-after"))
+    assert before == after and metrics["text_accuracy"] == metrics["text_accuracy_base"]
     assert metrics["image_counter_prior_accuracy"] == metrics["grounding"]["image"].get("counter_prior", {}).get("own")
     assert sorted(metrics["targets"]) == sorted(
         ["image_accuracy", "image_counter_prior_accuracy", "audio_accuracy", "audio_yes_no_accuracy", "text_retention",
@@ -113,11 +117,12 @@ def test_demo_run_is_an_ordinary_run_directory(demo_run):
     # Training moved the adapters away from their zero initialisation.
     ups = [v for k, v in model.trainable_state_dict().items() if k.endswith("up.weight")]
     assert ups and any(float(v.abs().max()) > 0 for v in ups)
-    # The mixture held all three kinds of data: per set its open questions and its yes/no questions
-    # by answer (and, for easy-VQA, polarity) as separate entries; the entries that found samples
-    # partition each set (the data report counts the rest of the set as filtered).
+    # The mixture held image and audio data, per set its open questions and its yes/no questions by
+    # answer (and, for easy-VQA, polarity) as separate entries; the entries that found samples
+    # partition each set (the data report counts the rest of the set as filtered). No text-only
+    # samples: the LoRA is gated by media, they would train nothing.
     report = json.loads((run / "data_report.json").read_text())["datasets"]
-    assert "textqa:train" in report
+    assert not any(name.startswith("textqa") for name in report)
     for name in ("easyvqa", "audioqa"):
         entries = {k: v for k, v in report.items() if k.startswith(f"{name}:")}
         assert f"{name}:open" in entries and any(k.startswith((f"{name}:yes", f"{name}:no")) for k in entries)
