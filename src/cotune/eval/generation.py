@@ -1,6 +1,8 @@
 """The generation loop under ``cotune eval``, ``cotune predict`` and the lmms-eval model: prompts
 rendered exactly as in training, media through the run's preprocessors, left-padded batches
-generated greedily, each row stopping at the template's end of answer and decoded up to it.
+generated greedily, each row stopping at the template's end of answer and decoded up to it. Plain
+greedy batches run :func:`~cotune.model.greedy.greedy_generate`, which drops a row from the batch
+when it ends; other settings (sampling, beams) run transformers' ``generate``.
 
 Samples that cannot be used (a prompt too long, media that does not decode, a media kind the model
 has no encoder for) are counted in the caller's report, never raised mid-run. Nothing here has
@@ -21,7 +23,8 @@ from cotune.data.schema import Sample, SkipSample
 from cotune.data.spec import DataSpec
 from cotune.data.templates import IGNORE_INDEX, encode_prompt
 from cotune.data.turn_end import stop_ids
-from cotune.model.generate import generate, left_pad
+from cotune.model.generate import left_pad
+from cotune.model.greedy import generate_rows
 
 
 class Prediction(NamedTuple):
@@ -56,7 +59,9 @@ def predict_samples(
     system prompt; media go through ``spec``'s preprocessors (in ``num_workers`` loader workers).
     Batches are left-padded [B, T] and decoded greedily unless ``generate_kwargs`` say otherwise;
     a row stops at the template's end of answer (:func:`~cotune.data.turn_end.stop_ids`: EOS, and
-    the chat template's end-of-turn token), and the batch when every row has.
+    the chat template's end-of-turn token) and leaves the batch there
+    (:func:`~cotune.model.greedy.generate_rows` decides: plain greedy settings drop finished rows,
+    others go to transformers' ``generate``, where a finished row waits for the batch's longest).
     Samples that cannot be used are counted in ``report`` (a generator: counts are complete once
     it is exhausted). ``progress`` is called with the number of samples each batch finished
     (skipped ones included; :class:`~cotune.eval.progress.GenerationProgress`'s ``advance``).
@@ -98,7 +103,7 @@ def predict_samples(
             for name, tensors in item["media"].items():
                 media.setdefault(name, []).extend(tensors)
         stacked = {name: torch.stack(tensors) for name, tensors in media.items()}
-        rows = generate(model, ids, mask, media=stacked, **settings)
+        rows = generate_rows(model, ids, mask, media=stacked, **settings)
         if progress is not None:
             progress(len(items))
         for (index, _), row in zip(usable, rows):
