@@ -1,29 +1,38 @@
 """Where evaluation's generation time goes: stopping at the end of an answer, and rows that wait.
 
-transformers' ``generate`` ends a batch when every row has produced a stop token; a row that ends
-early keeps being decoded (and padded) until the batch's longest row ends. Two questions:
+Evaluation's batches are greedy. transformers' ``generate`` ends a batch when every row has produced
+a stop token; a row that ends early keeps being decoded (and padded) until the batch's longest row
+ends. :func:`cotune.model.greedy.greedy_generate`, which ``cotune eval`` now runs for plain greedy
+batches, drops a row from the batch (KV cache, mask, routing) at its stop token. Timed side by side
+on the same samples, through the same ``predict_samples`` (media decoding included):
 
-1. **End of answer** (the change of issue 19): a run with the ``chat`` template ends its answers in
-   the template's end-of-turn token, which for a base LLM's tokenizer is not its EOS. Before, rows
-   stopped only at EOS and ran to ``--max-new-tokens``; now they stop at the end-of-turn token too.
-   Timed side by side on the same samples: ``eos only`` (before) vs ``end of answer`` (now).
-2. **Rows that wait**: from the answers' lengths, the share of decode steps spent on rows that had
-   already ended (``waste``: 1 - sum of row lengths / (batch rows x longest row), per batch). That
-   is the most per-row stopping inside a batch (dropping finished rows from the KV cache, which
-   transformers' ``generate`` does not do) could save; batched decode costs less than linearly in
-   rows, so the saving in time is smaller than the share.
+* ``generate, EOS only`` (before issue 19; only where the template's end of answer is not EOS): a
+  ``chat`` run's answers end in the template's end-of-turn token, which for a base LLM's tokenizer
+  is not its EOS, so rows stopping at EOS alone ran to ``--max-new-tokens``.
+* ``generate, end of answer``: rows stop at EOS or end of turn, ended rows wait for the longest
+  (the path before row dropping; forced here with an empty ``logits_processor`` list, which sends
+  a batch to ``generate`` and changes no token).
+* ``rows dropped, end of answer`` (now).
+
+After one untimed batch of each path, per path: seconds (fastest of the interleaved rounds), the LLM's decoding row-steps (rows of every
+cached call after a batch's prefill, counted by a forward hook on the LLM) and ``waste``, the share
+of decode steps on rows that had already ended as estimated from the answers' lengths
+(1 - sum of row lengths / (batch rows x longest row), per batch). Then the time ratio of the two
+``end of answer`` paths per round, and whether their predictions agree.
 
 Default: a tiny random LLaMA whose tokenizer has a ChatML template and an EOS (``</s>``) that is
-not ``<|im_end|>``, answering 64 short text questions (a smoke test of the script: a random
-model's answers say nothing about real lengths). With ``--run DIR --dataset
-NAME:PATH`` it measures a real run (e.g. ``--run demo/run --dataset easyvqa --limit 64``; the
-demo's SmolLM2-Instruct has EOS = ``<|im_end|>``, so there only the waste is of interest). Time on
-an idle machine: on a shared one the two timings are not comparable.
+not ``<|im_end|>``, answering 64 short text questions (a smoke test of the script: a random model's
+answers say nothing about real lengths, and run to ``--max-new-tokens``). With ``--run DIR
+--dataset NAME:PATH`` a real run is measured after it, e.g. the demo's (``--run demo/run --dataset
+easyvqa --limit 128 --batch-size 32 --max-new-tokens 6``; several ``--dataset`` take as many
+``--max-new-tokens``). Timings use ``--threads`` torch threads (default 1) and the rounds
+interleave the paths, so on a shared machine both see the same load; the report says how much CPU
+other processes used meanwhile.
 
     python -m benchmarks.eval_stopping --quick                    # tiny model, 16 samples, prints only
-    python -m benchmarks.eval_stopping --run RUN --dataset NAME:PATH [--limit 64] [--batch-size 8] [--max-new-tokens 64] [--rounds 3]
+    python -m benchmarks.eval_stopping [--run RUN --dataset NAME:PATH ... --max-new-tokens N ...] [--limit 128] [--batch-size 32] [--rounds 3]
 
-Results: ``benchmarks/results/eval_stopping-<device>.md`` (not with ``--quick``).
+Results: ``benchmarks/results/eval_stopping-cpu.{md,json}`` (not with ``--quick``).
 """
 
 from __future__ import annotations
@@ -31,13 +40,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessorList
 
-from benchmarks.throughput_report import Contention, machine
+from benchmarks.throughput_report import Contention, machine, save_results
 from cotune.config import load_config
 from cotune.data.turn_end import stop_ids
 from cotune.eval.generation import predict_samples
@@ -46,8 +57,6 @@ from cotune.model import build_model, save_model
 from cotune.model.data_spec import data_spec_from_model
 from cotune.rundir import RunDir
 from cotune.testing import tiny
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_chat_run(work: Path) -> tuple[Path, str]:
@@ -68,11 +77,27 @@ def tiny_chat_run(work: Path) -> tuple[Path, str]:
     return run, f"textqa:{work / 'qa.json'}"
 
 
-def timed(model, spec, samples, batch_size: int, max_new_tokens: int, eos: list[int] | None) -> tuple[float, list[str]]:
-    extra = {} if eos is None else {"eos_token_id": eos}
-    start = time.perf_counter()
-    texts = [p.text for p in predict_samples(model, spec, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, **extra)]
-    return time.perf_counter() - start, texts
+class RowSteps:
+    """Rows of the LLM's cached decoding calls (a forward hook; a batch's prefill is not counted)."""
+
+    def __init__(self, llm) -> None:
+        self.rows = 0
+        self.handle = llm.register_forward_hook(self._count, with_kwargs=True)
+
+    def _count(self, _module, _args, kwargs, output) -> None:
+        if kwargs.get("use_cache") and kwargs.get("inputs_embeds") is None:
+            self.rows += output.logits.shape[0]
+
+
+def timed(model, spec, samples, batch_size: int, max_new_tokens: int, settings: dict) -> tuple[float, list[str], int]:
+    """(seconds, predictions, decoding row-steps) of one pass of ``predict_samples``."""
+    counter = RowSteps(model.llm)
+    try:
+        start = time.perf_counter()
+        texts = [p.text for p in predict_samples(model, spec, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, **settings)]
+        return time.perf_counter() - start, texts, counter.rows
+    finally:
+        counter.handle.remove()
 
 
 def waste(tokenizer, texts: list[str], batch_size: int, max_new_tokens: int) -> float:
@@ -85,46 +110,90 @@ def waste(tokenizer, texts: list[str], batch_size: int, max_new_tokens: int) -> 
     return 1 - used / total if total else 0.0
 
 
+def measure(run: Path, dataset: str, args, max_new_tokens: int) -> dict:
+    """Every path over the same samples, interleaved ``args.rounds`` times."""
+    model, config = RunDir(run).load()
+    spec = data_spec_from_model(model, config.data)
+    samples = load_eval_set(config, dataset, "test", args.limit).samples
+    stops, eos = list(stop_ids(spec.tokenizer, spec.template)), [spec.tokenizer.eos_token_id]
+    waiting = {"logits_processor": LogitsProcessorList()}  # any non-plain setting: transformers' generate
+    paths = {}
+    if stops != eos:
+        paths["generate, EOS only (before issue 19)"] = {"eos_token_id": eos, **waiting}
+    paths["generate, end of answer (rows wait)"] = {"eos_token_id": stops, **waiting}
+    paths["rows dropped, end of answer (now)"] = {"eos_token_id": stops}
+    seconds = {name: [] for name in paths}
+    texts, steps = {}, {}
+    for settings in paths.values():  # warm-up, untimed: one batch of each path
+        timed(model, spec, samples[:args.batch_size], args.batch_size, max_new_tokens, settings)
+    contention = Contention()
+    for _ in range(args.rounds):
+        for name, settings in paths.items():
+            took, texts[name], steps[name] = timed(model, spec, samples, args.batch_size, max_new_tokens, settings)
+            seconds[name].append(took)
+    others = contention.others()
+    before, now = "generate, end of answer (rows wait)", "rows dropped, end of answer (now)"
+    return {
+        "run": str(run), "dataset": dataset, "samples": len(samples), "batch_size": args.batch_size,
+        "max_new_tokens": max_new_tokens, "template": spec.template, "stops": stops, "eos": eos[0], "rounds": args.rounds,
+        "paths": {name: {"seconds": seconds[name], "fastest": min(seconds[name]), "decode_row_steps": steps[name],
+                         "waste": waste(spec.tokenizer, texts[name], args.batch_size, max_new_tokens)} for name in paths},
+        "ratios": [b / a for a, b in zip(seconds[before], seconds[now])],
+        "differing_predictions": sum(a != b for a, b in zip(texts[before], texts[now])),
+        "others_cpu_seconds": others[0], "others_share": others[1],
+    }
+
+
+def section(r: dict) -> list[str]:
+    lines = [f"## `{r['dataset']}`", "",
+             f"run `{r['run']}`, {r['samples']} samples, batch {r['batch_size']}, max_new_tokens {r['max_new_tokens']}, "
+             f"template `{r['template']}`, stops {r['stops']} (EOS {r['eos']}), {r['rounds']} interleaved round(s)", "",
+             "| path | fastest s | samples/s | rounds (s) | decoding row-steps | waste (decode steps on ended rows) |",
+             "|---|---:|---:|---|---:|---:|"]
+    for name, p in r["paths"].items():
+        lines.append(f"| {name} | {p['fastest']:.2f} | {r['samples'] / p['fastest']:.2f} | "
+                     f"{', '.join(f'{s:.2f}' for s in p['seconds'])} | {p['decode_row_steps']} | {100 * p['waste']:.0f}% |")
+    ratios = r["ratios"]
+    lines += ["", f"rows dropped / rows wait, time per round: {', '.join(f'{x:.3f}' for x in ratios)} "
+              f"(median {statistics.median(ratios):.3f}); predictions that differ between the two: {r['differing_predictions']} "
+              f"of {r['samples']}; other processes used {r['others_cpu_seconds']:.1f} CPU-s "
+              f"({r['others_share']:.0%} of the machine) meanwhile", ""]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run"), parser.add_argument("--dataset")
+    parser.add_argument("--run"), parser.add_argument("--dataset", action="append", default=[])
     parser.add_argument("--limit", type=int, default=64), parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=64), parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, nargs="+", default=[64]), parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1), parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    if bool(args.run) != bool(args.dataset):
+        parser.error("--run and --dataset go together")
+    if args.dataset and len(args.max_new_tokens) not in (1, len(args.dataset)):
+        parser.error("--max-new-tokens: one value, or one per --dataset")
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.limit, args.rounds, args.max_new_tokens = 16, 1, 16
+        args.rounds = 1
+    results = []
     with tempfile.TemporaryDirectory() as work:
-        run, dataset = (Path(args.run), args.dataset) if args.run else tiny_chat_run(Path(work))
-        model, config = RunDir(run).load()
-        spec = data_spec_from_model(model, config.data)
-        samples = load_eval_set(config, dataset, "test", args.limit).samples
-        stops, eos = list(stop_ids(spec.tokenizer, spec.template)), [spec.tokenizer.eos_token_id]
-        contention = Contention()
-        rows = {"eos only (before)": eos, "end of answer (now)": stops}
-        best = {name: float("inf") for name in rows}
-        texts = {}
-        for _ in range(args.rounds):  # interleaved rounds; the fastest of each is reported
-            for name, ids in rows.items():
-                seconds, texts[name] = timed(model, spec, samples, args.batch_size, args.max_new_tokens, ids)
-                best[name] = min(best[name], seconds)
-        report = [f"# eval_stopping ({'quick' if args.quick else 'full'})", "",
-                  f"run `{run}`, {len(samples)} samples of `{dataset}`, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
-                  f"template `{spec.template}`, stops {stops} (EOS {eos[0]}), {args.rounds} round(s), fastest shown", "",
-                  "| stopping | seconds | samples/s | waste (decode steps on ended rows) |", "|---|---|---|---|"]
-        for name in rows:
-            report.append(f"| {name} | {best[name]:.2f} | {len(samples) / best[name]:.2f} | "
-                          f"{100 * waste(spec.tokenizer, texts[name], args.batch_size, args.max_new_tokens):.0f}% |")
-        others = contention.others()
-        report += ["", f"other processes while measuring: {others[0]:.1f} CPU-s ({others[1]:.0%} of the machine): "
-                   "above a few percent, compare only rows of one round", "",
-                   "| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in machine("cpu").items()]
-        print("\n".join(report))
-        if not args.quick:
-            out = ROOT / "benchmarks" / "results" / "eval_stopping-cpu.md"
-            out.write_text("\n".join(report) + "\n")
-            print(f"written: {out}")
+        run, dataset = tiny_chat_run(Path(work))
+        tiny_args = argparse.Namespace(**{**vars(args), "limit": 16 if args.quick else 64, "batch_size": 8})
+        results.append(measure(run, dataset, tiny_args, 16 if args.quick else 64))
+        tokens = args.max_new_tokens * len(args.dataset) if len(args.max_new_tokens) == 1 else args.max_new_tokens
+        for dataset, max_new_tokens in zip(args.dataset, tokens):
+            results.append(measure(Path(args.run), dataset, args, max_new_tokens))
+    info = machine("cpu")
+    report = [f"# eval_stopping ({'quick' if args.quick else 'full'})", "",
+              f"Torch threads: {args.threads}. The first section is the tiny random chat model (a smoke test: its answers run "
+              "to max_new_tokens, so it shows the loops' own overhead); later ones a real run.", ""]
+    for r in results:
+        report += section(r)
+    report += ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in info.items()]
+    text = "\n".join(report) + "\n"
+    print(text)
+    if not args.quick:
+        print(f"written: {save_results('eval_stopping-cpu', text, {'results': results, 'machine': info, 'threads': args.threads})}")
 
 
 if __name__ == "__main__":
