@@ -33,7 +33,7 @@ min idle; prints, writes nothing under benchmarks/results (its files go to ``--w
 machine everything is slower and the seconds are noisy: the report records the load and other
 processes' share of the CPU.
 
-Writes ``results/balance_zoo-cpu.{json,md}``, ``results/balance_zoo/<recipe>-convergence.png``
+Writes ``results/balance_zoo-cpu.{json,md}`` (``-seeds`` with several seeds, ``-<recipe>`` for one recipe), ``results/balance_zoo/<recipe>-convergence.png``
 and the ``cotune report`` figures (loss, kappa, lr multipliers, grad norms, KL) in
 ``results/balance_zoo/<recipe>/``. Needs the zoo (``COTUNE_CACHE``; fetched when missing).
 
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "balance_zoo" if plan.rule == "reference" else f"balance_zoo-{plan.rule}"  # the recorded results stay
     if len(args.seeds) > 1:
         name += "-seeds"
+    if set(args.recipes) != set(RECIPES):  # one recipe per process can run beside the other
+        name += "-" + "-".join(args.recipes)
     per_seed = {}
     for seed in args.seeds:
         seeded = dataclasses.replace(plan, seed=seed)

@@ -264,8 +264,12 @@ class CotuneModel(nn.Module):
         without a gated LoRA."""
         if self.lora_gate is None:
             return contextlib.nullcontext()
-        gate = media_rows(input_ids, list(self.placeholder_ids.values()))
+        gate = self.media_gate(input_ids)
         return self.lora_gate.applying(gate.repeat_interleave(repeats) if repeats > 1 else gate)
+
+    def media_gate(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LoRA media gate of prompts ``input_ids`` [B, S]: [B], 1.0 on rows with media."""
+        return media_rows(input_ids, list(self.placeholder_ids.values()))
 
     def compute_routing(self, modality_index: torch.Tensor) -> torch.Tensor:
         """Routing weights [L, B, E] from the modality rows run alone through the LLM (separate mode)."""

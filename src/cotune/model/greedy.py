@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from cotune.adapters.gate import media_rows
 from cotune.model.generate import generate
 
 #: Settings this loop takes (the sampling ones only where they leave decoding greedy: ``do_sample``
@@ -101,7 +100,7 @@ def row_state(model, input_ids: torch.Tensor, routing: torch.Tensor | None = Non
             routing = model.compute_routing(model.modality_index(input_ids))
         state.add(routing, 1, model.routing_state.applying)
     if model.lora_gate is not None:
-        state.add(media_rows(input_ids, list(model.placeholder_ids.values())), 0, model.lora_gate.applying)
+        state.add(model.media_gate(input_ids), 0, model.lora_gate.applying)
     return state
 
 
