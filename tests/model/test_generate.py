@@ -84,3 +84,19 @@ def test_given_routing_is_used_instead_of_computed(tiny_root):
     other = torch.rand(torch.cat(rows, 1).shape, generator=torch.Generator().manual_seed(0)) * 50
     changed = generate(model, ids, mask, media={"image": pixels}, max_new_tokens=5, eos_token_id=None, routing=other)
     assert changed.tolist() != computed.tolist()  # the given weights are the ones applied
+
+
+def test_inline_routing_is_refused_by_every_generation_path_naming_the_key(tiny_root):
+    """Inline routing's modality row sits in the sequence and cannot be cached: generate, the
+    row-dropping greedy loop and evaluation all refuse it with the same ConfigError."""
+    import pytest
+
+    from cotune.config import ConfigError
+    from cotune.model.greedy import greedy_generate
+
+    model = tiny.build(tiny_root, "llama", {"image": IMAGE}, trainable="adapter", adapter={"type": "mm_adapter"},
+                       overrides=["model.routing.mode=inline", "model.routing.rows=per_sample"])
+    ids, mask = left_pad([tiny.encode(model, "the answer is")[0].tolist()], 0)
+    for run in (generate, greedy_generate):
+        with pytest.raises(ConfigError, match="model.routing.mode: 'inline' routing cannot generate"):
+            run(model, ids, mask, max_new_tokens=2)

@@ -60,14 +60,13 @@ def load_for_inference(args: argparse.Namespace, config=None):
     """(model, config) of ``args.run_dir`` on ``args.device``."""
     import torch
 
-    from cotune.eval.runner import check_generation
     from cotune.rundir import RunDir
 
     config = config or RunDir(args.run_dir).config()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log.info("loading %s on %s", args.run_dir, device)
     model = RunDir(args.run_dir).load(torch.device(device))[0]
-    check_generation(model)
+    model.check_generation()
     return model, config
 
 

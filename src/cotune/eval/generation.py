@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import torch
 
-from cotune.config import ConfigError
 from cotune.data.dataset import PreparedDataset
 from cotune.data.report import DatasetReport
 from cotune.data.schema import Sample, SkipSample
@@ -33,11 +32,6 @@ class Prediction(NamedTuple):
     sample: Sample
     prompt_ids: list[int]
     text: str
-
-
-def check_generation(model) -> None:
-    if model.config.routing.mode == "inline" and model.routing_state is not None:
-        raise ConfigError("model.routing.mode: 'inline' routing cannot generate (its modality row cannot be cached); train with 'separate'")
 
 
 def decode(tokenizer, row: torch.Tensor, stops: Sequence[int] | None = None) -> str:
@@ -66,7 +60,7 @@ def predict_samples(
     it is exhausted). ``progress`` is called with the number of samples each batch finished
     (skipped ones included; :class:`~cotune.eval.progress.GenerationProgress`'s ``advance``).
     """
-    check_generation(model)
+    model.check_generation()
     report = report if report is not None else DatasetReport("predict")
     slots, kept, prompts = spec.slots(), [], []
     total = 0

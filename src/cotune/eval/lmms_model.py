@@ -45,7 +45,7 @@ from cotune.data.dataset import PreparedDataset
 from cotune.data.report import DatasetReport
 from cotune.data.schema import Message, Sample, SkipSample
 from cotune.data.templates import IGNORE_INDEX, encode_prompt
-from cotune.eval.generation import check_generation, predict_samples
+from cotune.eval.generation import predict_samples
 from cotune.model.data_spec import data_spec_from_model
 from cotune.rundir import RunDir
 
@@ -67,7 +67,7 @@ class CotuneLMM(lmms):
         run_dir = RunDir(run)
         self.config = run_dir.config()
         self.model = run_dir.load(torch.device(device))[0]
-        check_generation(self.model)
+        self.model.check_generation()
         self.spec = data_spec_from_model(self.model, self.config.data)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" is not supported: the default
         self.max_new_tokens, self.num_workers = int(max_new_tokens), int(num_workers)

@@ -29,7 +29,7 @@ from cotune.data.schema import Sample
 from cotune.eval.ablation import ablate as ablate_samples
 from cotune.eval.ablation import check_ablations
 from cotune.eval.breakdown import breakdown, reliance
-from cotune.eval.generation import Prediction, check_generation, decode, predict_samples  # noqa: F401 - re-exported
+from cotune.eval.generation import Prediction, decode, predict_samples  # noqa: F401 - re-exported
 from cotune.eval.metrics import ScoreError
 from cotune.eval.mme_results import write_results as write_mme_results
 from cotune.eval.progress import GenerationProgress

@@ -20,6 +20,7 @@ from torch import nn
 from cotune.adapters.bottleneck import MMAdapter, RepAdapter
 from cotune.adapters.gate import LoraGate, media_rows
 from cotune.adapters.routing import RoutingState
+from cotune.config.io import ConfigError
 from cotune.config.model import ModelConfig
 from cotune.data.templates import IGNORE_INDEX
 from cotune.model.splice import SpliceError, inline_attention_mask, modality_codes, splice_features
@@ -266,6 +267,12 @@ class CotuneModel(nn.Module):
             return contextlib.nullcontext()
         gate = self.media_gate(input_ids)
         return self.lora_gate.applying(gate.repeat_interleave(repeats) if repeats > 1 else gate)
+
+    def check_generation(self) -> None:
+        """ConfigError unless the model can generate: inline routing's modality row cannot be cached."""
+        if self.config.routing.mode == "inline" and self.routing_state is not None:
+            raise ConfigError("model.routing.mode: 'inline' routing cannot generate (its modality row cannot be cached); "
+                              "train with 'separate'")
 
     def media_gate(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The LoRA media gate of prompts ``input_ids`` [B, S]: [B], 1.0 on rows with media."""

@@ -9,7 +9,6 @@ stop strings, and the KV cache all come from transformers.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -46,8 +45,7 @@ def generate(
     weights [L, B, E] when the caller already has them (in eval mode they depend only on each row's
     modality row, so a server computes them once per modality); computed from the prompts if None.
     """
-    if model.config.routing.mode == "inline" and model.routing_state is not None:
-        raise ValueError("generation needs routing.mode 'separate' (the inline modality row cannot be cached)")
+    model.check_generation()
     device = model.llm.get_input_embeddings().weight.device
     input_ids = input_ids.to(device)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)

@@ -141,8 +141,7 @@ def greedy_generate(
     if not plain_greedy(model.llm, settings):
         raise ValueError(f"greedy_generate decodes greedily with a cache; {settings} (or the LLM's generation config) "
                          "ask for more: use generate() or generate_rows()")
-    if model.config.routing.mode == "inline" and model.routing_state is not None:
-        raise ValueError("generation needs routing.mode 'separate' (the inline modality row cannot be cached)")
+    model.check_generation()
     stops, pad = _stops_and_pad(model, eos_token_id, pad_token_id)
     llm = model.llm
     device = llm.get_input_embeddings().weight.device

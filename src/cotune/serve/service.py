@@ -62,7 +62,6 @@ def load_service(run_dir: str | Path, config: ServeConfig | None = None, *, merg
     FileNotFoundError naming what is wrong when it cannot be served."""
     import torch
 
-    from cotune.eval.runner import check_generation
     from cotune.merge.model import merge_model
     from cotune.model.data_spec import data_spec_from_model
     from cotune.rundir import RunDir
@@ -73,7 +72,7 @@ def load_service(run_dir: str | Path, config: ServeConfig | None = None, *, merg
     run = RunDir(run_dir)
     run_config = run.config()  # what is missing is said before any weight loads
     model = run.load(device)[0]
-    check_generation(model)
+    model.check_generation()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     already = bool(getattr(model, "is_merged", False))
     if merged and not already:
