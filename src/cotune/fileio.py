@@ -6,8 +6,9 @@ A reader (or a crash) sees either the old file or the complete new one, never a 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -41,3 +42,22 @@ def cache_root(cache: str | Path | None = None) -> Path:
         return Path(os.environ["COTUNE_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg) / "cotune"
+
+
+@contextlib.contextmanager
+def using_cache_root(cache: str | Path | None) -> Iterator[None]:
+    """``cache`` as the cache root of everything run inside the block (``$COTUNE_CACHE``, restored
+    after): a command that fetches into ``--cache DIR`` and then trains and loads the run resolves
+    the zoo's hub ids there too. None changes nothing."""
+    if cache is None:
+        yield
+        return
+    saved = os.environ.get("COTUNE_CACHE")
+    os.environ["COTUNE_CACHE"] = str(Path(cache).expanduser().resolve())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("COTUNE_CACHE", None)
+        else:
+            os.environ["COTUNE_CACHE"] = saved

@@ -96,6 +96,25 @@ def test_cache_root_precedence(tmp_path, monkeypatch):
     assert cache_root() == tmp_path / "xdg" / "cotune"
 
 
+def test_a_cache_given_once_is_where_every_later_step_reads_the_zoo(tmp_path, monkeypatch):
+    """`cotune demo --cache DIR` fetches into DIR; building, training and loading the run resolve
+    the hub id through the cache root too, inside the block and nowhere after it."""
+    from cotune.fileio import using_cache_root
+
+    name = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    monkeypatch.setenv("COTUNE_CACHE", str(tmp_path / "default"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached from the hub
+    copy = tmp_path / "given" / "zoo" / name.replace("/", "--")
+    copy.mkdir(parents=True)
+    (copy / "zoo.json").write_text("{}")
+    (copy / "config.json").write_text("{}")
+    with using_cache_root(tmp_path / "given"):
+        assert resolve_path(name, None, key="model.llm.name_or_path", probe=lambda: False) == str(copy)
+    assert cache_root() == tmp_path / "default"
+    with using_cache_root(None):
+        assert cache_root() == tmp_path / "default"
+
+
 def test_registry_names_and_aliases(tmp_path):
     assert {"HuggingFaceTB/SmolLM2-135M-Instruct", "openai/whisper-tiny.en", "torchvision/mobilenet_v2", "easy-vqa"} <= set(ZOO)
     with pytest.raises(ZooError, match="not in the zoo cache .*cotune zoo fetch easy-vqa"):

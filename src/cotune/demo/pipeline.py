@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from cotune.config import ConfigError, CotuneConfig, load_config
-from cotune.fileio import atomic_write_text
+from cotune.fileio import atomic_write_text, using_cache_root
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +208,16 @@ def evaluate_all(
 def run_demo(out: str | Path, plan: DemoPlan | None = None, *, cache=None, easyvqa: Path | None = None, overrides=()) -> DemoResult:
     """Runs the demo into ``out`` (module docstring) and returns its metrics and example answers.
 
-    ``easyvqa``: an easy-VQA data folder to use instead of the zoo's; ``overrides``: ``KEY=VALUE``
-    config overrides (e.g. local backbone paths), applied after the demo's own settings.
+    ``cache``: the zoo's cache root, for the fetch and for every later step that reads the zoo
+    (building, training and loading the run resolve hub ids through it); ``easyvqa``: an easy-VQA
+    data folder to use instead of the zoo's; ``overrides``: ``KEY=VALUE`` config overrides (e.g.
+    local backbone paths), applied after the demo's own settings.
     """
+    with using_cache_root(cache):
+        return _run_demo(out, plan, cache, easyvqa, overrides)
+
+
+def _run_demo(out, plan, cache, easyvqa, overrides) -> DemoResult:
     from cotune.model import build_model
     from cotune.model.build import check_component_names
     from cotune.report import make_report
