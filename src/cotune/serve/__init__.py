@@ -10,7 +10,8 @@
 
 Files: ``config.py`` (limits), ``schema.py`` (request checking), ``prepare.py`` (prompt and media),
 ``engine.py`` (the model worker; streamed text and stop strings come from
-:mod:`cotune.model.stream`, shared with ``cotune chat``), ``service.py``
+:mod:`cotune.model.stream`, shared with ``cotune chat``), ``rows.py`` (a request's job, answer and
+row in a batch, with its own sampler), ``service.py``
 (loading), ``app.py`` (HTTP routes, needs FastAPI), ``server.py`` (uvicorn), ``static/index.html``
 (the chat page). FastAPI and uvicorn (the ``serve`` extra) are imported only by ``app.py`` and
 ``server.py``.

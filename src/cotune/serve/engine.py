@@ -41,22 +41,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from cotune.model.generate import generate, left_pad
-from cotune.model.stream import AnswerStream
 from cotune.serve.prepare import GenerationRequest
+from cotune.serve.rows import Answer, Job, Row, RowSampler, Sink, send
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[tuple[str, object]], None]
 #: The error every request the server cannot answer any more gets when it stops.
 SHUTTING_DOWN = "the server is shutting down"
 
@@ -103,97 +100,12 @@ def position_limit(llm) -> int | None:
 MAX_GATHER_SECONDS = 0.5
 
 
-@dataclass
-class Answer:
-    """A finished generation: the answer text, token counts and why it ended ("stop" for EOS or a
-    stop string, "length" at max_tokens)."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-
-
-class Job:
-    """One submitted request: queued, then running, then done; or cancelled before or while running."""
-
-    def __init__(self, request: GenerationRequest, sink: Sink) -> None:
-        self.request, self.sink = request, sink
-        self.submitted = time.monotonic()
-        self.started: float | None = None
-        self._lock = threading.Lock()
-        self._cancelled = False
-
-    def cancel(self) -> None:
-        """Skips the job if it has not started; stops it at its next token otherwise."""
-        with self._lock:
-            self._cancelled = True
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def _start(self) -> bool:
-        with self._lock:
-            if self._cancelled:
-                return False
-            self.started = time.monotonic()
-            return True
-
-
-class _Row:
-    """One job inside a batch: its answer stream, tokens so far, sampling generator, state."""
-
-    def __init__(self, job: Job, tokenizer, device: torch.device, stop_ids: Sequence[int] | None = None) -> None:
-        self.job, self.request = job, job.request
-        self.stream = AnswerStream(tokenizer, self.request.stop, lambda piece: _send(job, ("text", piece)), stop_ids)
-        self.stream.put(torch.empty(1, 0, dtype=torch.long))  # the (empty) prompt, as generate would push it
-        self.count = 0
-        self.done = False
-        self.generator = None
-        if self.request.temperature > 0:
-            seed = self.request.seed if self.request.seed is not None else secrets.randbits(63)
-            self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(seed)
-
-
-class _RowSampler(LogitsProcessor):
-    """Per row with temperature > 0: temperature, then top-p (as transformers' warpers), then a
-    draw from the row's generator; the row's scores become 0 at the drawn token and -inf elsewhere,
-    so the greedy step of generate picks it. Greedy rows pass unchanged."""
-
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for i, row in enumerate(self.rows):
-            if row.generator is None or row.done:
-                continue
-            # A tiny temperature (1e-40 is a valid request) would overflow every logit to +-inf and
-            # softmax would give NaN, which multinomial refuses: the top logit is shifted to 0 first
-            # (no probability changes) so the others go to -inf, and the temperature is kept at least
-            # the dtype's smallest normal number so the top one stays 0 (0 / 0 is NaN). Both leave
-            # the draw one-hot at the top token, the limit of sampling as the temperature goes to 0.
-            logits = scores[i : i + 1]
-            temperature = max(row.request.temperature, torch.finfo(logits.dtype).tiny)
-            logits = (logits - logits.max()) / temperature
-            if row.request.top_p < 1.0:
-                ordered, order = torch.sort(logits, descending=False)
-                outside = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - row.request.top_p)
-                outside[..., -1:] = False  # keep at least one token
-                logits = logits.masked_fill(outside.scatter(1, order, outside), -float("inf"))
-            token = torch.multinomial(logits.softmax(dim=-1), 1, generator=row.generator)[0, 0]
-            scores[i] = -float("inf")
-            scores[i, token] = 0.0
-        return scores
-
-
 class _RowsDone(StoppingCriteria):
     """After each step: feeds every running row its new token, answers the rows that finished, and
     tells generate which rows are done (per row: EOS or a stop string, its max_tokens, its client
     gone, or the server's shutdown deadline passed)."""
 
-    def __init__(self, engine: "Engine", rows: list[_Row]) -> None:
+    def __init__(self, engine: "Engine", rows: list[Row]) -> None:
         self.engine, self.rows = engine, rows
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
@@ -232,7 +144,7 @@ class Engine:
         self._waiting = 0  # submitted, not yet started or skipped
         self._closing = False
         self._deadline: float | None = None
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._expected = 0  # requests being read or prepared that will be submitted
         self._last_batch_seconds = 0.0
         self._routing: dict[int, torch.Tensor] = {}  # modality row -> routing weights [L, 1, E]
@@ -364,7 +276,7 @@ class Engine:
         with self._count_lock:
             self._waiting -= 1
         job.cancel()
-        _send(job, ("error", SHUTTING_DOWN))
+        send(job, ("error", SHUTTING_DOWN))
 
     def _drop_held(self) -> None:
         """Refuses the jobs held back from earlier batches."""
@@ -426,7 +338,7 @@ class Engine:
                 if self._closing:
                     for job in jobs:
                         job.cancel()
-                        _send(job, ("error", SHUTTING_DOWN))
+                        send(job, ("error", SHUTTING_DOWN))
                     self._drop_held()
                     return
                 started = [job for job in jobs if job._start()]
@@ -444,7 +356,7 @@ class Engine:
         except SpliceError as err:
             raise Unroutable(str(err).replace("a sample holds", "the request holds", 1)) from None
 
-    def _routing_of(self, rows: list[_Row]) -> torch.Tensor | None:
+    def _routing_of(self, rows: list[Row]) -> torch.Tensor | None:
         """Routing weights [L, B, E] of the rows, from the cache (computed once per modality row)."""
         if self.model.routing_state is None:
             return None
@@ -460,12 +372,12 @@ class Engine:
     def _run_batch(self, jobs: list[Job]) -> None:
         device = self.model.llm.get_input_embeddings().weight.device
         started = time.monotonic()
-        rows = [_Row(job, self.tokenizer, device, self.stop_ids) for job in jobs]
+        rows = [Row(job, self.tokenizer, device, self.stop_ids) for job in jobs]
         self._rows = rows
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(rows))
         for row in rows:
-            _send(row.job, ("start", None))
+            send(row.job, ("start", None))
         try:
             ids, mask = left_pad([row.request.prompt_ids for row in rows], self.pad_id)
             media: dict[str, list[torch.Tensor]] = {}
@@ -473,7 +385,7 @@ class Engine:
                 for name, tensor in row.request.media.items():
                     media.setdefault(name, []).append(tensor)
             stacked = {name: torch.cat(tensors) for name, tensors in media.items()}
-            processors = LogitsProcessorList([_RowSampler(rows)] if any(row.generator is not None for row in rows) else [])
+            processors = LogitsProcessorList([RowSampler(rows)] if any(row.generator is not None for row in rows) else [])
             generate(self.model, ids, mask, media=stacked or None, max_new_tokens=max(row.request.max_tokens for row in rows),
                      routing=self._routing_of(rows), do_sample=False, logits_processor=processors,
                      stopping_criteria=StoppingCriteriaList([_RowsDone(self, rows)]))
@@ -491,22 +403,15 @@ class Engine:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
 
-    def _end_row(self, row: _Row, error: str | None = None, cancelled: bool = False) -> None:
+    def _end_row(self, row: Row, error: str | None = None, cancelled: bool = False) -> None:
         row.done = True
         if cancelled:
             self.cancelled += 1
             return
         if error is not None:
-            _send(row.job, ("error", error))
+            send(row.job, ("error", error))
             return
         row.stream.end()
         finish = "stop" if row.stream.stopped else "length"
         self.completed += 1
-        _send(row.job, ("done", Answer(row.stream.text, len(row.request.prompt_ids), len(row.stream.ids), finish)))
-
-
-def _send(job: Job, event: tuple[str, object]) -> None:
-    try:
-        job.sink(event)
-    except Exception:  # noqa: BLE001 - a handler that went away must not stop the worker
-        log.debug("dropped an event for a request that is gone", exc_info=True)
+        send(row.job, ("done", Answer(row.stream.text, len(row.request.prompt_ids), len(row.stream.ids), finish)))
