@@ -14,7 +14,7 @@ generation); a gated LoRA layer running without a gate is an error, never a sile
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -56,17 +56,14 @@ class LoraGate:
 
         return contextlib.nullcontext(), restored()
 
-    def attach(self, module: nn.Module) -> int:
-        """Hooks the ``lora_A`` layers of every PEFT LoRA layer inside ``module``; returns how many."""
+    def attach(self, module: nn.Module) -> None:
+        """Hooks the ``lora_A`` layers of every PEFT LoRA layer inside ``module``."""
         from peft.tuners.lora import LoraLayer
 
-        count = 0
         for layer in module.modules():
             if isinstance(layer, LoraLayer):
                 for lora_a in layer.lora_A.values():
                     lora_a.register_forward_hook(self._scale)
-                    count += 1
-        return count
 
     def _scale(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
         gate = self.gate
@@ -76,8 +73,3 @@ class LoraGate:
             raise GateError(f"the LoRA gate has {gate.shape[0]} rows, the LLM call {output.shape[0]}")
         return output * gate.to(dtype=output.dtype, device=output.device).view(-1, *[1] * (output.dim() - 1))
 
-
-def media_rows(input_ids: torch.Tensor, placeholder_ids: Sequence[int]) -> torch.Tensor:
-    """1.0 for each row of ``input_ids`` [B, S] holding any placeholder token, else 0.0: [B]."""
-    placeholders = torch.tensor(list(placeholder_ids), device=input_ids.device)
-    return torch.isin(input_ids, placeholders).any(1).float()

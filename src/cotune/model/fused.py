@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cotune.adapters.bottleneck import MMAdapter, RepAdapter
-from cotune.adapters.gate import LoraGate, media_rows
+from cotune.adapters.gate import LoraGate
 from cotune.adapters.routing import RoutingState
 from cotune.config.io import ConfigError
 from cotune.config.model import ModelConfig
@@ -276,7 +276,7 @@ class CotuneModel(nn.Module):
 
     def media_gate(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The LoRA media gate of prompts ``input_ids`` [B, S]: [B], 1.0 on rows with media."""
-        return media_rows(input_ids, list(self.placeholder_ids.values()))
+        return self.placeholder_mask(input_ids).any(1).float()
 
     def compute_routing(self, modality_index: torch.Tensor) -> torch.Tensor:
         """Routing weights [L, B, E] from the modality rows run alone through the LLM (separate mode)."""
