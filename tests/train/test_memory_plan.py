@@ -108,21 +108,13 @@ def test_layer_formula_equals_the_tensors_autograd_keeps(tiny_root, dtype, preci
     if padded:
         mask[0, -5:] = 0
     context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
-    frozen = {p.untyped_storage().data_ptr() for p in llm.parameters()}
     saved: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in frozen:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     with context:
         position_ids = torch.arange(SEQ)[None]
         embeddings = llm.model.rotary_emb(hidden, position_ids)
         causal = transformers.masking_utils.create_causal_mask(
             config=llm.config, inputs_embeds=hidden, attention_mask=mask, cache=None, position_ids=position_ids)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saving_into(saved, llm):
             layer(hidden, attention_mask=causal, position_embeddings=embeddings, position_ids=position_ids)
     types = step_dtypes(dtype, precision, quantized=False)
     shape = replace(llm_shape_of(llm), adapters=0)
@@ -140,8 +132,19 @@ def test_layer_formula_across_llm_families(tiny_root, family):
     hidden = torch.randn(BATCH, SEQ, 32, requires_grad=True)
     mask = torch.ones(BATCH, SEQ, dtype=torch.long)
     mask[0, -5:] = 0
-    frozen = {p.untyped_storage().data_ptr() for p in llm.parameters()}
     saved: dict[int, int] = {}
+    with saving_into(saved, llm):
+        llm(inputs_embeds=hidden, attention_mask=mask)
+    shape = llm_shape_of(llm)
+    per_token = layer_bytes_per_token(shape, step_dtypes("float32", "fp32", quantized=False), LayerSetup(), SEQ)
+    expected = BATCH * SEQ * (shape.layers * per_token + shape.hidden * 4)
+    assert sum(saved.values()) == pytest.approx(expected, rel=0.12)
+
+
+def saving_into(saved: dict[int, int], llm):
+    """Records into ``saved`` (storage pointer -> bytes) every storage autograd keeps for backward
+    inside the block, except ``llm``'s frozen weights."""
+    frozen = {p.untyped_storage().data_ptr() for p in llm.parameters()}
 
     def pack(tensor):
         storage = tensor.untyped_storage()
@@ -149,12 +152,7 @@ def test_layer_formula_across_llm_families(tiny_root, family):
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        llm(inputs_embeds=hidden, attention_mask=mask)
-    shape = llm_shape_of(llm)
-    per_token = layer_bytes_per_token(shape, step_dtypes("float32", "fp32", quantized=False), LayerSetup(), SEQ)
-    expected = BATCH * SEQ * (shape.layers * per_token + shape.hidden * 4)
-    assert sum(saved.values()) == pytest.approx(expected, rel=0.12)
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
 
 
 def llm_shape_of(llm):
