@@ -37,7 +37,12 @@ Writes ``results/balance_zoo-cpu.{json,md}`` (``-seeds`` with several seeds, ``-
 and the ``cotune report`` figures (loss, kappa, lr multipliers, grad norms, KL) in
 ``results/balance_zoo/<recipe>/``. Needs the zoo (``COTUNE_CACHE``; fetched when missing).
 
-    python -m benchmarks.balance_zoo [--quick] [--recipes image audio] [--methods ...] [--work DIR]
+    python -m benchmarks.balance_zoo [--quick] [--recipes image audio] [--methods ...] [--work DIR] [--reuse]
+
+``--reuse`` reads back every method run that finished in ``--work`` with the same plan (its
+``balance_zoo.json`` beside the run's files) instead of training it again: runs are deterministic
+for a seed on one machine, so more methods can join earlier ones, and a run that was stopped
+keeps the methods it finished.
 """
 
 from __future__ import annotations
@@ -170,27 +175,60 @@ def accuracy(trainer, eval_set, out: Path, plan: Plan) -> dict:
             "shuffled_accuracy": gaps["all"]["ablated"], "shuffle_drop": gaps["all"]["gap"], "eval_seconds": metrics["seconds"]}
 
 
-def run_recipe(recipe: str, source: dict, plan: Plan, work: Path) -> tuple[dict, list[Path]]:
-    """Trains every method of ``plan`` on ``recipe``; returns per-method results and run directories."""
+#: A finished method run's results beside its run directory's files (``--reuse`` reads it back).
+RESULT_FILE = "balance_zoo.json"
+
+
+def run_recipe(recipe: str, source: dict, plan: Plan, work: Path, reuse: bool = False) -> tuple[dict, list[Path]]:
+    """Trains every method of ``plan`` on ``recipe``; returns per-method results and run directories.
+    ``reuse``: a method whose run directory holds the results of a run with the same plan (its
+    ``RESULT_FILE``) is read back instead of trained again (runs are deterministic per seed)."""
     sizes = {answers: len(read({**source, "answers": answers})) for answers in SHARES}
     results, runs, eval_set = {}, [], None
     for method in plan.methods:
+        run_dir = work / "runs" / recipe / method
+        done = reused(run_dir, plan) if reuse else None
+        if done is not None:
+            log.info("%s %s: reused %s", recipe, method, run_dir)
+            results[method] = done
+            runs.append(run_dir)
+            continue
         config = recipe_config(recipe, method, source, plan, sizes)
         eval_set = eval_set or test_set(config, recipe, source, plan)
-        run_dir = work / "runs" / recipe / method
         shutil.rmtree(run_dir, ignore_errors=True)
         started = time.perf_counter()
         trainer = Trainer(config, run_dir)  # logs step_seconds: validation excluded
         trainer.run()
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        results[method] = {"records": records, **accuracy(trainer, eval_set, run_dir / "eval", plan),
-                           "run_seconds": time.perf_counter() - started}
-        log.info("%s %s: val loss %.3f, accuracy %s, %.0f s", recipe, method, records[-1].get("eval/loss", float("nan")),
+        results[method] = {**accuracy(trainer, eval_set, run_dir / "eval", plan), "run_seconds": time.perf_counter() - started}
+        (run_dir / RESULT_FILE).write_text(json.dumps({"plan": run_plan(plan), **results[method]}, indent=2) + "\n")
+        results[method]["records"] = read_records(run_dir)
+        log.info("%s %s: val loss %.3f, accuracy %s, %.0f s", recipe, method, results[method]["records"][-1].get("eval/loss", float("nan")),
                  results[method]["accuracy"], results[method]["run_seconds"])
         runs.append(run_dir)
         del trainer
         gc.collect()  # one model at a time in memory
     return {"sizes": sizes, **summarise(results)}, runs
+
+
+def run_plan(plan: Plan) -> dict:
+    """What makes two runs of one method and seed the same (the plan less its method list)."""
+    return {k: v for k, v in dataclasses.asdict(plan).items() if k != "methods"}
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def reused(run_dir: Path, plan: Plan) -> dict | None:
+    """The recorded results of a finished run in ``run_dir`` with ``plan``'s settings, else None."""
+    path = run_dir / RESULT_FILE
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text())
+    if recorded.pop("plan") != run_plan(plan):
+        log.warning("%s: recorded with another plan; trained again", run_dir)
+        return None
+    return {**recorded, "records": read_records(run_dir)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                              "table and write results/balance_zoo-seeds-cpu.* (default: 0)")
     parser.add_argument("--rule", choices=("reference", "kl_equalise"), default="reference",
                         help="balance.rule of commit_clr and commit (default reference; kl_equalise writes results/balance_zoo-kl_equalise-cpu.*)")
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"read back a method's finished run from --work (its {RESULT_FILE}) instead of training it again")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -239,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = out / name / (f"seed{seed}" if len(args.seeds) > 1 else "")
         recipes = per_seed[seed] = {}
         for recipe in args.recipes:
-            recipes[recipe], runs = run_recipe(recipe, sources[recipe], seeded, work / f"seed{seed}")
+            recipes[recipe], runs = run_recipe(recipe, sources[recipe], seeded, work / f"seed{seed}", args.reuse)
             make_report(runs, figures / recipe)
             plot_convergence(recipes[recipe], recipe, figures / f"{recipe}-convergence.png")
     command = "python -m benchmarks.balance_zoo " + " ".join(argv if argv is not None else sys.argv[1:])
