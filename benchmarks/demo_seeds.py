@@ -23,16 +23,20 @@ from pathlib import Path
 from benchmarks.throughput_report import machine, save_results
 
 
-#: (label, where in metrics.json: set and group of ``grounding``, or a top-level key), target text.
+#: (label, where in metrics.json: set and group of ``grounding``), lower bound of the own-media
+#: accuracy, lower bound of the drop with shuffled media (None: not a target).
 ROWS = (
-    ("easy-VQA, all", ("image", "all"), ">= 90; drop >= 25"),
-    ("easy-VQA, open: colour and shape", ("image", "open"), ""),
-    ("easy-VQA, yes/no", ("image", "yes_no"), ""),
-    ("easy-VQA, yes/no against the wording", ("image", "counter_prior"), ">= 80"),
-    ("sound QA, all", ("audio", "all"), ">= 80; drop >= 25"),
-    ("sound QA, open", ("audio", "open"), ""),
-    ("sound QA, yes/no", ("audio", "yes_no"), ">= 75"),
+    ("easy-VQA, all", ("image", "all"), 90.0, 25.0),
+    ("easy-VQA, open: colour and shape", ("image", "open"), None, None),
+    ("easy-VQA, yes/no", ("image", "yes_no"), None, None),
+    ("easy-VQA, yes/no against the wording, within the questions above", ("image", "counter_prior"), None, None),
+    ("easy-VQA, yes/no against the wording, a set of their own", ("image", "counter_prior_set"), 80.0, None),
+    ("sound QA, all", ("audio", "all"), 80.0, 25.0),
+    ("sound QA, open", ("audio", "open"), None, None),
+    ("sound QA, yes/no", ("audio", "yes_no"), 75.0, None),
 )
+#: The robustness rule: the worst seed within this many points of the mean.
+SPREAD = 3.0
 
 
 def run(seed: int, out: Path) -> None:
@@ -40,30 +44,44 @@ def run(seed: int, out: Path) -> None:
     subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})" if values else "-"
+def spread(values: list) -> str:
+    if not values or any(v is None for v in values):
+        return "-"
+    return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def verdict(values: list[float], bound: float | None) -> str:
+    """A target over seeds: the mean at or above ``bound`` and the worst seed within SPREAD of it."""
+    if bound is None:
+        return ""
+    mean, worst = statistics.mean(values), min(values)
+    parts = [f">= {bound:g}: mean {'met' if mean >= bound else 'NOT met'}",
+             f"worst {worst - mean:+.1f} ({'met' if mean - worst <= SPREAD else 'NOT met'})"]
+    return ", ".join(parts)
 
 
 def table(runs: dict[int, dict]) -> list[str]:
     seeds = " / ".join(str(s) for s in runs)
-    lines = [f"| questions (count per seed) | own media, seeds {seeds} | mean (range) | shuffled media, mean (range) | drop, mean | target |",
-             "|---|---:|---:|---:|---:|---|"]
-    for label, (kind, group), target in ROWS:
+    lines = [f"| questions (count per seed) | own media, seeds {seeds} | mean (range) | target, own | shuffled media, mean (range) "
+             f"| drop, seeds {seeds} | target, drop |",
+             "|---|---:|---:|---|---:|---:|---|"]
+    for label, (kind, group), bound, drop_bound in ROWS:
         cells = [runs[s]["grounding"][kind].get(group) for s in runs]
         if not all(cells):
             continue
         counts = " / ".join(str(c["count"]) for c in cells)
         own, shuffled, drop = ([c[k] for c in cells] for k in ("own", "shuffled", "drop"))
-        lines.append(f"| {label} ({counts}) | {' / '.join(f'{v:.1f}' for v in own)} | {spread(own)} | {spread(shuffled)} | "
-                     f"{statistics.mean(drop):.1f} | {target} |")
+        drops = " / ".join(f"{v:.1f}" for v in drop) if None not in drop else "-"
+        lines.append(f"| {label} ({counts}) | {' / '.join(f'{v:.1f}' for v in own)} | {spread(own)} | {verdict(own, bound)} | "
+                     f"{spread(shuffled)} | {drops} | {verdict(drop, drop_bound) if None not in drop else ''} |")
     kept = [m["text_retention"] for m in runs.values()]
     count = next(iter(runs.values()))["questions"]["text"]
     lines.append(f"| held-out text questions, % of the untuned model's ({count}) | {' / '.join(f'{v:.1f}' for v in kept)} | "
-                 f"{spread(kept)} | | | >= 95 |")
+                 f"{spread(kept)} | {verdict(kept, 95.0)} | | | |")
     minutes = [m["total_seconds"] / 60 for m in runs.values()]
     train = [m["seconds"].get("train", 0.0) for m in runs.values()]
     lines.append(f"| minutes, whole demo (training s) | {' / '.join(f'{v:.1f} ({t:.0f})' for v, t in zip(minutes, train))} | "
-                 f"{spread(minutes)} | | | <= 15 (first run, idle) |")
+                 f"{spread(minutes)} | <= 15 (first run, idle) | | | |")
     return lines
 
 
@@ -87,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "", *([args.note, ""] if args.note else []),
         "Accuracy in percent. Own: each question with its own image or clip; shuffled: another question's "
         "(`eval-after/<set>/ablate-shuffle`); 'against the wording': easy-VQA yes/no questions whose answer the question's "
-        "polarity does not predict.", "", *table(runs), "",
+        "polarity does not predict (the majority answer of its polarity among the questions evaluated, or, for the set "
+        "of their own, among all the test split's yes/no questions). A target is met when the mean meets it and the worst "
+        "seed is within 3 points of the mean.", "", *table(runs), "",
     ])
     print(text)
     save_results("demo_seeds-cpu", text, {"command": command.strip(), "machine": info, "runs": runs})

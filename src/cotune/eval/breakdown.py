@@ -27,7 +27,7 @@ from cotune.data.questions import YES_NO, polarity
 from cotune.eval.metrics import percent
 from cotune.eval.metrics.vqa import normalize_answer
 
-__all__ = ["breakdown", "group_accuracies", "is_yes_no", "polarity", "reliance", "wording_prior"]
+__all__ = ["breakdown", "group_accuracies", "is_yes_no", "polarity", "prior_split", "reliance", "wording_prior"]
 
 
 def is_yes_no(references: Sequence[str]) -> bool:
@@ -63,19 +63,28 @@ def breakdown(records: Sequence[dict], metadata: dict[str, dict] | None = None) 
     return result
 
 
-def wording_prior(yes_no: Sequence[dict]) -> dict:
-    """Polarity majorities and the model's accuracy on questions that follow / counter them."""
+def prior_split(yes_no: Sequence[dict]) -> tuple[dict, dict, list[bool | None]]:
+    """Of yes/no records (``question``, ``references``): answer counts per polarity, each
+    polarity's majority answer (None on a tie), and per record whether its answer is that majority
+    (True), is not (False: the wording does not predict it), or there is none (None)."""
     groups: dict[str, dict[str, int]] = {}
     for record in yes_no:
         answer = normalize_answer(record["references"][0])
         counts = groups.setdefault(polarity(record["question"]), {"yes": 0, "no": 0})
         counts[answer] += 1
     majority = {p: ("yes" if c["yes"] > c["no"] else "no" if c["no"] > c["yes"] else None) for p, c in sorted(groups.items())}
-    follows, counters = [], []
+    follows = []
     for record in yes_no:
         prior = majority[polarity(record["question"])]
-        if prior is not None:
-            (follows if normalize_answer(record["references"][0]) == prior else counters).append(record)
+        follows.append(None if prior is None else normalize_answer(record["references"][0]) == prior)
+    return groups, majority, follows
+
+
+def wording_prior(yes_no: Sequence[dict]) -> dict:
+    """Polarity majorities and the model's accuracy on questions that follow / counter them."""
+    groups, majority, split = prior_split(yes_no)
+    follows = [r for r, f in zip(yes_no, split) if f is True]
+    counters = [r for r, f in zip(yes_no, split) if f is False]
     return {
         "majority": majority,
         "counts": groups,

@@ -28,7 +28,7 @@ from cotune.data.report import DatasetReport
 from cotune.data.schema import Sample
 from cotune.eval.ablation import ablate as ablate_samples
 from cotune.eval.ablation import check_ablations
-from cotune.eval.breakdown import breakdown, reliance
+from cotune.eval.breakdown import breakdown, is_yes_no, prior_split, reliance
 from cotune.eval.generation import Prediction, decode, predict_samples  # noqa: F401 - re-exported
 from cotune.eval.metrics import ScoreError
 from cotune.eval.mme_results import write_results as write_mme_results
@@ -104,6 +104,20 @@ def load_eval_set(
     report = DatasetReport(ds_config.name)
     samples = select(read_dataset(ds_config, report), limit, sample_seed)
     return EvalSet(task, path, ds_config, report, samples, limit, sample_seed)
+
+
+def counter_prior_set(data: EvalSet, limit: int | None = None, sample_seed: int | None = None) -> EvalSet:
+    """The yes/no questions of ``data`` whose answer the wording does not predict: not the majority
+    answer of the question's polarity among all of ``data``'s yes/no questions (the breakdown's
+    ``counter_prior`` group, with the majorities of the whole set rather than of a subset), then
+    ``limit`` of them chosen as :func:`select` chooses. A small random subset holds few of them
+    (easy-VQA's test split: about one yes/no question in six), so this measures the group with
+    fewer questions in all."""
+    rows = [item_record(data.task, sample, "") for sample in data.samples]
+    yes_no = [(sample, row) for sample, row in zip(data.samples, rows) if row.get("references") and is_yes_no(row["references"])]
+    _, _, follows = prior_split([row for _, row in yes_no])
+    counters = [sample for (sample, _), follows_prior in zip(yes_no, follows) if follows_prior is False]
+    return EvalSet(data.task, data.path, data.config, data.report, select(counters, limit, sample_seed), limit, sample_seed)
 
 
 def evaluate_run(
