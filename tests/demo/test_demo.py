@@ -41,7 +41,9 @@ def _easyvqa(root):
         other = SHAPES[(SHAPES.index(s) + 1) % len(SHAPES)]
         rows += [["what color is the shape?", c, i], ["what shape is this?", s, i], [f"is there a {s}?", "yes", i],
                  [f"is there a {other}?", "no", i], [f"is there not a {s}?", "no", i], [f"is there not a {other}?", "yes", i]]
-    records = {split: rows for split in ("train", "test")}
+    # The test split without one affirmative "no": affirmative questions' majority answer is "yes",
+    # so their "no" questions are the ones the wording does not predict (negated ones tie: none).
+    records = {"train": rows, "test": [r for r in rows if r != ["is there a rectangle?", "no", 0]]}
     for split, rows in records.items():
         data = write_easyvqa(root, split, rows)
     return data
@@ -62,7 +64,7 @@ def demo_run(tiny_root, tmp_path_factory):
         "balance.every_k=2",
     ]
     plan = DemoPlan(steps=4, batch_size=4, image_questions=24, audio_clips=80, eval_image=6, eval_audio=8, eval_text=5,
-                    before_image=4, before_audio=4, max_new_tokens=3, text_max_new_tokens=4, eval_batch_size=4)
+                    eval_counter_prior=5, before_image=4, before_audio=4, max_new_tokens=3, text_max_new_tokens=4, eval_batch_size=4)
     out = root / "out"
     result = run_demo(out, plan, easyvqa=_easyvqa(root), overrides=overrides)
     return result, plan, overrides, root
@@ -75,7 +77,7 @@ def test_demo_writes_metrics_run_and_report(demo_run):
     assert on_disk == metrics
     for key in ("image_accuracy", "audio_accuracy", "text_accuracy", "text_accuracy_base"):
         assert 0.0 <= metrics[key] <= 100.0, key
-    assert metrics["questions"] == {"image": 6, "audio": 8, "text": 5}
+    assert metrics["questions"] == {"image": 6, "audio": 8, "text": 5, "image_counter_prior": 5}
     # Every reported accuracy is the fraction of correct lines in its predictions file.
     for key, name in (("image", "image_accuracy"), ("audio", "audio_accuracy"), ("text", "text_accuracy")):
         lines = [json.loads(line) for line in (out / "eval-after" / key / "predictions.jsonl").read_text().splitlines()]
@@ -96,7 +98,14 @@ def test_demo_writes_metrics_run_and_report(demo_run):
     before, after = ([json.loads(line)["prediction"] for line in (out / phase / "text" / "predictions.jsonl").read_text().splitlines()]
                      for phase in ("eval-before", "eval-after"))
     assert before == after and metrics["text_accuracy"] == metrics["text_accuracy_base"]
-    assert metrics["image_counter_prior_accuracy"] == metrics["grounding"]["image"].get("counter_prior", {}).get("own")
+    # easy-VQA's questions against the wording, in a set of their own: 5 of the 8 affirmative "no"
+    # questions of the test split; the target reads this set, not the few of them among the 6 above.
+    counter = [json.loads(line) for line in (out / "eval-after" / "image-counter-prior" / "predictions.jsonl").read_text().splitlines()]
+    assert len(counter) == 5 and all(r["references"] == ["no"] and "not" not in r["question"] for r in counter)
+    own = round(100.0 * sum(r["correct"] for r in counter) / len(counter), 2)
+    assert metrics["grounding"]["image"]["counter_prior_set"] == {"own": own, "shuffled": None, "drop": None, "count": 5}
+    assert metrics["image_counter_prior_accuracy"] == own and metrics["questions"]["image_counter_prior"] == 5
+    assert not (out / "eval-before" / "image-counter-prior").exists()  # the untuned model is not asked them
     assert sorted(metrics["targets"]) == sorted(
         ["image_accuracy", "image_counter_prior_accuracy", "audio_accuracy", "audio_yes_no_accuracy", "text_retention",
          "image_shuffle_drop", "audio_shuffle_drop", "total_minutes"])
@@ -161,3 +170,16 @@ def test_demo_seed_changes_data_draws_initialisation_and_evaluation_subsets(demo
     first, second = (json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[0]) for out in (result.out, other.out))
     assert first["loss"] != second["loss"]  # the first batch and the initialisation
     assert yaml.safe_load((other.out / "run" / "config.yaml").read_text())["seed"] == 1
+
+
+def test_demo_table_shows_each_group_and_the_counter_prior_set(demo_run):
+    from cotune.cli.demo import format_grounding
+
+    metrics = demo_run[0].metrics
+    lines = format_grounding(metrics).splitlines()
+    group = metrics["grounding"]["image"]["all"]
+    row = next(line for line in lines if line.startswith("easy-VQA: all questions"))
+    assert row.split()[-4:] == [f"{group['own']:.1f}", f"{group['shuffled']:.1f}", f"{group['drop']:.1f}", str(group["count"])]
+    row = next(line for line in lines if line.startswith("easy-VQA: yes/no against the wording, own set"))
+    assert row.split()[-4:] == [f"{metrics['image_counter_prior_accuracy']:.1f}", "n/a", "n/a", "5"]
+    assert not any(line.startswith("sound QA: yes/no against the wording") for line in lines)

@@ -17,7 +17,7 @@ from cotune.data.schema import Message, Sample
 from cotune.eval import evaluate_run
 from cotune.eval.ablation import ablate, derangement
 from cotune.eval.breakdown import breakdown, polarity, reliance
-from cotune.eval.runner import load_eval_set
+from cotune.eval.runner import counter_prior_set, load_eval_set
 from cotune.rundir import RunDir
 from cotune.testing import corpus
 from cotune.testing.commands import cli, read_predictions
@@ -134,6 +134,40 @@ def _easyvqa(root, n=12, images=4):
         Image.new("RGB", (64, 64), tuple(int(v) for v in np.random.default_rng(image_id).integers(0, 255, 3))).save(
             data / "test" / "images" / f"{image_id}.png")
     return data, records
+
+
+def test_counter_prior_set_is_the_breakdowns_counter_prior_group_of_the_whole_set(trained_run, tmp_path):
+    rng = random.Random(3)
+    # Negated questions mostly "yes", affirmative ones mostly "no" (easy-VQA's prior), open ones mixed in.
+    rows = []
+    for i in range(60):
+        kind = rng.choice(("negated", "affirmative", "open"))
+        if kind == "open":
+            rows.append(["what color is the shape?", rng.choice(("red", "blue")), i % 5])
+        else:
+            likely = "yes" if kind == "negated" else "no"
+            answer = likely if rng.random() < 0.75 else ("no" if likely == "yes" else "yes")
+            rows.append(["is there not a red shape?" if kind == "negated" else "is there a red shape?", answer, i % 5])
+    data = corpus.write_easyvqa(tmp_path, "test", rows)
+    config = RunDir(trained_run).config()
+    full = load_eval_set(config, f"easyvqa:{data}", "test")
+    counters = counter_prior_set(full)
+    by_hand = {f"test-{i}" for i, (q, a, _) in enumerate(rows)
+               if (polarity(q) == "negated" and a == "no") or (q == "is there a red shape?" and a == "yes")}
+    assert 5 < len(by_hand) < 30 and {s.id for s in counters.samples} == by_hand
+    # The breakdown of any answers to the whole set puts exactly these questions in counter_prior.
+    records = [_record(i, s.metadata["question"], s.metadata["answer"], "yes")
+               for i, s in enumerate(full.samples)]
+    prior = breakdown(records)["wording_prior"]
+    assert prior["counter_prior"]["count"] == len(by_hand)
+    # ``limit`` of them, chosen as evaluation subsets are (seeded, in dataset order); the majority is
+    # the whole set's, not the subset's.
+    chosen = counter_prior_set(full, limit=4, sample_seed=11)
+    again = counter_prior_set(full, limit=4, sample_seed=11)
+    ids = [s.id for s in chosen.samples]
+    assert len(ids) == 4 and set(ids) <= by_hand and ids == [s.id for s in again.samples]
+    assert ids == sorted(ids, key=lambda i: int(i.split("-")[1])) and (chosen.limit, chosen.sample_seed) == (4, 11)
+    assert [s.id for s in counter_prior_set(full, limit=4, sample_seed=12).samples] != ids or len(by_hand) == 4
 
 
 def test_ablations_equal_an_evaluation_of_the_files_permuted_by_hand(trained_run, tmp_path, capsys):
