@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cotune.model.fused import IGNORE_INDEX, next_token_targets
+from cotune.model.loss import IGNORE_INDEX, next_token_targets
 from cotune.model.inputs import model_inputs
 
 

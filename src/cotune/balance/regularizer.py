@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cotune.config import BalanceConfig
-from cotune.model.fused import IGNORE_INDEX, next_token_targets
+from cotune.model.loss import IGNORE_INDEX, next_token_targets
 
 
 def lag_weights(shares: dict[str, float]) -> dict[str, float]:

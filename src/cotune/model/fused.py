@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cotune.adapters.bottleneck import MMAdapter, RepAdapter
@@ -23,6 +22,7 @@ from cotune.adapters.routing import RoutingState
 from cotune.config.io import ConfigError
 from cotune.config.model import ModelConfig
 from cotune.data.templates import IGNORE_INDEX
+from cotune.model.loss import next_token_loss, next_token_targets
 from cotune.model.splice import SpliceError, inline_attention_mask, modality_codes, splice_features
 
 
@@ -382,22 +382,6 @@ def run_inline(llm: nn.Module, sequence: torch.Tensor, attention_mask: torch.Ten
     out = llm(inputs_embeds=sequence, attention_mask=mask, position_ids=position_ids, **kwargs)
     # An int keeps the last ``keep`` positions (0: all, the row's among them).
     return (out.logits[:, 1:] if isinstance(keep, int) and keep == 0 else out.logits), out
-
-
-def next_token_targets(labels: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """labels [B, S] -> the token each position predicts [B, S] (-100 at the last position), or
-    only at ``positions`` [K]: [B, K]."""
-    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    return shifted if positions is None else shifted[:, positions]
-
-
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy of logits [B, S, V] (or [B, K, V] at ``positions``) predicting labels
-    [B, S] shifted by one, and the number of supervised positions (labels != -100). Computed in float32."""
-    # Shift the labels, not the logits: slicing [B, S, V] logits would copy them (and their gradient).
-    targets = next_token_targets(labels, positions)
-    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, (targets != IGNORE_INDEX).sum()
 
 
 def _is_adapter_module(module: nn.Module) -> bool:
