@@ -264,12 +264,18 @@ def test_file_urls_cannot_escape_the_root_by_swapping_a_folder_for_a_link(tmp_pa
             os.unlink(root / "sub")
             os.rename(root / "real", root / "sub")
             swaps[0] += 1
+            # The real folder stays in place a moment: otherwise, on a loaded machine, every read can
+            # land while the folder is gone or a link, and the race this test is about never runs.
+            stop.wait(0.001)
 
     swapper = threading.Thread(target=swap)
     swapper.start()
     outcomes = {"read": 0, "refused": 0}
     try:
-        for _ in range(3000):
+        # At least 3,000 reads, and on until both outcomes were seen (bounded).
+        for attempt in range(30000):
+            if attempt >= 3000 and outcomes["read"] and outcomes["refused"]:
+                break
             try:
                 data = parse_chat_request(body, config, "m").media[0].data
             except RequestError as refusal:
