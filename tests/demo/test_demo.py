@@ -155,7 +155,7 @@ def test_demo_rerun_reuses_the_run_and_reproduces_the_scores(demo_run):
 
 
 
-def test_demo_seed_changes_data_draws_initialisation_and_evaluation_subsets(demo_run, tmp_path):
+def test_demo_seed_changes_training_and_keeps_the_evaluation(demo_run, tmp_path):
     result, plan, overrides, root = demo_run
     other = run_demo(tmp_path / "seed1", replace(plan, seed=1), easyvqa=root / "easy_vqa" / "data", overrides=overrides)
 
@@ -165,8 +165,11 @@ def test_demo_seed_changes_data_draws_initialisation_and_evaluation_subsets(demo
     def ids(out, key):
         return [json.loads(line)["id"] for line in (out / "eval-after" / key / "predictions.jsonl").read_text().splitlines()]
 
-    assert digest(other.out) != digest(result.out)  # the synthetic sound set
-    assert ids(other.out, "image") != ids(result.out, "image")  # the evaluated easy-VQA subset
+    assert digest(other.out) != digest(result.out)  # the synthetic sound set (its training split)
+    # The same questions for every seed: easy-VQA's subsets and the sound QA test split.
+    for key in ("image", "audio", "image-counter-prior"):
+        assert ids(other.out, key) == ids(result.out, key)
+    assert (other.out / "data" / "audioqa" / "test.csv").read_bytes() == (result.out / "data" / "audioqa" / "test.csv").read_bytes()
     first, second = (json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[0]) for out in (result.out, other.out))
     assert first["loss"] != second["loss"]  # the first batch and the initialisation
     assert yaml.safe_load((other.out / "run" / "config.yaml").read_text())["seed"] == 1
@@ -183,3 +186,24 @@ def test_demo_table_shows_each_group_and_the_counter_prior_set(demo_run):
     row = next(line for line in lines if line.startswith("easy-VQA: yes/no against the wording, own set"))
     assert row.split()[-4:] == [f"{metrics['image_counter_prior_accuracy']:.1f}", "n/a", "n/a", "5"]
     assert not any(line.startswith("sound QA: yes/no against the wording") for line in lines)
+
+
+def test_every_seed_is_tested_on_the_same_sound_clips(tmp_path):
+    from cotune.demo.pipeline import synthesise
+
+    def files(folder, split):
+        sound = folder / "data" / "audioqa"
+        return (sound / f"{split}.csv").read_bytes(), {p.name: p.read_bytes() for p in sorted((sound / "audio").glob(f"{split}-*.wav"))}
+
+    plan = DemoPlan(audio_clips=60, seed=3)
+    synthesise(tmp_path / "a", plan)
+    synthesise(tmp_path / "b", replace(plan, seed=4))
+    assert files(tmp_path / "a", "test") == files(tmp_path / "b", "test")  # the evaluation's seed, not the run's
+    assert files(tmp_path / "a", "train")[0] != files(tmp_path / "b", "train")[0]
+    # Another evaluation seed: the test split is written anew, the training split stays byte for byte.
+    train, test = files(tmp_path / "a", "train"), files(tmp_path / "a", "test")
+    summaries = synthesise(tmp_path / "a", replace(plan, eval_seed=1))
+    assert summaries["audioqa"]["test_seed"] == 1 and summaries["audioqa"]["seed"] == 3
+    assert files(tmp_path / "a", "train") == train and files(tmp_path / "a", "test")[0] != test[0]
+    again = synthesise(tmp_path / "a", replace(plan, eval_seed=1))  # the same settings: reused
+    assert again == summaries

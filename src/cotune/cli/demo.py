@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a short run (60 steps, smaller evaluation) to check the setup")
     parser.add_argument("--steps", type=int, metavar="N", help="training steps (default: 200, quick: 60)")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
-                        help="seed of every random choice: synthetic data, training draws and order, initialisation, "
-                        "evaluation subsets, the shuffle (default: 0)")
+                        help="seed of every random choice of training: the synthetic sets' training splits, the training "
+                        "draws and their order, the initialisation (default: 0); the evaluated questions and the media shuffle "
+                        "are the same for every seed")
     parser.add_argument("--cache", metavar="DIR", help="zoo cache root (default: $COTUNE_CACHE, else ~/.cache/cotune)")
     add_set_argument(parser, "the demo recipe")
 

@@ -63,7 +63,10 @@ class DemoPlan:
     test questions drawn from those whose answer the wording does not predict (0: none; a random
     subset of ``eval_image`` holds about one in nine). Answers are one word, so
     ``max_new_tokens`` is small; the untuned model's text answers are sentences
-    (``text_max_new_tokens``)."""
+    (``text_max_new_tokens``). ``seed`` seeds training (the synthetic sets' training splits, the
+    draws, their order, the initialisation); ``eval_seed`` the evaluation (the easy-VQA subsets,
+    the sound QA test split, the media shuffle), the same for every ``seed``, so seeds are compared
+    on the same questions and differ only in what they learned."""
 
     steps: int = 200
     batch_size: int = 16
@@ -79,6 +82,7 @@ class DemoPlan:
     text_max_new_tokens: int = 24
     eval_batch_size: int = 32
     seed: int = 0
+    eval_seed: int = 0
 
     @classmethod
     def quick(cls) -> "DemoPlan":
@@ -173,17 +177,24 @@ def prepare_zoo(config: CotuneConfig, cache, easyvqa: Path | None) -> Path:
 
 
 def synthesise(out: Path, plan: DemoPlan) -> dict[str, dict]:
-    """Sound QA and text QA under ``out/data`` (reused when present with a summary)."""
+    """Sound QA and text QA under ``out/data`` (reused when present with a summary of the same
+    settings). The sound QA test split comes from ``plan.eval_seed``: the same clips for every seed."""
     from cotune.data.synth import SYNTHESIZERS
 
     summaries = {}
     for kind, count in (("audioqa", plan.audio_clips), ("textqa", None)):
         target = out / "data" / kind
         record = target / "synth.json"
+        settings = {"test_seed": plan.eval_seed} if kind == "audioqa" else {}
         if record.is_file():
             summaries[kind] = json.loads(record.read_text())
-            continue
-        summary = SYNTHESIZERS.get(kind)(target, seed=plan.seed, count=count)
+            if all(summaries[kind].get(k) == v for k, v in settings.items()):
+                continue
+            # An earlier demo's set with another test split: its training split is the same (the
+            # seed is checked), so a finished run stays valid; only the test split is written anew.
+            log.info("demo: %s was synthesised with another test split; writing it again", target)
+            shutil.rmtree(target)
+        summary = SYNTHESIZERS.get(kind)(target, seed=plan.seed, count=count, **settings)
         atomic_write_text(record, json.dumps(summary, indent=2, default=str) + "\n")
         summaries[kind] = json.loads(record.read_text())
     return summaries
@@ -206,14 +217,14 @@ def evaluate_all(
     results = {}
     for key, (task, path, limit, new_tokens) in sets.items():
         results[key] = evaluate_run(
-            model, config, (TASKS.get(task), path), split="test", limit=limit, sample_seed=plan.seed,
+            model, config, (TASKS.get(task), path), split="test", limit=limit, sample_seed=plan.eval_seed,
             batch_size=plan.eval_batch_size, max_new_tokens=new_tokens, out=out / key,
-            ablations=ablations if key != "text" else (), ablation_seed=plan.seed,
+            ablations=ablations if key != "text" else (), ablation_seed=plan.eval_seed,
         )
         log.info("demo: %s accuracy %s (%d questions)", key, results[key].get("accuracy"), results[key]["evaluated"])
     if plan.eval_counter_prior:
         test = load_eval_set(config, (TASKS.get("easyvqa"), easyvqa), "test")
-        chosen = counter_prior_set(test, plan.eval_counter_prior, plan.seed)
+        chosen = counter_prior_set(test, plan.eval_counter_prior, plan.eval_seed)
         results[COUNTER_PRIOR] = evaluate_run(model, config, chosen, batch_size=plan.eval_batch_size,
                                               max_new_tokens=plan.max_new_tokens, out=out / "image-counter-prior")
         log.info("demo: easy-VQA against the wording: accuracy %s (%d questions)", results[COUNTER_PRIOR].get("accuracy"),

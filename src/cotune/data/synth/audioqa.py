@@ -89,8 +89,11 @@ def type_name(prop: str, yes_no: bool) -> str:
 
 
 @SYNTHESIZERS.register("audioqa")
-def synthesize(out_dir: Path, *, seed: int, count: int | None = None) -> dict:
-    """Writes ``count`` (default 1000) clips and questions, 80% train / 20% test; returns the summary."""
+def synthesize(out_dir: Path, *, seed: int, count: int | None = None, test_seed: int | None = None) -> dict:
+    """Writes ``count`` (default 1000) clips and questions, 80% train / 20% test; returns the summary.
+    ``test_seed``: the test split from a random stream of its own, so runs whose ``seed`` differs
+    are tested on the same clips (the train split is the same either way); None: the test split
+    continues the train split's stream."""
     # 5 x 12: the 20% test split still gets every question type.
     total = check_count(count, DEFAULT_COUNT, 5 * len(TYPES), "audioqa (every question type in every split)")
     out_dir = prepare_out(out_dir)
@@ -98,6 +101,8 @@ def synthesize(out_dir: Path, *, seed: int, count: int | None = None) -> dict:
     sizes = split_sizes(total, SPLITS)
     answers: Counter = Counter()
     for split, n in sizes.items():
+        if split == "test" and test_seed is not None:
+            rng = np.random.default_rng([test_seed, 1])  # not default_rng(test_seed): that is seed test_seed's train stream
         rows = []
         for k, (prop, yes_no, value, asked) in enumerate(_plan(rng, n)):
             file = f"{split}-{k:05d}.wav"
@@ -109,7 +114,7 @@ def synthesize(out_dir: Path, *, seed: int, count: int | None = None) -> dict:
             rows.append((f"{split}-{k:05d}", file, question, answer, type_name(prop, yes_no), value))
             answers[answer] += 1
         _write_csv(out_dir / f"{split}.csv", rows)
-    return summary("audioqa", out_dir, seed, sizes, answers=dict(sorted(answers.items())))
+    return summary("audioqa", out_dir, seed, sizes, answers=dict(sorted(answers.items())), test_seed=test_seed)
 
 
 def _plan(rng: np.random.Generator, n: int) -> list[tuple[str, bool, str, str | None]]:
