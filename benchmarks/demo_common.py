@@ -2,7 +2,7 @@
 between seeds is what they learned, and how much is the demo's own test sets, which are small and
 differ per seed (each seed draws its easy-VQA subset and synthesises its own sound QA set).
 
-    python -m benchmarks.demo_common [--seeds 0 1 2] [--work DIR] [--image N] [--counter-prior N] [--clips N]
+    python -m benchmarks.demo_common [--seeds 0 1 2] [--work DIR] [--image N] [--counter-prior N] [--clips N] [--reuse]
 
 For each seed's finished run (``WORK/seedN/run``, from ``cotune demo --seed N --out WORK/seedN``
 or ``benchmarks.demo_seeds``), the same questions for every seed: ``--image`` easy-VQA test
@@ -64,10 +64,22 @@ def evaluate_seed(run: Path, work: Path, args) -> dict:
     figures = {}
     for name, data in common_sets(config, work, args).items():
         shuffle = ("shuffle",) if name != "counter_prior" else ()
-        metrics = evaluate_run(model, config, data, batch_size=32, max_new_tokens=6, out=run.parent / "eval-common" / name,
-                               ablations=shuffle, ablation_seed=args.data_seed, progress=False)
+        out = run.parent / "eval-common" / name
+        metrics = recorded(out / "metrics.json", data) if args.reuse else None
+        if metrics is None:
+            metrics = evaluate_run(model, config, data, batch_size=32, max_new_tokens=6, out=out,
+                                   ablations=shuffle, ablation_seed=args.data_seed, progress=False)
         figures[name] = grounding(metrics) if shuffle else {"all": {"own": metrics["accuracy"], "count": metrics["evaluated"]}}
     return figures
+
+
+def recorded(path: Path, data) -> dict | None:
+    """An earlier evaluation's metrics of the same questions (path, count, subset seed), else None."""
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    same = (metrics.get("path"), metrics.get("selected"), metrics.get("sample_seed")) == (str(data.path), len(data.samples), data.sample_seed)
+    return metrics if same else None
 
 
 def summary(values: list[float]) -> str:
@@ -100,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counter-prior", type=int, default=600, help="easy-VQA questions against the wording (default 600)")
     parser.add_argument("--clips", type=int, default=3000, help="clips of the common sound QA set, a fifth of them test (default 3000)")
     parser.add_argument("--data-seed", type=int, default=1000, help="seed of the common sets (default 1000: no demo seed's data)")
+    parser.add_argument("--reuse", action="store_true", help="read back a seed's earlier evaluation of the same questions "
+                        "(WORK/seedN/eval-common) instead of evaluating again")
     parser.add_argument("--note", default="", help="how the runs were made, printed under the machine")
     args = parser.parse_args(argv)
     import transformers

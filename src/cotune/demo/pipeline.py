@@ -61,7 +61,7 @@ class DemoPlan:
     synthetic clips (80 % train) and the text set; questions evaluated before and after training
     (None: the whole test split). ``eval_counter_prior``: after training, that many more easy-VQA
     test questions drawn from those whose answer the wording does not predict (0: none; a random
-    subset of ``eval_image`` holds about one in nine). Answers are one word, so
+    subset of ``eval_image`` holds about one in eight). Answers are one word, so
     ``max_new_tokens`` is small; the untuned model's text answers are sentences
     (``text_max_new_tokens``). ``seed`` seeds training (the synthetic sets' training splits, the
     draws, their order, the initialisation); ``eval_seed`` the evaluation (the easy-VQA subsets,
