@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.throughput_report import machine, save_results
+from benchmarks.throughput_report import machine, results_header, save_results
 
 #: (label, set, group of the demo's ``grounding``, key of the demo's own figure).
 ROWS = (
@@ -130,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine("cpu")
     command = "python -m benchmarks.demo_common " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join([
-        "# The demo's seeds on common test sets (cpu)", "", f"Command: `{command.strip()}`", "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "", *([args.note, ""] if args.note else []),
+        *results_header("The demo's seeds on common test sets (cpu)", command.strip(), info, args.note),
         "Accuracy in percent with each question's own image or clip; drops: own minus shuffled media, in points. Common "
         "sets: the same questions for every seed; the demo's own: the sets each seed's `cotune demo` evaluated.", "",
         *table(common, own), "",

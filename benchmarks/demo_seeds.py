@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.throughput_report import machine, save_results
+from benchmarks.throughput_report import machine, results_header, save_results
 
 
 #: (label, where in metrics.json: set and group of ``grounding``), lower bound of the own-media
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine("cpu")
     command = "python -m benchmarks.demo_seeds " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join([
-        "# `cotune demo` over seeds (cpu)", "", f"Command: `{command.strip()}`", "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "", *([args.note, ""] if args.note else []),
+        *results_header("`cotune demo` over seeds (cpu)", command.strip(), info, args.note),
         "Accuracy in percent. Own: each question with its own image or clip; shuffled: another question's "
         "(`eval-after/<set>/ablate-shuffle`); 'against the wording': easy-VQA yes/no questions whose answer the question's "
         "polarity does not predict (the majority answer of its polarity among the questions evaluated, or, for the set "

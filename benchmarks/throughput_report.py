@@ -32,6 +32,12 @@ def machine(device: str) -> dict[str, str]:
     return info
 
 
+def results_header(title: str, command: str, info: dict, note: str = "") -> list[str]:
+    """The first lines of a results file: its title, the command, the machine and a note on how it ran."""
+    return [f"# {title}", "", f"Command: `{command}`", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+            *([note, ""] if note else [])]
+
+
 def save_results(name: str, text: str, payload: dict) -> Path:
     """Writes ``results/<name>.md`` (``text``) and ``results/<name>.json`` (``payload``); returns the .md path."""
     import json
