@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import resource
 import shutil
 import signal
@@ -39,6 +38,7 @@ from cotune.rundir import RunDir
 from cotune.train.evaluate import Evaluator
 from cotune.train.groups import optimizer_groups
 from cotune.train.launch import LaunchSettings, check_launch, use_cuda
+from cotune.train.lock import lock_run
 from cotune.train.metrics import MetricsLog, Progress, truncate_metrics
 from cotune.train.resume import read_latest, restore, save_checkpoint
 from cotune.train.sharding import make_sharding
@@ -52,33 +52,6 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps); a checkpoint was saved first."""
-
-
-class RunInUse(FileExistsError):
-    """Another process is training in the run directory (its lock is held)."""
-
-
-def _lock(run: RunDir):
-    """An exclusive lock on ``RUN/.lock`` (held while the file stays open; the OS drops it when
-    the process ends, SIGKILL included); RunInUse naming the holder's pid if another process has it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None
-    handle = open(run.lock_file, "a+")  # noqa: SIM115 - held for the run's lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise RunInUse(f"{run.path} is in use: another cotune train (pid {holder}) is training in it; wait for it to "
-                       f"finish or stop it before resuming") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 class Interrupted(RuntimeError):
@@ -202,7 +175,7 @@ class Trainer:
                 if not self.rundir.is_unstarted():
                     raise FileExistsError(f"{self.run_dir} is not empty; use --resume {self.run_dir} or another --out")
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock(self.rundir)
+            self._lock = lock_run(self.rundir)
             if not self.resume and any(e.name != self.rundir.lock_file.name for e in self.run_dir.iterdir()):
                 log.info("%s: a start that saved no checkpoint left files here; starting afresh", self.run_dir)
                 shutil.rmtree(self.rundir.checkpoints_dir, ignore_errors=True)
