@@ -39,7 +39,7 @@ ROWS = (
 def common_sets(config, work: Path, args) -> dict:
     """The three evaluation sets, read as the run's config renders them."""
     from cotune.data.synth import SYNTHESIZERS
-    from cotune.eval.runner import counter_prior_set, load_eval_set
+    from cotune.eval.runner import counter_prior_set, load_eval_set, subset
     from cotune.eval.tasks import TASKS
 
     easyvqa = Path(next(entry.path for entry in config.data.train if entry.kind == "easyvqa"))
@@ -48,7 +48,7 @@ def common_sets(config, work: Path, args) -> dict:
         SYNTHESIZERS.get("audioqa")(sounds, seed=args.data_seed, count=args.clips)
     test = load_eval_set(config, (TASKS.get("easyvqa"), easyvqa), "test")
     return {
-        "image": load_eval_set(config, (TASKS.get("easyvqa"), easyvqa), "test", args.image, args.data_seed),
+        "image": subset(test, args.image, args.data_seed),
         "counter_prior": counter_prior_set(test, args.counter_prior, args.data_seed),
         "audio": load_eval_set(config, (TASKS.get("audioqa"), sounds), "test"),
     }

@@ -206,25 +206,28 @@ def evaluate_all(
     """easy-VQA test (seeded subset), sound QA test and text QA test, written under ``out/<set>``;
     the image and audio sets also with each of ``ablations`` (``out/<set>/ablate-<name>``); with
     ``plan.eval_counter_prior``, easy-VQA's questions against the wording (``out/image-counter-prior``)."""
-    from cotune.eval.runner import counter_prior_set, evaluate_run, load_eval_set
+    from cotune.eval.runner import counter_prior_set, evaluate_run, load_eval_set, subset
     from cotune.eval.tasks import TASKS
 
+    def test_split(task: str, path: Path):
+        return load_eval_set(config, (TASKS.get(task), path), "test")
+
+    easyvqa_test = test_split("easyvqa", easyvqa)  # read once: the subset and the questions against the wording
     sets = {
-        "image": ("easyvqa", easyvqa, plan.eval_image, plan.max_new_tokens),
-        "audio": ("audioqa", data / "audioqa", plan.eval_audio, plan.max_new_tokens),
-        "text": ("textqa", data / "textqa", plan.eval_text, plan.text_max_new_tokens),
+        "image": (easyvqa_test, plan.eval_image, plan.max_new_tokens),
+        "audio": (test_split("audioqa", data / "audioqa"), plan.eval_audio, plan.max_new_tokens),
+        "text": (test_split("textqa", data / "textqa"), plan.eval_text, plan.text_max_new_tokens),
     }
     results = {}
-    for key, (task, path, limit, new_tokens) in sets.items():
+    for key, (test, limit, new_tokens) in sets.items():
         results[key] = evaluate_run(
-            model, config, (TASKS.get(task), path), split="test", limit=limit, sample_seed=plan.eval_seed,
+            model, config, subset(test, limit, plan.eval_seed),
             batch_size=plan.eval_batch_size, max_new_tokens=new_tokens, out=out / key,
             ablations=ablations if key != "text" else (), ablation_seed=plan.eval_seed,
         )
         log.info("demo: %s accuracy %s (%d questions)", key, results[key].get("accuracy"), results[key]["evaluated"])
     if plan.eval_counter_prior:
-        test = load_eval_set(config, (TASKS.get("easyvqa"), easyvqa), "test")
-        chosen = counter_prior_set(test, plan.eval_counter_prior, plan.eval_seed)
+        chosen = counter_prior_set(easyvqa_test, plan.eval_counter_prior, plan.eval_seed)
         results[COUNTER_PRIOR] = evaluate_run(model, config, chosen, batch_size=plan.eval_batch_size,
                                               max_new_tokens=plan.max_new_tokens, out=out / "image-counter-prior")
         log.info("demo: easy-VQA against the wording: accuracy %s (%d questions)", results[COUNTER_PRIOR].get("accuracy"),

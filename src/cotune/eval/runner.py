@@ -18,7 +18,7 @@ import random
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cotune.config import ConfigError, CotuneConfig, DatasetConfig
@@ -102,8 +102,14 @@ def load_eval_set(
     task, path = parse_dataset(dataset) if isinstance(dataset, str) else dataset
     ds_config = dataset_config(task, path, split, config)
     report = DatasetReport(ds_config.name)
-    samples = select(read_dataset(ds_config, report), limit, sample_seed)
-    return EvalSet(task, path, ds_config, report, samples, limit, sample_seed)
+    return subset(EvalSet(task, path, ds_config, report, read_dataset(ds_config, report)), limit, sample_seed)
+
+
+def subset(data: EvalSet, limit: int | None, sample_seed: int | None, samples: Sequence[Sample] | None = None) -> EvalSet:
+    """``limit`` of ``samples`` (default: ``data``'s) chosen by :func:`select`, as an evaluation set
+    of ``data``'s dataset: a set read once can give several subsets."""
+    chosen = select(data.samples if samples is None else samples, limit, sample_seed)
+    return replace(data, samples=chosen, limit=limit, sample_seed=sample_seed)
 
 
 def counter_prior_set(data: EvalSet, limit: int | None = None, sample_seed: int | None = None) -> EvalSet:
@@ -117,7 +123,7 @@ def counter_prior_set(data: EvalSet, limit: int | None = None, sample_seed: int 
     yes_no = [(sample, row) for sample, row in zip(data.samples, rows) if row.get("references") and is_yes_no(row["references"])]
     _, _, follows = prior_split([row for _, row in yes_no])
     counters = [sample for (sample, _), follows_prior in zip(yes_no, follows) if follows_prior is False]
-    return EvalSet(data.task, data.path, data.config, data.report, select(counters, limit, sample_seed), limit, sample_seed)
+    return subset(data, limit, sample_seed, counters)
 
 
 def evaluate_run(
