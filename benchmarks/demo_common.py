@@ -24,6 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from benchmarks.demo_seeds import spread
 from benchmarks.throughput_report import machine, results_header, save_results
 
 #: (label, set, group of the demo's ``grounding``, key of the demo's own figure).
@@ -83,8 +84,8 @@ def recorded(path: Path, data) -> dict | None:
 
 
 def summary(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    return f"{' / '.join(f'{v:.1f}' for v in values)} | {mean:.1f} ({min(values):.1f}-{max(values):.1f}) | {min(values) - mean:+.1f}"
+    """Per-seed values | mean (range) | the worst seed's distance from the mean."""
+    return f"{' / '.join(f'{v:.1f}' for v in values)} | {spread(values)} | {min(values) - statistics.mean(values):+.1f}"
 
 
 def table(common: dict[int, dict], own: dict[int, dict]) -> list[str]:
