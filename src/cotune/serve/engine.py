@@ -341,7 +341,7 @@ class Engine:
                         send(job, ("error", SHUTTING_DOWN))
                     self._drop_held()
                     return
-                started = [job for job in jobs if job._start()]
+                started = [job for job in jobs if job.start()]
                 if started:
                     self._run_batch(started)
             if stop:

@@ -55,7 +55,8 @@ class Job:
     def cancelled(self) -> bool:
         return self._cancelled
 
-    def _start(self) -> bool:
+    def start(self) -> bool:
+        """Marks the job started; False (and nothing changes) if it was cancelled first."""
         with self._lock:
             if self._cancelled:
                 return False
