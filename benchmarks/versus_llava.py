@@ -75,6 +75,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ from benchmarks import llava_baseline
 from benchmarks.throughput_report import Contention, machine
 from benchmarks.versus_llava_report import report_files
 from benchmarks.versus_llava_measure import (
-    Curve, draw_training_set, due, eval_samples, open_share, peak_memory, score_answers, shuffled_samples, train_set_dir,
+    Curve, draw_training_set, due, eval_samples, peak_memory, score_answers, shuffled_samples, train_set_dir,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +96,11 @@ LLM_ID, VISION_ID = "HuggingFaceTB/SmolLM2-135M-Instruct", "torchvision/mobilene
 SYSTEM_PROMPT = "Answer briefly."
 MAX_NEW_TOKENS = 6
 SIDES = ("cotune", "baseline")
+#: cotune's recipes: ``grounded``, the demo's recipe as shipped (gated LoRA, describe then answer,
+#: yes/no balanced per answer and polarity); ``mm_adapter``, the recipe the first results were
+#: measured with (``benchmarks/mm_adapter_recipe.yaml``). Both sides train on the recipe's mix and
+#: targets (``versus_llava_measure.training_mix``).
+RECIPES = ("grounded", "mm_adapter")
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,20 @@ class Plan:
     seed: int = 0
     device: str = "cpu"
     threads: int = 2
+    recipe: str = "grounded"
+    shuffled_at: str = "every"
+    parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe: {self.recipe!r} is not one of {', '.join(RECIPES)}")
+        if self.shuffled_at not in ("every", "last"):
+            raise ValueError(f"shuffled_at: {self.shuffled_at!r} is not one of every, last")
+
+    def shuffled_due(self, step: int, side: str) -> bool:
+        """Whether the evaluation after ``step`` also answers with shuffled images (``shuffled_at``:
+        at every evaluation, or only at ``side``'s last)."""
+        return self.shuffled_at == "every" or step == self.steps_of(side)
 
     def steps_of(self, side: str) -> int:
         """Optimizer steps of ``side``: ``cotune_steps`` (default ``steps``) lets cotune, whose steps
@@ -127,17 +147,25 @@ class Plan:
 # ---------------------------------------------------------------------------------- cotune
 
 
-def cotune_config(train_set: Path, easyvqa: Path, plan: Plan):
-    """The demo recipe restricted to images, on the drawn training set."""
+def cotune_config(train_set: Path, easyvqa: Path, plan: Plan, work: Path | None = None):
+    """``plan.recipe`` restricted to images, on the drawn training set (whose answers already are
+    the recipe's targets). The grounded recipe keeps the demo's feature cache (``work/features``):
+    its image encoder is frozen, so an image's features are computed once."""
     from cotune.config import load_config
+    from cotune.demo.pipeline import packaged_recipe
     from benchmarks.recipes import mm_adapter_recipe
 
-    recipe = mm_adapter_recipe()
+    recipe = mm_adapter_recipe() if plan.recipe == "mm_adapter" else packaged_recipe()
     del recipe["model"]["encoders"]["audio"]
-    del recipe["train"]["groups"]["encoder"]["audio"]
+    groups = recipe["train"]["groups"]
+    groups.get("encoder", {}).pop("audio", None)
+    if not groups.get("encoder", True):
+        del groups["encoder"]
     recipe["seed"] = plan.seed
     recipe["data"]["train"] = [{"kind": "easyvqa", "path": str(train_set), "split": "train", "name": "easyvqa:drawn",
                                 "media_root": str(easyvqa / "train" / "images")}]
+    if plan.recipe == "grounded" and work is not None:
+        recipe["data"]["feature_cache"] = str(work / "features")
     steps = plan.steps_of("cotune")
     recipe["data"].update(batch_size=plan.batch_size, epoch_size=steps * plan.batch_size)
     recipe["train"].update(max_steps=steps, checkpoint_every=steps, keep_checkpoints=1)
@@ -165,7 +193,7 @@ def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
             if due(trainer.state.step, plan, "cotune"):
                 curve.point(trainer.state.step, trainer.state.samples_seen, trainer.state.tokens_seen)
 
-    config = cotune_config(train_set_dir(work, plan, "cotune"), easyvqa, plan)
+    config = cotune_config(train_set_dir(work, plan, "cotune"), easyvqa, plan, work)
     samples = eval_samples(easyvqa, plan)
     shuffled = shuffled_samples(samples, plan)
     trainer = Trainer(config, work / "cotune-run", callbacks=[CurvePoints()])
@@ -176,8 +204,8 @@ def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
         answers = predict_samples(trainer.model, spec, items, batch_size=plan.eval_batch_size, max_new_tokens=MAX_NEW_TOKENS)
         return [(p.sample, p.text) for p in answers]
 
-    def evaluate() -> dict:
-        return score_answers(answer(samples), answer(shuffled))
+    def evaluate(step: int) -> dict:
+        return score_answers(answer(samples), answer(shuffled) if plan.shuffled_due(step, "cotune") else None)
 
     curve = Curve(evaluate)
     trainer.run()
@@ -223,9 +251,9 @@ def run_baseline(work: Path, easyvqa: Path, plan: Plan) -> dict:
             pairs += [(s, decode(tokenizer, row)) for s, row in zip(batch, out.cpu())]
         return pairs
 
-    def evaluate() -> dict:
+    def evaluate(step: int) -> dict:
         model.eval()
-        result = score_answers(answer(samples), answer(shuffled))
+        result = score_answers(answer(samples), answer(shuffled) if plan.shuffled_due(step, "baseline") else None)
         model.train()
         return result
 
@@ -286,7 +314,8 @@ def run_side(side: str, work: Path, plan: Plan) -> dict:
 
 
 #: Plan fields that change the baseline's run (cotune_steps does not: its draw is unchanged).
-BASELINE_FIELDS = ("steps", "batch_size", "eval_every", "eval_questions", "eval_batch_size", "eval_at_start", "pool", "seed", "device", "threads")
+BASELINE_FIELDS = ("steps", "batch_size", "eval_every", "eval_questions", "eval_batch_size", "eval_at_start", "pool", "seed", "device",
+                   "threads", "recipe", "shuffled_at", "parallel")
 
 
 def reused_baseline(work: Path, plan: Plan) -> dict:
@@ -325,11 +354,17 @@ def main(argv: list[str] | None = None) -> int:
                         "it was run with the same settings (the baseline does not depend on cotune's code or steps)")
     parser.add_argument("--batch-size", type=int, help="samples per step, both sides (default 16; --quick 8)")
     parser.add_argument("--eval-every", type=int, help="evaluate every N steps and after the last (default 20; --quick 6)")
-    parser.add_argument("--eval-questions", type=int, help="held-out easy-VQA test questions (default 200; --quick 32)")
+    parser.add_argument("--eval-questions", type=int, help="held-out easy-VQA test questions (default 1000; --quick 32)")
     parser.add_argument("--eval-batch-size", type=int, default=32, help="questions per generation batch (default 32)")
     parser.add_argument("--eval-at-start", action="store_true", help="also evaluate the untrained models (step 0)")
     parser.add_argument("--pool", type=int, default=12000, help="draw training questions from the first N train questions (default 12000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=RECIPES, default="grounded", help="cotune's recipe and the training mix both sides "
+                        "draw: grounded (the demo's, default) or mm_adapter (the first results' recipe)")
+    parser.add_argument("--shuffled", choices=("every", "last"), default="every", help="answer with shuffled images at every "
+                        "evaluation or only at each side's last (default every)")
+    parser.add_argument("--parallel", action="store_true", help="run the two sides at the same time, each with --threads "
+                        "threads (a core each with --threads 1 on two cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: frozen LLM in bfloat16, bf16 autocast")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per side (default: all cores)")
     parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results; --quick writes only with --out)")
@@ -349,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                                 ("eval_every", args.eval_every),
                                 ("eval_questions", args.eval_questions)) if v is not None}
     fields = dict(eval_batch_size=args.eval_batch_size, eval_at_start=args.eval_at_start, pool=args.pool, seed=args.seed,
-                  device=args.device, threads=args.threads, **given)
+                  device=args.device, threads=args.threads, recipe=args.recipe, shuffled_at=args.shuffled, parallel=args.parallel,
+                  **given)
     plan = Plan.quick(**fields) if args.quick else Plan(**fields)
     if plan.cotune_steps is not None and plan.cotune_steps < 1:
         parser.error(f"--cotune-steps: must be >= 1, got {plan.cotune_steps}")
@@ -365,15 +401,18 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         # A reused --work: cotune's Trainer refuses a non-empty run directory.
-        for old in ("cotune-run",) if args.reuse_baseline else ("cotune-run", "baseline-run"):
+        for old in ("cotune-run", "features") if args.reuse_baseline else ("cotune-run", "features", "baseline-run"):
             shutil.rmtree(work / old, ignore_errors=True)
         draw_training_set(easyvqa, plan, work)
         reused = reused_baseline(work, plan) if args.reuse_baseline else None  # checked before cotune's run
-        results = {side: reused if side == "baseline" and reused else run_side(side, work, plan) for side in SIDES}
+        todo = [side for side in SIDES if not (side == "baseline" and reused)]
+        with ThreadPoolExecutor(max_workers=len(todo) if plan.parallel else 1) as pool:
+            ran = dict(zip(todo, pool.map(lambda side: run_side(side, work, plan), todo)))
+        results = {side: ran.get(side, reused) for side in SIDES}
     command = ("python -m benchmarks.versus_llava " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     info = machine("cuda" if plan.device.startswith("cuda") else "cpu")
     out = args.out or (None if args.quick else ROOT / "benchmarks" / "results")
-    text = report_files(results, plan, open_share(), MAX_NEW_TOKENS, command, info, contention.others(), time.perf_counter() - started, out)
+    text = report_files(results, plan, MAX_NEW_TOKENS, command, info, contention.others(), time.perf_counter() - started, out)
     print(text)
     return 0
 

@@ -16,13 +16,40 @@ import torch
 log = logging.getLogger("benchmarks.versus_llava")
 
 
-def open_share() -> float:
-    """The demo's share of colour/shape questions among image questions (its ``image:open``
-    entry over all ``image:`` entries)."""
+#: The training mixes both sides draw, per cotune recipe (``Plan.recipe``): (answers, polarity) cells
+#: as cotune's ``DatasetConfig.answers``/``polarity`` filter them -> share of the drawn questions, and
+#: the targets (``DatasetConfig.targets``) the shared training file carries. ``mm_adapter``: the
+#: demo's image mix when the MM-Adapter recipe was measured (open 0.35 : yes/no 0.15 of its
+#: samples), plain answers. ``grounded``: the demo's image mix now (``SHARES``): as many open
+#: questions as yes/no ones, yes/no balanced per answer and polarity, yes/no trained as "describe,
+#: then answer" ("blue circle: no").
+MM_ADAPTER_MIX = {("open", "all"): 0.7, ("yes_no", "all"): 0.3}
+
+
+def training_mix(recipe: str) -> tuple[dict[tuple[str, str], float], str]:
+    """(cells -> share, targets) of ``recipe`` (``MM_ADAPTER_MIX``'s comment)."""
+    if recipe == "mm_adapter":
+        return dict(MM_ADAPTER_MIX), "answer"
+    if recipe != "grounded":
+        raise ValueError(f"recipe: {recipe!r} is not one of grounded, mm_adapter")
     from cotune.demo.pipeline import SHARES
 
-    image = {key: share for key, share in SHARES.items() if key.startswith("image:")}
-    return image["image:open"] / sum(image.values())
+    image = {tuple(key.split(":")[1:]): share for key, share in SHARES.items() if key.startswith("image:")}
+    total = sum(image.values())
+    return {(cell[0], cell[1] if len(cell) > 1 else "all"): share / total for cell, share in image.items()}, "describe"
+
+
+def open_share(recipe: str = "grounded") -> float:
+    """The share of colour/shape questions among the questions ``recipe`` draws."""
+    return sum(share for (answers, _), share in training_mix(recipe)[0].items() if answers == "open")
+
+
+def mix_sentence(recipe: str) -> str:
+    """How ``recipe``'s training questions are drawn, for the report."""
+    mix, targets = training_mix(recipe)
+    cells = ", ".join(f"{100 * share:.1f} % {answers}" + (f" {polarity}" if polarity != "all" else "")
+                      for (answers, polarity), share in mix.items())
+    return cells + ("; yes/no targets \"<colour> <shape>: <answer>\" (describe, then answer)" if targets == "describe" else "; plain answers")
 
 
 def is_yes_no(answer: str) -> bool:
@@ -31,24 +58,39 @@ def is_yes_no(answer: str) -> bool:
 
 def draw_training_set(easyvqa: Path, plan, work: Path) -> Path:
     """Writes ``work/train-set/train/questions.json``: steps x batch_size questions of the first
-    ``pool`` train questions, open and yes/no at the demo's rate, drawn without replacement. With
-    ``cotune_steps`` > ``steps`` it also writes ``work/train-set-cotune``: that set plus further
-    questions drawn the same way from the rest of the pool (the baseline's draw is unchanged)."""
-    questions = json.loads((easyvqa / "train" / "questions.json").read_text())[: plan.pool]
-    pools = {"open": [q for q in questions if not is_yes_no(q[1])], "yes_no": [q for q in questions if is_yes_no(q[1])]}
+    ``pool`` train questions, in ``plan.recipe``'s mix (``training_mix``), drawn without
+    replacement, each record [question, target, image_id] with the target as cotune's reader makes
+    it (so both sides train on the same text). With ``cotune_steps`` > ``steps`` it also writes
+    ``work/train-set-cotune``: that set plus further questions drawn the same way from the rest of
+    the pool (the baseline's draw is unchanged)."""
+    mix, targets = training_mix(plan.recipe)
+    pools = {cell: _pool(easyvqa, plan.pool, cell, targets) for cell in mix}
     rng = random.Random(plan.seed)
-    drawn = _draw(pools, plan.steps * plan.batch_size, rng, plan.pool)
+    drawn = _draw(pools, mix, plan.steps * plan.batch_size, rng, plan.pool)
     rng.shuffle(drawn)
     _write_set(train_set_dir(work, plan, "baseline"), drawn)
     cotune_set = train_set_dir(work, plan, "cotune")
     if cotune_set != train_set_dir(work, plan, "baseline"):
         extra = plan.steps_of("cotune") - plan.steps
         taken = {json.dumps(q) for q in drawn}
-        rest = {kind: [q for q in qs if json.dumps(q) not in taken] for kind, qs in pools.items()}
-        more = _draw(rest, extra * plan.batch_size, rng, plan.pool)
+        rest = {cell: [q for q in qs if json.dumps(q) not in taken] for cell, qs in pools.items()}
+        more = _draw(rest, mix, extra * plan.batch_size, rng, plan.pool)
         rng.shuffle(more)
         _write_set(cotune_set, drawn + more)
     return train_set_dir(work, plan, "baseline")
+
+
+def _pool(easyvqa: Path, pool: int, cell: tuple[str, str], targets: str) -> list[list]:
+    """The first ``pool`` train questions that cotune's easy-VQA reader keeps for ``cell``, as
+    [question, target, image_id] records."""
+    from cotune.config import DatasetConfig
+    from cotune.data.report import DatasetReport
+    from cotune.data.readers.easyvqa import read
+
+    answers, polarity = cell
+    config = DatasetConfig(kind="easyvqa", path=str(easyvqa), split="train", limit=pool, answers=answers, polarity=polarity,
+                           targets=targets)
+    return [[s.metadata["question"], s.messages[-1].content, s.metadata["image_id"]] for s in read(config, DatasetReport(config.name))]
 
 
 def train_set_dir(work: Path, plan, side: str) -> Path:
@@ -57,12 +99,14 @@ def train_set_dir(work: Path, plan, side: str) -> Path:
     return work / ("train-set-cotune" if side == "cotune" and plan.steps_of("cotune") > plan.steps else "train-set")
 
 
-def _draw(pools: dict[str, list], total: int, rng: random.Random, pool: int) -> list:
-    want_open = round(total * open_share())
-    for kind, want in (("open", want_open), ("yes_no", total - want_open)):
-        if want > len(pools[kind]):
-            raise ValueError(f"--pool {pool}: {len(pools[kind])} {kind} questions left, the run needs {want}; raise --pool")
-    return rng.sample(pools["open"], want_open) + rng.sample(pools["yes_no"], total - want_open)
+def _draw(pools: dict[tuple, list], mix: dict[tuple, float], total: int, rng: random.Random, pool: int) -> list:
+    cells = list(mix)
+    wants = [round(total * mix[cell]) for cell in cells[:-1]]
+    wants.append(total - sum(wants))
+    for cell, want in zip(cells, wants):
+        if want > len(pools[cell]):
+            raise ValueError(f"--pool {pool}: {len(pools[cell])} {'/'.join(cell)} questions left, the run needs {want}; raise --pool")
+    return [q for cell, want in zip(cells, wants) for q in rng.sample(pools[cell], want)]
 
 
 def _write_set(root: Path, questions: list) -> None:
@@ -121,7 +165,8 @@ def score_answers(pairs, shuffled_pairs=None) -> dict:
 
 
 class Curve:
-    """Training wall time with evaluations taken out, and the accuracy at each evaluation."""
+    """Training wall time with evaluations taken out, and the accuracy at each evaluation
+    (``evaluate(step)`` -> ``score_answers``'s dict)."""
 
     def __init__(self, evaluate) -> None:
         self.evaluate, self.points = evaluate, []
@@ -140,7 +185,7 @@ class Curve:
         train_s = time.perf_counter() - self.started - self.paused
         train_cpu_s = time.process_time() - self.started_cpu - self.paused_cpu
         begin, begin_cpu = time.perf_counter(), time.process_time()
-        result = self.evaluate()
+        result = self.evaluate(step)
         eval_s = time.perf_counter() - begin
         self.paused += eval_s
         self.paused_cpu += time.process_time() - begin_cpu

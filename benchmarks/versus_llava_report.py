@@ -140,14 +140,15 @@ def targets_table(summary: dict) -> list[str]:
 
 
 def curve_table(results: dict[str, dict]) -> list[str]:
-    lines = ["| step | cotune train s | cotune accuracy (yes/no, colour/shape) | baseline train s | baseline accuracy (yes/no, colour/shape) |",
+    lines = ["| step | cotune train s | cotune accuracy (yes/no, colour/shape); against the wording | baseline train s "
+             "| baseline accuracy (yes/no, colour/shape); against the wording |",
              "|---:|---:|---|---:|---|"]
     by_step = {side: {p["step"]: p for p in r["curve"]} for side, r in results.items()}
     for step in sorted(set(by_step["cotune"]) | set(by_step["baseline"])):
         cells = []
         for side in ("cotune", "baseline"):
             p = by_step[side].get(step)
-            cells += [f"{p['train_s']:.0f}", _accuracy(p)] if p else ["-", "-"]
+            cells += [f"{p['train_s']:.0f}", f"{_accuracy(p)}; {_pct(p.get('counter_prior_accuracy'))}"] if p else ["-", "-"]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return lines
 
@@ -158,7 +159,7 @@ def limits(summary: dict, eval_every: int) -> list[str]:
     step_ratio = c["s_per_step"] / b["s_per_step"]
     notes = [f"- Trainable parameters: {c['trainable_params']:,} against {b['trainable_params']:,} "
              f"({t['params_ratio']['value']:.4f}x): LoRA r 128 on every linear layer of a 135M LLM is large next to "
-             f"MM-Adapters of dim 8 and a neck of 128; target {'met' if t['params_ratio']['met'] else 'NOT met'}."]
+             f"cotune's small adapters and neck of 128; target {'met' if t['params_ratio']['met'] else 'NOT met'}."]
     cost = (f"a cotune step took {c['s_per_step']:.2f} s against the baseline's {b['s_per_step']:.2f} s ({step_ratio:.2f}x; "
             f"{c['tokens_per_sample']:.0f} against {b['tokens_per_sample']:.0f} sequence tokens per sample, {c['image_tokens']} against "
             f"{b['image_tokens']} of them image tokens)")
@@ -198,7 +199,7 @@ def plot(results: dict[str, dict], summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = {"cotune": "cotune (MM-Adapters, 7 image tokens)", "baseline": "LLaVA-style (LoRA r128, 49 image tokens)"}
+    labels = {"cotune": "cotune (7 image tokens)", "baseline": "LLaVA-style (LoRA r128, 49 image tokens)"}
     for side, r in results.items():
         acc.plot([p["train_s"] for p in r["curve"]], [p["accuracy"] for p in r["curve"]], marker="o", label=labels[side])
         loss.plot([p["step"] for p in r["losses"]], [p["loss"] for p in r["losses"]], label=labels[side], alpha=0.8, linewidth=1)
@@ -226,8 +227,30 @@ def _steps_sentence(plan) -> str:
             f"{(cotune_steps - plan.steps) * plan.batch_size:,} more drawn the same way")
 
 
-def report_files(results: dict, plan, share: float, max_new_tokens: int, command: str, info: dict, others: tuple, runtime: float, out: Path | None) -> str:
-    """The Markdown report; with ``out``, also writes versus_llava-<device>.{md,json,png} there."""
+#: cotune's side per ``Plan.recipe``, for the report.
+COTUNE_SIDES = {
+    "grounded": "the demo recipe without audio: LoRA r 16 (alpha 32) on every linear layer of the LLM, gated by media, "
+                "lr 1e-3; LaVIN neck (hidden 128, lr 3e-3) on the 7x7 grid averaged row by row (7 tokens), frozen MobileNetV2 "
+                "whose features are computed once per image (the demo's feature cache); modality embedding; CoMMIT's "
+                "coordinated rates (`commit_clr`, exact kappa every 50 steps, `kl_equalise`); 15 warmup steps, cosine; "
+                "cotune's Trainer.",
+    "mm_adapter": "the MM-Adapter recipe (`benchmarks/mm_adapter_recipe.yaml`) without audio: MM-Adapters (dim 8, 2 experts) in "
+                  "all 30 LLM blocks and all 18 MobileNetV2 blocks, LaVIN neck (hidden 128) on the 7x7 grid averaged row by row "
+                  "(7 tokens), modality embedding, CoMMIT (exact kappa every 50 steps); lr 1e-3 LLM adapters, 3e-4 encoder "
+                  "adapters, 3e-3 neck; 15 warmup steps, cosine; cotune's Trainer.",
+}
+
+
+def report_stem(out: Path, plan) -> Path:
+    """``out/versus_llava-<device>``, with ``-mm-adapter`` for that recipe's runs."""
+    device = "cuda" if plan.device.startswith("cuda") else "cpu"
+    return out / (f"versus_llava-{device}" + ("-mm-adapter" if plan.recipe == "mm_adapter" else ""))
+
+
+def report_files(results: dict, plan, max_new_tokens: int, command: str, info: dict, others: tuple, runtime: float, out: Path | None) -> str:
+    """The Markdown report; with ``out``, also writes ``report_stem``.{md,json,png} there."""
+    from benchmarks.versus_llava_measure import mix_sentence
+
     summary = summarise(results)
     device = "cuda" if plan.device.startswith("cuda") else "cpu"
     precision = "frozen LLM in bfloat16, bf16 autocast" if device == "cuda" else "float32"
@@ -242,15 +265,15 @@ def report_files(results: dict, plan, share: float, max_new_tokens: int, command
         f"Other processes used {others[0]:.0f} core-seconds during the run ({100 * others[1]:.1f}% of the machine)"
         + (": **timings are pessimistic**." if others[1] > 0.05 else "."), "",
         f"Task: easy-VQA, SmolLM2-135M-Instruct + MobileNetV2 (the zoo's copies), {precision}. {_steps_sentence(plan)} "
-        f"({plan.pool:,} first train questions, {100 * share:.0f} % colour/shape and {100 * (1 - share):.0f} % yes/no as the demo draws them; each "
+        f"({plan.pool:,} first train questions: {mix_sentence(plan.recipe)}; the same file for both sides; each "
         "seen once), the chat template with system prompt \"Answer briefly.\", 224 px MobileNetV2 inputs. Held-out: the same "
         f"{held['questions']} easy-VQA test questions (seed {plan.seed}: {held['yes_no_questions']} yes/no, {held['open_questions']} "
         "colour/shape), greedy, "
-        f"at most {max_new_tokens} new tokens, cotune's easy-VQA scoring for both; evaluated every {plan.eval_every} steps and "
-        "after the last.", "",
-        "- **cotune**: the demo recipe without audio: MM-Adapters (dim 8, 2 experts) in all 30 LLM blocks and all 18 MobileNetV2 "
-        "blocks, LaVIN neck (hidden 128) on the 7x7 grid averaged row by row (7 tokens), modality embedding, CoMMIT (exact kappa "
-        "every 50 steps); lr 1e-3 LLM adapters, 3e-4 encoder adapters, 3e-3 neck; 15 warmup steps, cosine; cotune's Trainer.",
+        f"at most {max_new_tokens} new tokens, cotune's easy-VQA scoring for both (the word after a description's last `:`); "
+        f"evaluated every {plan.eval_every} steps and after the last"
+        + (", with shuffled images at every evaluation." if plan.shuffled_at == "every" else ", with shuffled images at each side's last.")
+        + (" The two sides ran at the same time, each in its own process." if plan.parallel else ""), "",
+        f"- **cotune**: {COTUNE_SIDES[plan.recipe]}",
         f"- **baseline** (`benchmarks/llava_baseline.py`, transformers + PEFT): all 49 patch tokens of the same grid through mlp2x_gelu "
         f"(1280 -> 576 -> GELU -> 576) spliced into `inputs_embeds`; frozen MobileNetV2 (eval mode); PEFT LoRA r {baseline_recipe['lora_r']}, "
         f"alpha {baseline_recipe['lora_alpha']}, dropout {baseline_recipe['lora_dropout']} on all linear layers of the LLM; "
@@ -274,10 +297,10 @@ def report_files(results: dict, plan, share: float, max_new_tokens: int, command
     ])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"versus_llava-{device}"
+        stem = report_stem(out, plan)
         text += f"\nFigure: `{stem.name}.png` (accuracy over train seconds; training loss over steps).\n"
         stem.with_suffix(".md").write_text(text)
-        payload = {"command": command, "machine": info, "plan": asdict(plan), "open_share": share,
+        payload = {"command": command, "machine": info, "plan": asdict(plan), "training_mix": mix_sentence(plan.recipe),
                    "other_processes_share": round(others[1], 3), "runtime_s": round(runtime, 1), **summary, "results": results}
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
         plot(results, summary, stem.with_suffix(".png"))

@@ -107,23 +107,78 @@ def test_batched_greedy_answers_equal_one_by_one(parts):
         assert batched[i, : alone.shape[1]].tolist() == alone[0].tolist()
 
 
+def write_easyvqa(root, questions) -> None:
+    """An easy-VQA train split of ``questions``; its images are empty files (the draw reads no pixels)."""
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "train" / "questions.json").write_text(json.dumps(questions))
+    for image in {q[2] for q in questions}:
+        (root / "train" / "images" / f"{image}.png").touch()
+
+
 def test_cotune_steps_extend_the_baseline_draw_without_changing_it(tmp_path):
     """--cotune-steps: the baseline's training set is the draw of a same-steps run, and cotune's is
-    that set plus new questions, with no question twice and the demo's open/yes-no rate kept."""
+    that set plus new questions, with no question twice and the recipe's open/yes-no rate kept."""
     from benchmarks import versus_llava as vl
     from benchmarks import versus_llava_measure as data
 
     rng = np.random.default_rng(0)
     questions = [[f"q{i}", ["yes", "no", "red", "circle"][int(rng.integers(4))], i] for i in range(400)]
-    (tmp_path / "evqa" / "train").mkdir(parents=True)
-    (tmp_path / "evqa" / "train" / "questions.json").write_text(json.dumps(questions))
-    same = data.draw_training_set(tmp_path / "evqa", vl.Plan(steps=5, batch_size=4), tmp_path / "same")
-    longer = data.draw_training_set(tmp_path / "evqa", vl.Plan(steps=5, cotune_steps=12, batch_size=4), tmp_path / "longer")
+    write_easyvqa(tmp_path / "evqa", questions)
+    plan = dict(recipe="mm_adapter", batch_size=4)
+    same = data.draw_training_set(tmp_path / "evqa", vl.Plan(steps=5, **plan), tmp_path / "same")
+    longer = data.draw_training_set(tmp_path / "evqa", vl.Plan(steps=5, cotune_steps=12, **plan), tmp_path / "longer")
     read = lambda root: json.loads((root / "train" / "questions.json").read_text())
     assert read(same) == read(longer) and len(read(longer)) == 20
     assert not (tmp_path / "same" / "train-set-cotune").exists()
     cotune = read(tmp_path / "longer" / "train-set-cotune")
     assert cotune[:20] == read(longer) and len(cotune) == 48 and len({q[0] for q in cotune}) == 48
     opened = sum(not data.is_yes_no(q[1]) for q in cotune[20:])
-    assert opened == round(28 * data.open_share())
+    assert opened == round(28 * 0.7) and data.open_share("mm_adapter") == 0.7
     assert vl.Plan(steps=5, cotune_steps=12).steps_of("cotune") == 12 and vl.Plan(steps=5).steps_of("cotune") == 5
+
+
+def test_grounded_draw_is_the_demos_image_mix_with_describe_targets_for_both_sides(tmp_path):
+    """The grounded recipe's shared file: half open questions, yes/no drawn equally per answer and
+    polarity (the demo's SHARES), yes/no targets "<colour> <shape>: <answer>" of the question's own
+    image; images whose colour and shape no open question names are never drawn for yes/no; and
+    cotune's reader, reading that file with plain answers, trains on exactly its targets."""
+    from benchmarks import versus_llava as vl
+    from benchmarks import versus_llava_measure as data
+    from cotune.config import DatasetConfig
+    from cotune.data.questions import polarity
+    from cotune.data.readers.easyvqa import read
+    from cotune.data.report import DatasetReport
+
+    rng = np.random.default_rng(1)
+    colours, shapes = ["red", "blue", "green"], ["circle", "triangle", "rectangle"]
+    truth, questions = {}, []
+    for image in range(240):
+        colour, shape = colours[int(rng.integers(3))], shapes[int(rng.integers(3))]
+        truth[image] = f"{colour} {shape}"
+        if image < 200:  # the last 40 images have no open question: nothing describes them
+            questions += [["what color is the shape?", colour, image], ["what shape is this?", shape, image]]
+        asked = colours[int(rng.integers(3))]
+        questions += [[f"is there a {asked} shape?", "yes" if asked == colour else "no", image],
+                      [f"is there not a {asked} shape?", "no" if asked == colour else "yes", image]]
+    order = rng.permutation(len(questions))
+    write_easyvqa(tmp_path / "evqa", [questions[i] for i in order])
+
+    plan = vl.Plan(steps=10, batch_size=8)  # 80 questions
+    drawn = json.loads((data.draw_training_set(tmp_path / "evqa", plan, tmp_path / "work") / "train" / "questions.json").read_text())
+    assert len(drawn) == 80 and len({json.dumps(q) for q in drawn}) == 80
+    cells = {}
+    for question, target, image in drawn:
+        description, _, answer = target.rpartition(": ")
+        if description:
+            assert description == truth[image] and image < 200
+            cells[(answer, polarity(question))] = cells.get((answer, polarity(question)), 0) + 1
+        else:
+            cells["open"] = cells.get("open", 0) + 1
+    assert cells == {"open": 40, ("yes", "affirmative"): 10, ("no", "affirmative"): 10, ("yes", "negated"): 10, ("no", "negated"): 10}
+    assert data.open_share() == 0.5
+
+    config = DatasetConfig(kind="easyvqa", path=str(tmp_path / "work" / "train-set"), split="train",
+                           media_root=str(tmp_path / "evqa" / "train" / "images"))
+    assert [[s.metadata["question"], s.messages[-1].content, s.metadata["image_id"]] for s in read(config, DatasetReport("x"))] == drawn
+    with pytest.raises(ValueError, match="recipe"):
+        vl.Plan(recipe="lava")
