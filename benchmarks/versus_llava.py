@@ -4,12 +4,16 @@ each needs to reach the baseline's final held-out accuracy.
 
 Sides (each runs in its own process, so peak RSS is its own):
 
-* ``cotune``: the demo recipe (``cotune/demo/demo.yaml``) restricted to images: the Whisper
-  encoder and its settings dropped, everything else as shipped: MM-Adapters (dim 8, 2 experts) in
-  all 30 SmolLM2 blocks and all 18 MobileNetV2 blocks, a LaVIN neck on the 7 x 7 grid averaged row
-  by row (7 image tokens), the modality embedding, CoMMIT balancing (exact kappa every 50 steps),
-  the recipe's learning rates (LLM adapters 1e-3, encoder adapters 3e-4, neck and modality
-  embedding 3e-3), 15 warmup steps, cosine, cotune's own Trainer.
+* ``cotune`` (``--recipe``, ``RECIPES``): ``grounded`` (the default), the demo recipe
+  (``cotune/demo/demo.yaml``) restricted to images: the Whisper encoder and its settings dropped,
+  everything else as shipped: LoRA r 16 on every linear layer of SmolLM2, gated by media, at lr
+  1e-3; a LaVIN neck (lr 3e-3) on MobileNetV2's 7 x 7 grid averaged row by row (7 image tokens);
+  the frozen MobileNetV2's features computed once per image (the demo's feature cache); the
+  modality embedding; CoMMIT's coordinated rates (``commit_clr``, exact kappa every 50 steps,
+  ``kl_equalise``); 15 warmup steps, cosine; cotune's own Trainer. ``mm_adapter``: the recipe
+  the first results were measured with (``benchmarks/mm_adapter_recipe.yaml``: MM-Adapters, dim
+  8, 2 experts, in all 30 SmolLM2 blocks and all 18 MobileNetV2 blocks, LLM adapters 1e-3,
+  encoder adapters 3e-4, neck and modality embedding 3e-3, CoMMIT).
 * ``baseline``: ``llava_baseline.py``, written as a user would with transformers + PEFT: all 49
   patch tokens of the same grid through an ``mlp2x_gelu`` projector spliced into the LLM's
   ``inputs_embeds``, LoRA on every linear layer of the LLM, ``transformers.Trainer``, LLaVA-1.5's
@@ -25,17 +29,25 @@ Same for both, so the comparison is the method and not the data:
 * images: 224 px through MobileNetV2's image processor as cotune builds it (the 64 px easy-VQA
   PNGs resized to 256 and centre-cropped to 224), so both see the same pixels;
 * training samples: ``steps x batch_size`` easy-VQA train questions drawn once (seeded, without
-  replacement) from the first ``--pool`` questions at the demo's open : yes/no rate (``SHARES``
-  in ``cotune/demo/pipeline.py``: 0.35 : 0.15, i.e. 70 % colour/shape, 30 % yes/no; easy-VQA itself
-  is 74 % yes/no), written once as an easy-VQA questions file that both sides read, each sample
-  seen once in an order each side shuffles with its own seeded sampler;
+  replacement) from the first ``--pool`` questions in the recipe's mix
+  (``versus_llava_measure.training_mix``): for ``grounded`` the demo's image mix (``SHARES`` in
+  ``cotune/demo/pipeline.py``: half colour/shape questions, half yes/no drawn equally per answer
+  and polarity, so the wording predicts no answer) with yes/no targets "<colour> <shape>:
+  <answer>" as cotune's reader makes them (``targets: describe``); for ``mm_adapter`` 70 %
+  colour/shape and 30 % yes/no with plain answers (easy-VQA itself is 74 % yes/no). They are
+  written once as an easy-VQA questions file whose answers are the targets, which both sides read,
+  each sample seen once in an order each side shuffles with its own seeded sampler;
 * prompts: the tokenizer's chat template with the system prompt "Answer briefly.", the image in
   front of the question; the answer and the end-of-turn token supervised;
 * the batch size and the number of steps;
 * held-out accuracy: the same ``--eval-questions`` easy-VQA test questions (a seeded subset chosen
   as ``cotune eval --limit N --sample-seed 0`` chooses), greedy answers of at most 6 new tokens
   (the demo's ``max_new_tokens``), decoded and scored by cotune's easy-VQA task (VQA-normalised
-  exact match, ``cotune.eval.tasks``) for both sides' predictions.
+  exact match of the word after a description's last ``:``, ``cotune.eval.tasks``) for both
+  sides' predictions; also with each image swapped for another's (cotune's shuffle ablation; at
+  every evaluation, or with ``--shuffled last`` only at the last), and on the yes/no questions whose
+  answer the wording does not predict. The time target is judged only when neither side is below
+  chance on those (``versus_llava_report.at_wording_prior``).
 
 Timing: each side's training clock starts when its training loop starts (model loading and data
 set preparation are not counted) and stops for every evaluation, so "train seconds" is training
@@ -48,16 +60,15 @@ included (7 per sample for cotune, 49 for the baseline); samples/s counts traini
 over the whole train seconds. Peak memory: ``getrusage`` maxrss of the side's process (model
 loading and evaluation included), on CUDA also ``torch.cuda.max_memory_allocated``.
 
-Default size: 100 steps of 16 samples per side (1,600 questions; 16 is the demo's batch size, the
-one cotune's recipe was tuned at), evaluations every 20 steps on 200 test questions. Sized from
-short runs on the 2-core machine while other processes loaded it, one torch thread: 8.4 CPU
-seconds per cotune step and 18.2 per baseline step (4 steps of 16, first step included), so on 2
-idle cores about 5 and 11 s a step if two threads give ~1.7x: ~8 + ~18 minutes of training,
-~6 minutes of evaluations (5 per side) and ~1 minute of loading, about 33 minutes in all (an
-estimate: not yet measured idle). 150 steps would take about 45 minutes; 100 x 16 gives more
-samples per minute than 150 x 8.
+Default size: 100 steps of 16 samples per side (1,600 questions; 16 is the demo's batch size),
+evaluations every 20 steps on 1,000 test questions. On the 2-core AMD EPYC with one torch thread
+per side and the two sides at once (``--parallel --threads 1``), a step of the grounded recipe
+took about 5 s and a baseline step about 17 s; an evaluation of 1,000 questions takes minutes
+per side, so ``--eval-every 25 --shuffled last`` is the recorded run's size (docs/benchmarks.md).
 
-    COTUNE_CACHE=/tmp/zoo/cache python -m benchmarks.versus_llava             # writes results/versus_llava-cpu.{json,md,png}
+    COTUNE_CACHE=/tmp/zoo/cache python -m benchmarks.versus_llava --eval-every 25 --shuffled last --parallel --threads 1
+                                                  # the recorded run: writes results/versus_llava-cpu.{json,md,png}
+    python -m benchmarks.versus_llava --recipe mm_adapter --eval-questions 200   # results/versus_llava-cpu-mm-adapter.*
     COTUNE_CACHE=/tmp/zoo/cache python -m benchmarks.versus_llava --quick     # a few minutes idle; prints only
     python -m benchmarks.versus_llava --device cuda --steps 600 --eval-every 50 --eval-questions 1000
 

@@ -96,6 +96,24 @@ def test_audioqa_reads_back_and_decodes(made):
             assert 1.0 <= audio.size / 16000 <= 2.0
 
 
+def test_audioqa_test_count_sizes_only_its_own_test_split(tmp_path):
+    """test_count sets the test split's size; it needs the test split's own stream (test_seed), so
+    the training split is the one written without it."""
+    from cotune.config import ConfigError
+
+    synth = SYNTHESIZERS.get("audioqa")
+    plain = synth(tmp_path / "plain", seed=2, count=60, test_seed=5)
+    sized = synth(tmp_path / "sized", seed=2, count=60, test_seed=5, test_count=24)
+    assert plain["splits"] == {"train": 48, "test": 12} and sized["splits"] == {"train": 48, "test": 24}
+    assert (tmp_path / "plain" / "train.csv").read_bytes() == (tmp_path / "sized" / "train.csv").read_bytes()
+    with open(tmp_path / "sized" / "test.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 24
+    with pytest.raises(ConfigError, match="test_seed"):
+        synth(tmp_path / "x", seed=2, count=60, test_count=24)
+    with pytest.raises(ConfigError, match="at least 12"):
+        synth(tmp_path / "y", seed=2, count=60, test_seed=5, test_count=3)
+
+
 def test_audioqa_answers_balanced_per_type(made):
     root, _ = made["audioqa"]["b"]
     for split in ("train", "test"):

@@ -195,7 +195,7 @@ def test_every_seed_is_tested_on_the_same_sound_clips(tmp_path):
         sound = folder / "data" / "audioqa"
         return (sound / f"{split}.csv").read_bytes(), {p.name: p.read_bytes() for p in sorted((sound / "audio").glob(f"{split}-*.wav"))}
 
-    plan = DemoPlan(audio_clips=60, seed=3)
+    plan = DemoPlan(audio_clips=60, audio_test_clips=None, seed=3)
     synthesise(tmp_path / "a", plan)
     synthesise(tmp_path / "b", replace(plan, seed=4))
     assert files(tmp_path / "a", "test") == files(tmp_path / "b", "test")  # the evaluation's seed, not the run's
@@ -207,3 +207,7 @@ def test_every_seed_is_tested_on_the_same_sound_clips(tmp_path):
     assert files(tmp_path / "a", "train") == train and files(tmp_path / "a", "test")[0] != test[0]
     again = synthesise(tmp_path / "a", replace(plan, eval_seed=1))  # the same settings: reused
     assert again == summaries
+    # A test split of its own size: written anew, with that many questions; training split unchanged.
+    summaries = synthesise(tmp_path / "a", replace(plan, eval_seed=1, audio_test_clips=36))
+    assert summaries["audioqa"]["splits"] == {"train": 48, "test": 36} and summaries["audioqa"]["test_count"] == 36
+    assert files(tmp_path / "a", "train") == train and len(files(tmp_path / "a", "test")[1]) == 36

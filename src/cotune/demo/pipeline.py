@@ -58,7 +58,8 @@ SHARES = {
 class DemoPlan:
     """How much the demo does: ``steps`` x ``batch_size`` training samples drawn from the first
     ``image_questions`` easy-VQA train questions (about one image per ten), ``audio_clips``
-    synthetic clips (80 % train) and the text set; questions evaluated before and after training
+    synthetic clips (80 % train; the test split has ``audio_test_clips`` clips, None: 20 % of
+    ``audio_clips``) and the text set; questions evaluated before and after training
     (None: the whole test split). ``eval_counter_prior``: after training, that many more easy-VQA
     test questions drawn from those whose answer the wording does not predict (0: none; a random
     subset of ``eval_image`` holds about one in eight). Answers are one word, so
@@ -72,6 +73,7 @@ class DemoPlan:
     batch_size: int = 16
     image_questions: int = 12000
     audio_clips: int = 1500
+    audio_test_clips: int | None = 450
     eval_image: int = 200
     eval_audio: int | None = None
     eval_text: int | None = None
@@ -86,8 +88,8 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(steps=60, image_questions=2000, audio_clips=400, eval_image=100, eval_audio=80, eval_counter_prior=40,
-                   before_image=30, before_audio=30)
+        return cls(steps=60, image_questions=2000, audio_clips=400, audio_test_clips=None, eval_image=100, eval_audio=80,
+                   eval_counter_prior=40, before_image=30, before_audio=30)
 
     def before(self) -> "DemoPlan":
         """The plan of the untuned model's evaluation (smaller image and audio sets, no counter-prior set)."""
@@ -185,7 +187,7 @@ def synthesise(out: Path, plan: DemoPlan) -> dict[str, dict]:
     for kind, count in (("audioqa", plan.audio_clips), ("textqa", None)):
         target = out / "data" / kind
         record = target / "synth.json"
-        settings = {"test_seed": plan.eval_seed} if kind == "audioqa" else {}
+        settings = {"test_seed": plan.eval_seed, "test_count": plan.audio_test_clips} if kind == "audioqa" else {}
         if record.is_file():
             summaries[kind] = json.loads(record.read_text())
             if all(summaries[kind].get(k) == v for k, v in settings.items()):

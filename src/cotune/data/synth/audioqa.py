@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cotune.config import ConfigError
 from cotune.data.synth import SYNTHESIZERS
 from cotune.data.synth.common import check_count, deck, pick, prepare_out, split_sizes, summary, write_wav
 from cotune.data.synth.sounds import Event, render
@@ -89,16 +90,24 @@ def type_name(prop: str, yes_no: bool) -> str:
 
 
 @SYNTHESIZERS.register("audioqa")
-def synthesize(out_dir: Path, *, seed: int, count: int | None = None, test_seed: int | None = None) -> dict:
+def synthesize(out_dir: Path, *, seed: int, count: int | None = None, test_seed: int | None = None,
+               test_count: int | None = None) -> dict:
     """Writes ``count`` (default 1000) clips and questions, 80% train / 20% test; returns the summary.
     ``test_seed``: the test split from a random stream of its own, so runs whose ``seed`` differs
     are tested on the same clips (the train split is the same either way); None: the test split
-    continues the train split's stream."""
+    continues the train split's stream. ``test_count`` (with ``test_seed``): the test split's size
+    instead of 20% of ``count``; the train split stays 80% of ``count``, byte for byte."""
     # 5 x 12: the 20% test split still gets every question type.
     total = check_count(count, DEFAULT_COUNT, 5 * len(TYPES), "audioqa (every question type in every split)")
+    sizes = split_sizes(total, SPLITS)
+    if test_count is not None:
+        if test_seed is None:
+            raise ConfigError("audioqa: test_count needs test_seed (the test split's own random stream)")
+        if isinstance(test_count, bool) or not isinstance(test_count, int) or test_count < len(TYPES):
+            raise ConfigError(f"audioqa: test_count needs at least {len(TYPES)} (every question type), got {test_count!r}")
+        sizes["test"] = test_count
     out_dir = prepare_out(out_dir)
     rng = np.random.default_rng(seed)
-    sizes = split_sizes(total, SPLITS)
     answers: Counter = Counter()
     for split, n in sizes.items():
         if split == "test" and test_seed is not None:
@@ -114,7 +123,8 @@ def synthesize(out_dir: Path, *, seed: int, count: int | None = None, test_seed:
             rows.append((f"{split}-{k:05d}", file, question, answer, type_name(prop, yes_no), value))
             answers[answer] += 1
         _write_csv(out_dir / f"{split}.csv", rows)
-    return summary("audioqa", out_dir, seed, sizes, answers=dict(sorted(answers.items())), test_seed=test_seed)
+    return summary("audioqa", out_dir, seed, sizes, answers=dict(sorted(answers.items())), test_seed=test_seed,
+                   **({"test_count": test_count} if test_count is not None else {}))
 
 
 def _plan(rng: np.random.Generator, n: int) -> list[tuple[str, bool, str, str | None]]:
