@@ -108,7 +108,8 @@ def prepare_data(work: Path, plan: Plan) -> dict[str, dict]:
 
     easyvqa = prepare_zoo(load_config(data=mm_adapter_recipe()), None, None)
     out = work / f"sounds-{plan.audio_clips}-seed{plan.seed}"
-    synthesise(out, DemoPlan(audio_clips=plan.audio_clips, seed=plan.seed))
+    # The 80 : 20 split the recorded results were measured on (the demo now tests on 450 clips).
+    synthesise(out, DemoPlan(audio_clips=plan.audio_clips, audio_test_clips=None, seed=plan.seed))
     return {"image": {"kind": "easyvqa", "path": str(easyvqa), "limit": plan.image_questions},
             "audio": {"kind": "audioqa", "path": str(out / "data" / "audioqa")}}
 

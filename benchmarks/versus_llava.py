@@ -81,6 +81,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,12 +133,17 @@ class Plan:
     recipe: str = "grounded"
     shuffled_at: str = "every"
     parallel: bool = False
+    cotune_overrides: tuple[str, ...] = ()
+    tag: str = ""
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe: {self.recipe!r} is not one of {', '.join(RECIPES)}")
         if self.shuffled_at not in ("every", "last"):
             raise ValueError(f"shuffled_at: {self.shuffled_at!r} is not one of every, last")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]*", self.tag):
+            raise ValueError(f"tag: {self.tag!r} must be letters, digits, '_', '.' or '-' (it names the results files)")
+        object.__setattr__(self, "cotune_overrides", tuple(self.cotune_overrides))  # a list when read back from JSON
 
     def shuffled_due(self, step: int, side: str) -> bool:
         """Whether the evaluation after ``step`` also answers with shuffled images (``shuffled_at``:
@@ -183,7 +189,7 @@ def cotune_config(train_set: Path, easyvqa: Path, plan: Plan, work: Path | None 
     if plan.device.startswith("cuda"):
         recipe["model"]["llm"]["dtype"] = "bfloat16"
         recipe["train"]["precision"] = "bf16"
-    return load_config(data=recipe)
+    return load_config(data=recipe, overrides=list(plan.cotune_overrides))
 
 
 def run_cotune(work: Path, easyvqa: Path, plan: Plan) -> dict:
@@ -374,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                         "draw: grounded (the demo's, default) or mm_adapter (the first results' recipe)")
     parser.add_argument("--shuffled", choices=("every", "last"), default="every", help="answer with shuffled images at every "
                         "evaluation or only at each side's last (default every)")
+    parser.add_argument("--cotune-set", action="append", default=[], metavar="KEY=VALUE", help="override cotune's recipe "
+                        "(dotted keys, as cotune train --set; repeatable), e.g. model.llm.adapter.lora_r=8")
+    parser.add_argument("--tag", default="", help="results file versus_llava-<device>[-mm-adapter]-TAG (for a variant)")
     parser.add_argument("--parallel", action="store_true", help="run the two sides at the same time, each with --threads "
                         "threads (a core each with --threads 1 on two cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: frozen LLM in bfloat16, bf16 autocast")
@@ -396,8 +405,12 @@ def main(argv: list[str] | None = None) -> int:
                                 ("eval_questions", args.eval_questions)) if v is not None}
     fields = dict(eval_batch_size=args.eval_batch_size, eval_at_start=args.eval_at_start, pool=args.pool, seed=args.seed,
                   device=args.device, threads=args.threads, recipe=args.recipe, shuffled_at=args.shuffled, parallel=args.parallel,
+                  cotune_overrides=tuple(args.cotune_set), tag=args.tag,
                   **given)
-    plan = Plan.quick(**fields) if args.quick else Plan(**fields)
+    try:
+        plan = Plan.quick(**fields) if args.quick else Plan(**fields)
+    except ValueError as err:
+        parser.error(str(err))
     if plan.cotune_steps is not None and plan.cotune_steps < 1:
         parser.error(f"--cotune-steps: must be >= 1, got {plan.cotune_steps}")
     for name in ("steps", "batch_size", "eval_every", "eval_questions", "eval_batch_size", "threads"):

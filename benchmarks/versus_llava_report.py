@@ -242,9 +242,9 @@ COTUNE_SIDES = {
 
 
 def report_stem(out: Path, plan) -> Path:
-    """``out/versus_llava-<device>``, with ``-mm-adapter`` for that recipe's runs."""
+    """``out/versus_llava-<device>``, with ``-mm-adapter`` for that recipe's runs and ``-<tag>`` for a tagged variant."""
     device = "cuda" if plan.device.startswith("cuda") else "cpu"
-    return out / (f"versus_llava-{device}" + ("-mm-adapter" if plan.recipe == "mm_adapter" else ""))
+    return out / (f"versus_llava-{device}" + ("-mm-adapter" if plan.recipe == "mm_adapter" else "") + (f"-{plan.tag}" if plan.tag else ""))
 
 
 def report_files(results: dict, plan, max_new_tokens: int, command: str, info: dict, others: tuple, runtime: float, out: Path | None) -> str:
@@ -273,7 +273,8 @@ def report_files(results: dict, plan, max_new_tokens: int, command: str, info: d
         f"evaluated every {plan.eval_every} steps and after the last"
         + (", with shuffled images at every evaluation." if plan.shuffled_at == "every" else ", with shuffled images at each side's last.")
         + (" The two sides ran at the same time, each in its own process." if plan.parallel else ""), "",
-        f"- **cotune**: {COTUNE_SIDES[plan.recipe]}",
+        f"- **cotune**: {COTUNE_SIDES[plan.recipe]}"
+        + (f" Overridden: {', '.join(f'`{o}`' for o in plan.cotune_overrides)}." if plan.cotune_overrides else ""),
         f"- **baseline** (`benchmarks/llava_baseline.py`, transformers + PEFT): all 49 patch tokens of the same grid through mlp2x_gelu "
         f"(1280 -> 576 -> GELU -> 576) spliced into `inputs_embeds`; frozen MobileNetV2 (eval mode); PEFT LoRA r {baseline_recipe['lora_r']}, "
         f"alpha {baseline_recipe['lora_alpha']}, dropout {baseline_recipe['lora_dropout']} on all linear layers of the LLM; "

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -63,7 +65,7 @@ def demo_run(tiny_root, tmp_path_factory):
         "train.precision=fp32",
         "balance.every_k=2",
     ]
-    plan = DemoPlan(steps=4, batch_size=4, image_questions=24, audio_clips=80, eval_image=6, eval_audio=8, eval_text=5,
+    plan = DemoPlan(steps=4, batch_size=4, image_questions=24, audio_clips=80, audio_test_clips=None, eval_image=6, eval_audio=8, eval_text=5,
                     eval_counter_prior=5, before_image=4, before_audio=4, max_new_tokens=3, text_max_new_tokens=4, eval_batch_size=4)
     out = root / "out"
     result = run_demo(out, plan, easyvqa=_easyvqa(root), overrides=overrides)
@@ -153,6 +155,24 @@ def test_demo_rerun_reuses_the_run_and_reproduces_the_scores(demo_run):
     with pytest.raises(ConfigError, match="seed 0"):
         run_demo(result.out, replace(plan, seed=1), easyvqa=root / "easy_vqa" / "data", overrides=overrides)
 
+
+
+def test_a_new_sound_test_split_evaluates_the_untuned_model_again(demo_run, tmp_path):
+    """A demo folder whose sound test split is written anew (another size here) keeps its run, and
+    its untuned evaluation, which read the old split, runs again; the same settings reuse it."""
+    result, plan, overrides, root = demo_run
+    out = tmp_path / "copy"
+    shutil.copytree(result.out, out)
+    before = out / "eval-before" / "summary.json"
+    weights = {p.name: p.stat().st_mtime_ns for p in (out / "run" / "model").iterdir()}
+    stamp = before.stat().st_mtime_ns
+    run_demo(out, plan, easyvqa=root / "easy_vqa" / "data", overrides=overrides)
+    assert before.stat().st_mtime_ns == stamp
+    run_demo(out, replace(plan, audio_test_clips=24), easyvqa=root / "easy_vqa" / "data", overrides=overrides)
+    assert before.stat().st_mtime_ns != stamp
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "run" / "model").iterdir()} == weights
+    with open(out / "data" / "audioqa" / "test.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 24
 
 
 def test_demo_seed_changes_training_and_keeps_the_evaluation(demo_run, tmp_path):
