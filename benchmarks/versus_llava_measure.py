@@ -39,21 +39,12 @@ def training_mix(recipe: str) -> tuple[dict[tuple[str, str], float], str]:
     return {(cell[0], cell[1] if len(cell) > 1 else "all"): share / total for cell, share in image.items()}, "describe"
 
 
-def open_share(recipe: str = "grounded") -> float:
-    """The share of colour/shape questions among the questions ``recipe`` draws."""
-    return sum(share for (answers, _), share in training_mix(recipe)[0].items() if answers == "open")
-
-
 def mix_sentence(recipe: str) -> str:
     """How ``recipe``'s training questions are drawn, for the report."""
     mix, targets = training_mix(recipe)
     cells = ", ".join(f"{100 * share:.1f} % {answers}" + (f" {polarity}" if polarity != "all" else "")
                       for (answers, polarity), share in mix.items())
     return cells + ("; yes/no targets \"<colour> <shape>: <answer>\" (describe, then answer)" if targets == "describe" else "; plain answers")
-
-
-def is_yes_no(answer: str) -> bool:
-    return answer.strip().lower() in ("yes", "no")
 
 
 def draw_training_set(easyvqa: Path, plan, work: Path) -> Path:

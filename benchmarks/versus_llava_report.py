@@ -159,7 +159,7 @@ def limits(summary: dict, eval_every: int) -> list[str]:
     step_ratio = c["s_per_step"] / b["s_per_step"]
     notes = [f"- Trainable parameters: {c['trainable_params']:,} against {b['trainable_params']:,} "
              f"({t['params_ratio']['value']:.4f}x): LoRA r 128 on every linear layer of a 135M LLM is large next to "
-             f"cotune's small adapters and neck of 128; target {'met' if t['params_ratio']['met'] else 'NOT met'}."]
+             f"cotune's adapters and neck; target {'met' if t['params_ratio']['met'] else 'NOT met'}."]
     cost = (f"a cotune step took {c['s_per_step']:.2f} s against the baseline's {b['s_per_step']:.2f} s ({step_ratio:.2f}x; "
             f"{c['tokens_per_sample']:.0f} against {b['tokens_per_sample']:.0f} sequence tokens per sample, {c['image_tokens']} against "
             f"{b['image_tokens']} of them image tokens)")

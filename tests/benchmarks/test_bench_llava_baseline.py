@@ -132,8 +132,8 @@ def test_cotune_steps_extend_the_baseline_draw_without_changing_it(tmp_path):
     assert not (tmp_path / "same" / "train-set-cotune").exists()
     cotune = read(tmp_path / "longer" / "train-set-cotune")
     assert cotune[:20] == read(longer) and len(cotune) == 48 and len({q[0] for q in cotune}) == 48
-    opened = sum(not data.is_yes_no(q[1]) for q in cotune[20:])
-    assert opened == round(28 * 0.7) and data.open_share("mm_adapter") == 0.7
+    opened = sum(q[1] not in ("yes", "no") for q in cotune[20:])
+    assert opened == round(28 * 0.7) and data.training_mix("mm_adapter") == ({("open", "all"): 0.7, ("yes_no", "all"): 0.3}, "answer")
     assert vl.Plan(steps=5, cotune_steps=12).steps_of("cotune") == 12 and vl.Plan(steps=5).steps_of("cotune") == 5
 
 
@@ -175,7 +175,7 @@ def test_grounded_draw_is_the_demos_image_mix_with_describe_targets_for_both_sid
         else:
             cells["open"] = cells.get("open", 0) + 1
     assert cells == {"open": 40, ("yes", "affirmative"): 10, ("no", "affirmative"): 10, ("yes", "negated"): 10, ("no", "negated"): 10}
-    assert data.open_share() == 0.5
+    assert data.training_mix("grounded")[1] == "describe"
 
     config = DatasetConfig(kind="easyvqa", path=str(tmp_path / "work" / "train-set"), split="train",
                            media_root=str(tmp_path / "evqa" / "train" / "images"))
