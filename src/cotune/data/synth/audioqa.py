@@ -103,9 +103,8 @@ def synthesize(out_dir: Path, *, seed: int, count: int | None = None, test_seed:
     if test_count is not None:
         if test_seed is None:
             raise ConfigError("audioqa: test_count needs test_seed (the test split's own random stream)")
-        if isinstance(test_count, bool) or not isinstance(test_count, int) or test_count < len(TYPES):
-            raise ConfigError(f"audioqa: test_count needs at least {len(TYPES)} (every question type), got {test_count!r}")
-        sizes["test"] = test_count
+        sizes["test"] = check_count(test_count, sizes["test"], len(TYPES), "audioqa's test split (every question type)",
+                                    "test_count")
     out_dir = prepare_out(out_dir)
     rng = np.random.default_rng(seed)
     answers: Counter = Counter()

@@ -36,11 +36,12 @@ def prepare_out(out_dir: Path) -> Path:
     return out_dir
 
 
-def check_count(count: int | None, default: int, minimum: int, what: str) -> int:
-    """``count`` (or ``default``); ConfigError (a user error: the CLI reports it in one line) below ``minimum``."""
+def check_count(count: int | None, default: int, minimum: int, what: str, name: str = "--count") -> int:
+    """``count`` (or ``default``); ConfigError (a user error: the CLI reports it in one line, naming
+    the setting ``name``) below ``minimum``."""
     value = default if count is None else count
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"--count: {what} needs at least {minimum}, got {count!r}")
+        raise ConfigError(f"{name}: {what} needs at least {minimum}, got {count!r}")
     return value
 
 
