@@ -24,6 +24,10 @@ log = logging.getLogger("benchmarks.versus_llava")
 #: questions as yes/no ones, yes/no balanced per answer and polarity, yes/no trained as "describe,
 #: then answer" ("blue circle: no").
 MM_ADAPTER_MIX = {("open", "all"): 0.7, ("yes_no", "all"): 0.3}
+#: cotune's recipes (``Plan.recipe``): ``grounded``, the demo's recipe as shipped (gated LoRA,
+#: describe then answer, yes/no balanced per answer and polarity); ``mm_adapter``, the recipe the
+#: first results were measured with (``benchmarks/mm_adapter_recipe.yaml``).
+RECIPES = ("grounded", "mm_adapter")
 
 
 def training_mix(recipe: str) -> tuple[dict[tuple[str, str], float], str]:
@@ -31,7 +35,7 @@ def training_mix(recipe: str) -> tuple[dict[tuple[str, str], float], str]:
     if recipe == "mm_adapter":
         return dict(MM_ADAPTER_MIX), "answer"
     if recipe != "grounded":
-        raise ValueError(f"recipe: {recipe!r} is not one of grounded, mm_adapter")
+        raise ValueError(f"recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
     from cotune.demo.pipeline import SHARES
 
     image = {tuple(key.split(":")[1:]): share for key, share in SHARES.items() if key.startswith("image:")}
